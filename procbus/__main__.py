@@ -1,0 +1,5 @@
+import sys
+
+from procbus.cli import main
+
+sys.exit(main())
