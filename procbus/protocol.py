@@ -1,0 +1,218 @@
+"""The wire: every message that crosses a socket in a procbus tree.
+
+A message is one frame: a two-byte header (protocol version, message type)
+followed by a msgpack body, a map whose fields depend on the type. This module
+is pure: it encodes and decodes bytes and knows nothing of sockets. Every
+decoded message is validated against its type's schema before anyone uses it;
+anything else raises `ProtocolError`, which receivers log and drop (or answer,
+on the control socket). Nothing is ever unpickled or evaluated, msgpack
+extension types are refused, and sizes are capped.
+
+Who sends what::
+
+    master PUB  -> worker SUB      PUBLISH (topic frame b"*" first)
+    worker DEALER -> master ROUTER HELLO, STATE, HEARTBEAT, REPLY
+    master ROUTER -> worker DEALER WELCOME
+    client DEALER -> master ROUTER CONTROL_REQUEST, answered by CONTROL_REPLY
+    master PUB  -> watchers SUB    EVENT (topic frame: the event name)
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from procbus.errors import ProtocolError
+
+VERSION: Final = 1
+MAX_MESSAGE_SIZE: Final = 8 * 1024 * 1024
+"""Bytes; receivers also set ``zmq.MAXMSGSIZE`` to this so ZeroMQ refuses
+larger frames before they are read."""
+
+BROADCAST_TOPIC: Final = b"*"
+"""The SUB topic every publish is sent under."""
+
+
+class MsgType(enum.IntEnum):
+    """The closed set of message types."""
+
+    PUBLISH = 1
+    REPLY = 2
+    HELLO = 3
+    WELCOME = 4
+    HEARTBEAT = 5
+    STATE = 6
+    CONTROL_REQUEST = 7
+    CONTROL_REPLY = 8
+    EVENT = 9
+
+
+_Types = type | tuple[type, ...]
+_NUMBER: Final = (int, float)
+_OPTIONAL_STR: Final = (str, type(None))
+
+# Per message type: field -> (accepted types, required). Fields not listed are
+# refused, so a typo on either side fails loudly instead of being ignored.
+_SCHEMAS: Final[dict[MsgType, dict[str, tuple[_Types, bool]]]] = {
+    MsgType.PUBLISH: {
+        "seq": (int, True),
+        "channel": (str, True),
+        "args": (list, True),
+        "kwargs": (dict, True),
+        "timeout": (_NUMBER, True),
+    },
+    MsgType.REPLY: {
+        "seq": (int, True),
+        "results": (list, True),
+        "errors": (list, True),
+    },
+    MsgType.HELLO: {
+        "worker": (int, True),
+        "generation": (int, True),
+        "pid": (int, True),
+        "topic": (bytes, True),
+    },
+    MsgType.WELCOME: {"next_seq": (int, True)},
+    MsgType.HEARTBEAT: {"counters": (dict, True)},
+    MsgType.STATE: {"state": (str, True), "error": (_OPTIONAL_STR, False)},
+    MsgType.CONTROL_REQUEST: {
+        "id": (str, True),
+        "command": (str, True),
+        "args": (list, False),
+        "kwargs": (dict, False),
+    },
+    MsgType.CONTROL_REPLY: {
+        "id": (str, True),
+        "ok": (bool, True),
+        "result": (object, False),
+        "error": (dict, False),
+    },
+    MsgType.EVENT: {"event": (str, True), "time": (_NUMBER, True), "data": (dict, True)},
+}
+
+_ERROR_FIELDS: Final = ("type", "message", "listener", "traceback")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A decoded, validated message."""
+
+    type: MsgType
+    body: dict[str, Any]
+
+    def __getitem__(self, field: str) -> Any:
+        return self.body[field]
+
+    def get(self, field: str, default: Any = None) -> Any:
+        return self.body.get(field, default)
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"msgpack extension type {code} is not allowed")
+
+
+def pack(obj: Any) -> bytes:
+    """Encode `obj` as msgpack; raise ``TypeError`` if it is not serializable."""
+    try:
+        return msgpack.packb(obj, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"{type(obj).__name__} value is not serializable: {exc}") from exc
+
+
+def unpack(data: bytes) -> Any:
+    """Decode one msgpack object; raise `ProtocolError` on anything malformed."""
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            ext_hook=_refuse_ext,
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises many types for bad input
+        raise ProtocolError(f"malformed msgpack body: {type(exc).__name__}: {exc}") from exc
+
+
+def encode(msg_type: MsgType, body: Mapping[str, Any]) -> bytes:
+    """Encode a message; raise ``TypeError`` if the body is not serializable.
+
+    The body is validated as the receiver would, so a sender cannot emit what
+    its peer would refuse.
+    """
+    validate(msg_type, body)
+    return bytes((VERSION, msg_type)) + pack(dict(body))
+
+
+def decode(frame: bytes, expect: frozenset[MsgType] | None = None) -> Message:
+    """Decode and validate one frame; raise `ProtocolError` if it is malformed.
+
+    With `expect`, a message of any other type is refused too.
+    """
+    if len(frame) < 2:
+        raise ProtocolError(f"frame of {len(frame)} bytes is shorter than the header")
+    version, raw_type = frame[0], frame[1]
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {version} is not supported (expected {VERSION})")
+    try:
+        msg_type = MsgType(raw_type)
+    except ValueError:
+        raise ProtocolError(f"unknown message type {raw_type}") from None
+    if expect is not None and msg_type not in expect:
+        raise ProtocolError(f"unexpected message type {msg_type.name}")
+    body = unpack(frame[2:])
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{msg_type.name} body must be a map, got {type(body).__name__}")
+    validate(msg_type, body)
+    return Message(msg_type, body)
+
+
+def validate(msg_type: MsgType, body: Mapping[str, Any]) -> None:
+    """Check `body` against the schema of `msg_type`; raise `ProtocolError`."""
+    schema = _SCHEMAS[msg_type]
+    for field in body:
+        if field not in schema:
+            raise ProtocolError(f"{msg_type.name} has unknown field {field!r}")
+    for field, (types, required) in schema.items():
+        if field not in body:
+            if required:
+                raise ProtocolError(f"{msg_type.name} is missing field {field!r}")
+            continue
+        value = body[field]
+        # bool is an int subclass; a bool where a number is expected is an error.
+        if not isinstance(value, types) or (isinstance(value, bool) and _refuses_bool(types)):
+            raise ProtocolError(
+                f"{msg_type.name} field {field!r} must be {_names(types)}, "
+                f"got {type(value).__name__}"
+            )
+    if msg_type is MsgType.REPLY:
+        for error in body["errors"]:
+            check_error(error)
+
+
+def check_error(error: object) -> dict[str, str]:
+    """Validate one remote error map (`type`, `message`, `listener`, `traceback`)."""
+    if not isinstance(error, dict) or any(
+        not isinstance(error.get(field), str) for field in _ERROR_FIELDS
+    ):
+        raise ProtocolError(f"an error must map {', '.join(_ERROR_FIELDS)} to strings")
+    return error
+
+
+def _refuses_bool(types: _Types) -> bool:
+    flat = _flat(types)
+    return bool not in flat and object not in flat
+
+
+def _flat(types: _Types) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _names(types: _Types) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in _flat(types))

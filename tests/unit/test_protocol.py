@@ -1,0 +1,160 @@
+"""The wire module: round trips, and refusal of everything malformed."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from procbus import protocol
+from procbus.errors import ProtocolError
+from procbus.protocol import MsgType
+
+VALID: dict[MsgType, dict[str, Any]] = {
+    MsgType.PUBLISH: {
+        "seq": 7,
+        "channel": "ch",
+        "args": [1, "a"],
+        "kwargs": {"k": 2},
+        "timeout": 1.5,
+    },
+    MsgType.REPLY: {
+        "seq": 7,
+        "results": [None, {"x": [1, 2]}],
+        "errors": [{"type": "ValueError", "message": "m", "listener": "f", "traceback": "tb"}],
+    },
+    MsgType.HELLO: {"worker": 1, "generation": 2, "pid": 1234, "topic": b"w.1.2."},
+    MsgType.WELCOME: {"next_seq": 3},
+    MsgType.HEARTBEAT: {"counters": {"requests": 5}},
+    MsgType.STATE: {"state": "running", "error": None},
+    MsgType.CONTROL_REQUEST: {"id": "r1", "command": "ping", "args": [], "kwargs": {}},
+    MsgType.CONTROL_REPLY: {"id": "r1", "ok": True, "result": True},
+    MsgType.EVENT: {"event": "spawn", "time": 1.0, "data": {"worker": 1}},
+}
+
+
+def raw(version: int, msg_type: int, body: Any) -> bytes:
+    return bytes((version, msg_type)) + msgpack.packb(body, use_bin_type=True)
+
+
+@pytest.mark.parametrize("msg_type", list(MsgType))
+def test_every_message_type_round_trips(msg_type: MsgType) -> None:
+    """encode then decode gives back the same type and body."""
+    message = protocol.decode(protocol.encode(msg_type, VALID[msg_type]))
+    assert message.type is msg_type
+    assert message.body == VALID[msg_type]
+
+
+def test_every_type_has_a_valid_example() -> None:
+    """The examples above cover the whole closed set of types."""
+    assert set(VALID) == set(MsgType)
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        (b"", "frame of 0 bytes is shorter than the header"),
+        (b"\x01", "frame of 1 bytes is shorter than the header"),
+        (raw(2, 1, {}), "protocol version 2 is not supported (expected 1)"),
+        (raw(1, 99, {}), "unknown message type 99"),
+        (bytes((1, 1)) + b"\xc1", "malformed msgpack body"),
+        (raw(1, 1, {"seq": 1})[:-1], "malformed msgpack body"),
+        (bytes((1, 1)) + msgpack.packb({"a": 1}) + b"\x00", "malformed msgpack body"),
+        (raw(1, 5, [1, 2]), "HEARTBEAT body must be a map, got list"),
+        (raw(1, 4, {}), "WELCOME is missing field 'next_seq'"),
+        (raw(1, 4, {"next_seq": "1"}), "WELCOME field 'next_seq' must be int, got str"),
+        (raw(1, 4, {"next_seq": True}), "WELCOME field 'next_seq' must be int, got bool"),
+        (raw(1, 4, {"next_seq": 1, "extra": 2}), "WELCOME has unknown field 'extra'"),
+        (
+            raw(1, 2, {"seq": 1, "results": [], "errors": [{"type": "E"}]}),
+            "an error must map type, message, listener, traceback to strings",
+        ),
+        (
+            bytes((1, 5)) + msgpack.packb({"counters": msgpack.ExtType(3, b"x")}),
+            "msgpack extension type 3 is not allowed",
+        ),
+    ],
+)
+def test_malformed_frames_raise_protocol_error(frame: bytes, error: str) -> None:
+    """Each malformed frame raises ProtocolError with a message naming what is wrong."""
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(frame)
+    assert str(info.value).startswith(error)
+
+
+def test_oversized_frame_is_refused_before_unpacking() -> None:
+    """A body above MAX_MESSAGE_SIZE is refused by size."""
+    frame = bytes((1, 5)) + b"\x00" * (protocol.MAX_MESSAGE_SIZE + 1)
+    with pytest.raises(ProtocolError, match="exceeds"):
+        protocol.decode(frame)
+
+
+def test_unexpected_type_is_refused() -> None:
+    """decode(expect=...) refuses a well-formed message of another type."""
+    frame = protocol.encode(MsgType.WELCOME, {"next_seq": 1})
+    with pytest.raises(ProtocolError, match="unexpected message type WELCOME"):
+        protocol.decode(frame, expect=frozenset({MsgType.REPLY}))
+
+
+def test_encode_refuses_unserializable_body() -> None:
+    """A body holding an object msgpack cannot encode raises TypeError."""
+    with pytest.raises(TypeError, match="not serializable"):
+        protocol.encode(MsgType.CONTROL_REPLY, {"id": "x", "ok": True, "result": object()})
+
+
+def test_encode_validates_like_the_receiver() -> None:
+    """A sender cannot emit a body its peer would refuse."""
+    with pytest.raises(ProtocolError, match="missing field 'seq'"):
+        protocol.encode(MsgType.REPLY, {"results": [], "errors": []})
+
+
+json_like = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text()
+    | st.binary(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    args=st.lists(json_like, max_size=5), kwargs=st.dictionaries(st.text(), json_like, max_size=3)
+)
+def test_publish_round_trips_any_msgpack_values(args: list[Any], kwargs: dict[str, Any]) -> None:
+    """Any msgpack-native arguments survive a round trip unchanged (NaN aside)."""
+    body = {"seq": 1, "channel": "c", "args": args, "kwargs": kwargs, "timeout": 1.0}
+    decoded = protocol.decode(protocol.encode(MsgType.PUBLISH, body))
+    assert protocol.pack(decoded.body) == protocol.pack(body)
+
+
+@settings(max_examples=500, deadline=None)
+@given(frame=st.binary(max_size=256))
+def test_random_bytes_never_escape_as_another_exception(frame: bytes) -> None:
+    """Garbage either decodes to a valid message or raises ProtocolError, nothing else."""
+    try:
+        message = protocol.decode(frame)
+    except ProtocolError:
+        return
+    assert message.type in MsgType
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    msg_type=st.sampled_from(list(MsgType)),
+    body=st.dictionaries(st.text(max_size=8), json_like, max_size=5),
+)
+def test_random_bodies_are_validated_or_refused(msg_type: MsgType, body: dict[str, Any]) -> None:
+    """A well-framed message with an arbitrary body is valid or a ProtocolError."""
+    frame = bytes((protocol.VERSION, msg_type)) + msgpack.packb(body, use_bin_type=True)
+    with contextlib.suppress(ProtocolError):
+        protocol.decode(frame)
