@@ -48,9 +48,10 @@ import threading
 import traceback as _traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar, overload
 
-__all__ = ["Bus", "ChannelFailures", "State", "bus", "states"]
+__all__ = ["Bus", "ChannelFailures", "ListenerOutcome", "State", "bus", "states"]
 
 _logger = logging.getLogger("procbus")
 
@@ -65,6 +66,7 @@ BUILTIN_CHANNELS: Final = ("start", "stop", "exit", "graceful", "log", "main")
 
 Listener = Callable[..., Any]
 _L = TypeVar("_L", bound=Listener)
+ForwardHook = Callable[[str, tuple[Any, ...], dict[str, Any]], list[BaseException]]
 
 
 class ChannelFailures(Exception):
@@ -145,6 +147,15 @@ class _States:
 states: Final = _States()
 
 
+@dataclass(frozen=True, slots=True)
+class ListenerOutcome:
+    """What one listener did during a publish: its result or its error."""
+
+    listener: Listener
+    result: Any = None
+    error: Exception | None = None
+
+
 def _check_channel(channel: object) -> str:
     if not isinstance(channel, str):
         raise TypeError(f"channel must be a str, got {channel!r} ({type(channel).__name__})")
@@ -183,6 +194,10 @@ class Bus:
         self._state_changed = threading.Condition(threading.RLock())
         self._state: State = states.STOPPED
         self._atexit_registered = False
+        self.forward: ForwardHook | None = None
+        """Called after the local listeners of every `publish` (not by
+        `run_listeners`); a master sets it to carry publishes to its workers.
+        It returns the remote failures to raise with the local ones."""
 
     # -- state -------------------------------------------------------------
 
@@ -263,31 +278,50 @@ class Bus:
         Returns ``[]`` for a channel nobody subscribed to. Raises
         `ChannelFailures` after all listeners ran if any of them failed.
         """
-        listeners = self._ordered_listeners(channel)
-        if listeners is None:
-            return []
+        outcomes = self.run_listeners(channel, *args, **kwargs)
         failures = ChannelFailures()
-        output: list[Any] = []
+        for outcome in outcomes:
+            if outcome.error is not None:
+                failures.add(outcome.error)
+        forward = self.forward
+        if forward is not None:
+            for exc in forward(channel, args, kwargs):
+                failures.add(exc)
+        if failures:
+            raise failures
+        return [outcome.result for outcome in outcomes]
+
+    def run_listeners(self, channel: str, *args: Any, **kwargs: Any) -> list[ListenerOutcome]:
+        """Call every listener of `channel` and return what each one did.
+
+        The rules of `publish` apply (order, logging of failures, propagation
+        of ``KeyboardInterrupt`` and ``SystemExit``), but failures are returned
+        beside the results instead of being raised: a worker uses this to
+        report each listener's outcome to the master.
+        """
+        listeners = self._ordered_listeners(channel)
+        if not listeners:
+            return []
+        outcomes: list[ListenerOutcome] = []
+        failed = False
         for listener in listeners:
             try:
-                output.append(listener(*args, **kwargs))
+                outcomes.append(ListenerOutcome(listener, listener(*args, **kwargs)))
             except KeyboardInterrupt:
                 raise
             except SystemExit as exc:
                 # Earlier failures must not turn into a successful exit.
-                if failures and exc.code == 0:
+                if failed and exc.code == 0:
                     exc.code = 1
                 raise
-            except Exception:
-                failures.handle_exception()
+            except Exception as exc:
+                failed = True
+                outcomes.append(ListenerOutcome(listener, None, exc))
                 if channel != "log":
                     # A failing log listener would fail again on its own error.
-                    self.log(
-                        f"Error in {channel!r} listener {listener!r}", level=40, traceback=True
-                    )
-        if failures:
-            raise failures
-        return output
+                    msg = f"Error in {channel!r} listener {listener!r}"
+                    self.log(msg, level=40, traceback=True)
+        return outcomes
 
     def log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
         """Publish `msg` and `level` on the ``log`` channel.

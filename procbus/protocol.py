@@ -150,6 +150,33 @@ def encode(msg_type: MsgType, body: Mapping[str, Any]) -> bytes:
     return bytes((VERSION, msg_type)) + pack(dict(body))
 
 
+class PublishTemplate:
+    """A PUBLISH encoded once, without its sequence number.
+
+    The arguments are packed (and checked) when the template is made, before
+    the master runs its own listeners; `frame(seq)` then only prepends the
+    number, so the sequence is allocated at the moment of sending.
+    """
+
+    __slots__ = ("_rest", "channel")
+
+    def __init__(
+        self, channel: str, args: list[Any], kwargs: dict[str, Any], timeout: float
+    ) -> None:
+        body = {"channel": channel, "args": args, "kwargs": kwargs, "timeout": timeout}
+        validate(MsgType.PUBLISH, {"seq": 0, **body})
+        self.channel = channel
+        # A msgpack map is its header followed by its key/value pairs.
+        self._rest: bytes = b"".join(pack(key) + pack(value) for key, value in body.items())
+
+    def frame(self, seq: int) -> bytes:
+        return _PUBLISH_HEADER + _SEQ_KEY + pack(seq) + self._rest
+
+
+_PUBLISH_HEADER: Final = bytes((VERSION, MsgType.PUBLISH, 0x85))  # fixmap of 5 pairs
+_SEQ_KEY: Final[bytes] = msgpack.packb("seq")
+
+
 def decode(frame: bytes, expect: frozenset[MsgType] | None = None) -> Message:
     """Decode and validate one frame; raise `ProtocolError` if it is malformed.
 

@@ -158,3 +158,24 @@ def test_random_bodies_are_validated_or_refused(msg_type: MsgType, body: dict[st
     frame = bytes((protocol.VERSION, msg_type)) + msgpack.packb(body, use_bin_type=True)
     with contextlib.suppress(ProtocolError):
         protocol.decode(frame)
+
+
+def test_publish_template_frames_decode_with_their_seq() -> None:
+    """A template packs the arguments once; each frame carries its own seq."""
+    template = protocol.PublishTemplate("ch", [1, "two"], {"k": [3]}, 2.5)
+    for seq in (0, 1, 2**40):
+        message = protocol.decode(template.frame(seq))
+        assert message.type is MsgType.PUBLISH
+        assert message.body == {
+            "seq": seq,
+            "channel": "ch",
+            "args": [1, "two"],
+            "kwargs": {"k": [3]},
+            "timeout": 2.5,
+        }
+
+
+def test_publish_template_refuses_unserializable_arguments() -> None:
+    """An argument msgpack cannot carry is refused before anything is sent."""
+    with pytest.raises(TypeError, match="not serializable"):
+        protocol.PublishTemplate("ch", [object()], {}, 1.0)

@@ -1,0 +1,238 @@
+"""The master's event loop: one thread, one poller, timers and signals.
+
+Everything the master does happens in callbacks of this loop: messages on
+ZeroMQ sockets, readable file descriptors, timers, and signals. Signals are
+never handled inside the Python signal handler: the handler is a no-op and the
+kernel-level wake-up fd (`signal.set_wakeup_fd`) carries the signal number into
+the poller, where the loop dispatches it like any other event. SIGCHLD
+therefore reaps children promptly without a polling interval.
+
+The loop is re-entered only from the top: `run_until` may be called by
+top-level code (the public `Master` API and the long jobs it runs) but never
+from inside a callback, where it raises `RuntimeError`. Callbacks that need to
+wait start timers or register completion callbacks instead.
+
+The clock is injected so that timers can be tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import heapq
+import itertools
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import zmq
+
+Clock = Callable[[], float]
+Pollable = zmq.Socket[bytes] | int
+
+
+@dataclass(order=True)
+class Timer:
+    """A callback scheduled at `when` on the loop's clock; `cancel()` it."""
+
+    when: float
+    order: int
+    callback: Callable[[], None] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def _ignore_signal(signum: int, frame: FrameType | None) -> None:
+    """The Python-level handler: the wake-up fd already carries the signal."""
+
+
+class EventLoop:
+    """A single-threaded poller loop with timers and signal delivery."""
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self.clock = clock
+        self._poller = zmq.Poller()
+        self._handlers: dict[Any, Callable[[], None]] = {}
+        self._timers: list[Timer] = []
+        self._order = itertools.count()
+        self._depth = 0
+        self._stopped = False
+        self._signal_callback: Callable[[int], None] | None = None
+        self._previous_handlers: dict[int, Any] = {}
+        self._previous_wakeup_fd: int | None = None
+        self._wakeup_r: int | None = None
+        self._wakeup_w: int | None = None
+
+    # -- registration ----------------------------------------------------
+
+    def add_reader(self, source: Pollable, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever `source` (a socket or an fd) is readable."""
+        self._handlers[source] = callback
+        self._poller.register(source, zmq.POLLIN)
+
+    def remove_reader(self, source: Pollable) -> None:
+        if self._handlers.pop(source, None) is not None:
+            self._poller.unregister(source)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """Run `callback` once, `delay` seconds from now."""
+        return self.call_at(self.clock() + delay, callback)
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(when, next(self._order), callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def call_every(self, interval: float, callback: Callable[[], None]) -> Timer:
+        """Run `callback` every `interval` seconds; the returned timer's
+        `cancel()` stops the series."""
+        handle = Timer(self.clock() + interval, -1, callback)
+
+        def tick() -> None:
+            if handle.cancelled:
+                return
+            callback()
+            if not handle.cancelled:
+                self.call_at(self.clock() + interval, tick)
+
+        self.call_at(handle.when, tick)
+        return handle
+
+    # -- signals ---------------------------------------------------------
+
+    def install_signals(self, signals: Iterable[int], callback: Callable[[int], None]) -> None:
+        """Deliver `signals` to `callback(signum)` from the loop.
+
+        May be called again to add signals (the callback is replaced). The
+        previous handlers and wake-up fd are kept and restored by
+        `restore_signals`. Must be called from the main thread.
+        """
+        if self._wakeup_r is None:
+            r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._wakeup_r, self._wakeup_w = r, w
+            self._previous_wakeup_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+            self.add_reader(r, self._drain_signals)
+        self._signal_callback = callback
+        for signum in signals:
+            previous = signal.signal(signum, _ignore_signal)
+            self._previous_handlers.setdefault(signum, previous)
+
+    def restore_signals(self) -> None:
+        """Put back the handlers and wake-up fd that were there before."""
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous_handlers.clear()
+        if self._wakeup_r is not None:
+            with contextlib.suppress(ValueError):
+                signal.set_wakeup_fd(
+                    self._previous_wakeup_fd if self._previous_wakeup_fd is not None else -1
+                )
+            self.remove_reader(self._wakeup_r)
+            os.close(self._wakeup_r)
+            if self._wakeup_w is not None:
+                os.close(self._wakeup_w)
+            self._wakeup_r = self._wakeup_w = None
+        self._signal_callback = None
+
+    def signal_fds(self) -> tuple[int, ...]:
+        """The wake-up pipe's fds (a forked child must close them)."""
+        return tuple(fd for fd in (self._wakeup_r, self._wakeup_w) if fd is not None)
+
+    def _drain_signals(self) -> None:
+        assert self._wakeup_r is not None
+        try:
+            data = os.read(self._wakeup_r, 512)
+        except BlockingIOError:
+            return
+        if self._signal_callback is None:
+            return
+        for signum in data:
+            self._signal_callback(signum)
+
+    # -- running ---------------------------------------------------------
+
+    @property
+    def in_callback(self) -> bool:
+        """True while the loop is dispatching (nested waits are not allowed)."""
+        return self._depth > 0
+
+    def stop(self) -> None:
+        """Make the current `run_forever` return after this iteration."""
+        self._stopped = True
+
+    def run_once(self, timeout: float | None = None) -> None:
+        """Wait up to `timeout` seconds for events and dispatch them and due timers."""
+        if self._depth:
+            raise RuntimeError("the event loop cannot be re-entered from one of its callbacks")
+        self._depth += 1
+        try:
+            self._run_timers()
+            wait = self._next_timer_delay(timeout)
+            try:
+                events = self._poller.poll(
+                    None if wait is None else math.ceil(max(0.0, wait) * 1000)
+                )
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EINTR:
+                    raise
+                events = []
+            for source, _ in events:
+                handler = self._handlers.get(source)
+                if handler is not None:
+                    handler()
+            self._run_timers()
+        finally:
+            self._depth -= 1
+
+    def run_until(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Run the loop until `predicate()` is true or `timeout` passed.
+
+        Returns the predicate's last value. Only top-level code may call this.
+        """
+        deadline = None if timeout is None else self.clock() + timeout
+        while not predicate():
+            if deadline is None:
+                self.run_once(None)
+                continue
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return predicate()
+            self.run_once(remaining)
+        return True
+
+    def run_forever(self) -> None:
+        """Run until `stop()` is called."""
+        self._stopped = False
+        while not self._stopped:
+            self.run_once(None)
+
+    def _next_timer_delay(self, timeout: float | None) -> float | None:
+        while self._timers and self._timers[0].cancelled:
+            heapq.heappop(self._timers)
+        if self._stopped:
+            return 0
+        if not self._timers:
+            return timeout
+        delay = max(0.0, self._timers[0].when - self.clock())
+        return delay if timeout is None else min(delay, timeout)
+
+    def _run_timers(self) -> None:
+        now = self.clock()
+        while self._timers and self._timers[0].when <= now:
+            timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.callback()
+
+    def close(self) -> None:
+        """Restore signals and forget every registration and timer."""
+        self.restore_signals()
+        for source in list(self._handlers):
+            self.remove_reader(source)
+        self._timers.clear()

@@ -1,0 +1,635 @@
+"""The master: owns the authoritative bus and carries it to the workers.
+
+A `Master` is a plugin of its process's `Bus` (by default `procbus.bus`):
+``start`` binds its endpoints and fills the pool, ``stop`` drains every worker,
+``exit`` waits for them and closes everything, and every other publish on the
+bus (``graceful`` and custom channels) is forwarded to the workers. `publish`
+does the same and returns the whole tree's answer as a `TreeReply`.
+
+Everything runs in one thread around `EventLoop`. The public methods here are
+meant for top-level code (a script, `run`): they pump the loop until what they
+wait for happened. Code running inside the loop (listeners called from a
+control command, signal handling) uses the asynchronous forms instead.
+
+There are no Python threads in the master, so a fork never copies a held lock.
+(libzmq's own I/O threads exist, but a worker never touches the master's
+ZeroMQ context: it closes the fds and makes its own.)
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import zmq
+
+from procbus import protocol
+from procbus.bus import Bus, states
+from procbus.bus import bus as process_bus
+from procbus.errors import ProtocolError, StartupError
+from procbus.master.loop import Clock, EventLoop
+from procbus.master.planner import Supervision, WorkerProc, WorkerState
+from procbus.master.pool import Pool
+from procbus.master.relay import Relay, TreeReply, WorkerResult, WorkerStatus
+from procbus.master.runtime import RuntimeDir
+from procbus.protocol import MsgType
+from procbus.worker.apps import WorkerApp
+from procbus.worker.worker import WorkerSpec, run_worker
+
+log = logging.getLogger("procbus.master")
+
+LOCAL_CHANNELS: Final = frozenset({"log", "main"})
+"""Channels that stay on the master."""
+POOL_CHANNELS: Final = frozenset({"start", "stop", "exit"})
+"""Channels that drive the pool instead of being forwarded."""
+
+_WORKER_MESSAGES: Final = frozenset(
+    {MsgType.HELLO, MsgType.STATE, MsgType.HEARTBEAT, MsgType.REPLY}
+)
+_BATCH: Final = 1000
+"""Messages read from one socket before the loop looks at the others."""
+
+MASTER_SIGNALS: Final = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+)
+
+
+@dataclass(frozen=True)
+class TreeSettings:
+    """How the tree behaves (all durations in seconds)."""
+
+    workers: int = 2
+    heartbeat_interval: float = 1.0
+    publish_timeout: float = 30.0
+    supervision: Supervision = field(default_factory=Supervision)
+
+
+class Master:
+    """A master process: a bus, a pool of forked workers, and the wire between them."""
+
+    def __init__(
+        self,
+        app: str | WorkerApp,
+        workers: int | None = None,
+        *,
+        name: str = "procbus",
+        runtime_dir: str | Path | None = None,
+        settings: TreeSettings | None = None,
+        bus: Bus | None = None,
+        sockets: Sequence[Any] = (),
+        app_settings: dict[str, Any] | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        settings = settings or TreeSettings()
+        if workers is not None:
+            settings = TreeSettings(
+                workers=workers,
+                heartbeat_interval=settings.heartbeat_interval,
+                publish_timeout=settings.publish_timeout,
+                supervision=settings.supervision,
+            )
+        if settings.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {settings.workers}")
+        self.app = app
+        self.name = name
+        self.settings = settings
+        self.bus = bus if bus is not None else process_bus
+        self.sockets = list(sockets)
+        self.app_settings = dict(app_settings or {})
+        self.runtime = RuntimeDir.for_name(
+            name, Path(runtime_dir) if runtime_dir is not None else None
+        )
+        self.loop = EventLoop(clock)
+        self.pool = Pool(
+            self.loop,
+            policy=settings.supervision,
+            spawn=self._spawn,
+            emit=self.emit,
+            target=settings.workers,
+        )
+        self.pool.on_ready = self._welcome
+        self.pool.on_gone = self._worker_gone
+        self.relay: Relay | None = None
+        self.pid = os.getpid()
+        self.generation = 1
+        self.started_at = time.time()
+        self.endpoints: dict[str, str] = {}
+        self.dropped_messages = 0
+        self.exit_code = 0
+        self._context: zmq.Context[Any] | None = None
+        self._xpub: zmq.Socket[bytes] | None = None
+        self._router: zmq.Socket[bytes] | None = None
+        self._events: zmq.Socket[bytes] | None = None
+        self._inherited_fds: frozenset[int] = frozenset()
+        self._exit_requested = False
+        self._fast_exit = False
+        self._jobs: collections.deque[Callable[[], None]] = collections.deque()
+        self._subscribe_to_bus()
+
+    # -- the bus plugin ---------------------------------------------------
+
+    def _subscribe_to_bus(self) -> None:
+        self.bus.subscribe("start", self._on_bus_start, priority=70)
+        self.bus.subscribe("stop", self._on_bus_stop, priority=20)
+        self.bus.subscribe("exit", self._on_bus_exit, priority=80)
+
+    def _unsubscribe_from_bus(self) -> None:
+        self.bus.unsubscribe("start", self._on_bus_start)
+        self.bus.unsubscribe("stop", self._on_bus_stop)
+        self.bus.unsubscribe("exit", self._on_bus_exit)
+
+    def _on_bus_start(self) -> None:
+        if self._context is None:
+            self.open()
+        self.pool.activate()
+
+    def _on_bus_stop(self) -> None:
+        if self._context is None:
+            return
+        self.pool.deactivate(fast=self._fast_exit)
+        if not self.loop.in_callback:
+            self._wait_for_workers()
+
+    def _on_bus_exit(self) -> None:
+        if self._context is None:
+            return
+        if self.loop.in_callback:
+            # Finish from the top of the loop, where waiting is allowed.
+            self.request_exit(fast=self._fast_exit)
+            return
+        self._wait_for_workers()
+        self.close()
+
+    def _wait_for_workers(self) -> None:
+        policy = self.settings.supervision
+        limit = policy.graceful_timeout + policy.abort_grace + 10
+        if not self.loop.run_until(self.pool.no_children, limit):
+            log.error("workers still alive %gs after stop: %s", limit, sorted(self.pool.by_pid))
+
+    def _forward(
+        self, channel: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[BaseException]:
+        """The bus's forward hook: carry a publish on the master's bus to the workers."""
+        if channel in LOCAL_CHANNELS or channel in POOL_CHANNELS or self.relay is None:
+            return []
+        try:
+            template = protocol.PublishTemplate(
+                channel, list(args), kwargs, self.settings.publish_timeout
+            )
+        except (TypeError, ProtocolError) as exc:
+            return [TypeError(f"publish on {channel!r} cannot be forwarded to workers: {exc}")]
+        reply = TreeReply(channel, None)
+        gather = self._send(template, reply, self.settings.publish_timeout, self._log_failures)
+        if self.loop.in_callback:
+            return []
+        self.loop.run_until(lambda: gather.done)
+        return [exc for exc in reply.failures() if exc not in reply.master_errors]
+
+    def _log_failures(self, reply: TreeReply) -> None:
+        for exc in reply.failures():
+            log.error("publish %r (seq %s): %s", reply.channel, reply.seq, exc)
+        if not reply.ok:
+            self.emit(
+                "publish_failed",
+                channel=reply.channel,
+                seq=reply.seq,
+                workers={
+                    str(k): v.status.value
+                    for k, v in reply.workers.items()
+                    if v.status not in (WorkerStatus.OK, WorkerStatus.STARTING)
+                },
+            )
+
+    # -- opening and closing ------------------------------------------------
+
+    def open(self) -> None:
+        """Take the runtime directory and bind the endpoints (once)."""
+        if self._context is not None:
+            return
+        self._inherited_fds = frozenset(_open_fds())
+        self.runtime.acquire()
+        try:
+            self._bind()
+        except BaseException:
+            self.runtime.release()
+            raise
+        self.bus.forward = self._forward
+        self.loop.install_signals([signal.SIGCHLD], self._on_signal)
+        log.info("master %d (%s) listening in %s", self.pid, self.name, self.runtime.path)
+
+    def _bind(self) -> None:
+        endpoints = self.runtime.endpoints()
+        context: zmq.Context[Any] = zmq.Context()
+        self._context = context
+        xpub = context.socket(zmq.XPUB)
+        router = context.socket(zmq.ROUTER)
+        events = context.socket(zmq.PUB)
+        for sock in (xpub, router, events):
+            sock.linger = 0
+            sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
+        xpub.sndhwm = 0
+        router.rcvhwm = 0
+        try:
+            xpub.bind(endpoints["publish"])
+            router.bind(endpoints["replies"])
+            events.bind(endpoints["events"])
+        except zmq.ZMQError as exc:
+            for sock in (xpub, router, events):
+                sock.close(0)
+            context.term()
+            self._context = None
+            raise StartupError(f"cannot bind in '{self.runtime.path}': {exc}") from None
+        for role in ("publish", "replies", "events"):
+            os.chmod(endpoints[role].removeprefix("ipc://"), 0o600)
+        self._xpub, self._router, self._events = xpub, router, events
+        self.endpoints = {role: endpoints[role] for role in ("publish", "replies", "events")}
+        self.relay = Relay(xpub, self.loop)
+        self.loop.add_reader(xpub, self._on_xpub)
+        self.loop.add_reader(router, self._on_router)
+
+    def close(self) -> None:
+        """Close the sockets, free the runtime directory, restore signals."""
+        if self._context is None:
+            return
+        self.bus.forward = None
+        self.loop.close()
+        for sock in (self._xpub, self._router, self._events):
+            if sock is not None:
+                sock.close(0)
+        self._context.term()
+        self._context = None
+        self._xpub = self._router = self._events = None
+        self.relay = None
+        self.runtime.release()
+        log.info("master %d closed", self.pid)
+
+    # -- fork -----------------------------------------------------------------
+
+    def _spawn(self, worker_id: int, generation: int) -> int:
+        spec = WorkerSpec(
+            worker_id=worker_id,
+            generation=generation,
+            master_pid=self.pid,
+            app=self.app,
+            publish_endpoint=self.endpoints["publish"],
+            reply_endpoint=self.endpoints["replies"],
+            heartbeat_interval=self.settings.heartbeat_interval,
+            welcome_timeout=self.settings.supervision.boot_timeout,
+            graceful_timeout=self.settings.supervision.graceful_timeout,
+            sockets=self.sockets,
+            close_fds=self._master_only_fds(),
+            keep_fds=[s.fileno() for s in self.sockets],
+            inherited_ok_fds=self._inherited_fds,
+            app_settings=self.app_settings,
+        )
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            run_worker(spec)
+        return pid
+
+    def _master_only_fds(self) -> list[int]:
+        fds = list(self.loop.signal_fds())
+        if self.runtime.lock_fd is not None:
+            fds.append(self.runtime.lock_fd)
+        return fds
+
+    # -- messages ---------------------------------------------------------------
+
+    def _on_xpub(self) -> None:
+        assert self._xpub is not None
+        for _ in range(_BATCH):
+            try:
+                frame = self._xpub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if frame[:1] == b"\x01":
+                self.pool.subscribed(frame[1:])
+
+    def _on_router(self) -> None:
+        assert self._router is not None
+        for _ in range(_BATCH):
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                self._drop(frames[0] if frames else b"", f"{len(frames)} frames (expected 2)")
+                continue
+            identity, frame = frames
+            try:
+                message = protocol.decode(frame, expect=_WORKER_MESSAGES)
+            except ProtocolError as exc:
+                self._drop(identity, str(exc))
+                continue
+            self._dispatch(identity, message)
+
+    def _drop(self, identity: bytes, reason: str) -> None:
+        self.dropped_messages += 1
+        log.warning("dropped a message from %r: %s", identity[:64], reason)
+
+    def _dispatch(self, identity: bytes, message: protocol.Message) -> None:
+        if message.type is MsgType.HELLO:
+            worker = self.pool.by_pid.get(message["pid"])
+            expected = f"w.{worker.id}.{worker.generation}.".encode() if worker else None
+            if (
+                worker is None
+                or worker.id != message["worker"]
+                or worker.generation != message["generation"]
+                or identity != expected
+                or message["topic"] != expected
+            ):
+                self._drop(identity, f"hello from an unknown worker (pid {message['pid']})")
+                return
+            self.pool.hello(worker)
+            return
+        found = self.pool.by_topic.get(identity)
+        if found is None or not found.hello:
+            self._drop(identity, f"{message.type.name} from a worker that did not say hello")
+            return
+        if message.type is MsgType.HEARTBEAT:
+            self.pool.heartbeat(found, message["counters"])
+        elif message.type is MsgType.STATE:
+            self.pool.worker_state(found, message["state"], message.get("error"))
+        elif message.type is MsgType.REPLY:
+            found.last_heartbeat = self.loop.clock()
+            assert self.relay is not None
+            self.relay.on_reply(found, message)
+
+    def _welcome(self, worker: WorkerProc) -> None:
+        assert self._router is not None and self.relay is not None
+        frame = protocol.encode(MsgType.WELCOME, {"next_seq": self.relay.next_seq})
+        self._router.send_multipart([f"w.{worker.id}.{worker.generation}.".encode(), frame])
+
+    def _worker_gone(self, worker: WorkerProc) -> None:
+        if self.relay is not None:
+            self.relay.on_worker_gone(worker)
+
+    def emit(self, event: str, **data: Any) -> None:
+        """Put an event on the event stream (and the debug log)."""
+        log.debug("event %s %s", event, data)
+        if self._events is None:
+            return
+        body = {"event": event, "time": time.time(), "data": data}
+        try:
+            frame = protocol.encode(MsgType.EVENT, body)
+        except TypeError as exc:
+            log.error("event %s not sent: %s", event, exc)
+            return
+        self._events.send_multipart([event.encode(), frame])
+
+    # -- signals ----------------------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGCHLD:
+            self.pool.reap()
+            return
+        log.info("master %d: %s", self.pid, signal.Signals(signum).name)
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.request_exit()
+        elif signum == signal.SIGQUIT:
+            self.request_exit(fast=True)
+        elif signum == signal.SIGTTIN:
+            self.incr()
+        elif signum == signal.SIGTTOU:
+            self.decr()
+        elif signum == signal.SIGUSR1:
+            self.publish_async("graceful", on_done=self._log_failures)
+        elif signum == signal.SIGHUP:
+            self.reload()
+
+    # -- public API ---------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._context is not None
+
+    def start(self, timeout: float | None = None) -> bool:
+        """Start the bus (bind, fork the workers); wait until they all run.
+
+        Returns whether every worker runs within `timeout` (None: the boot
+        timeout). With ``timeout=0`` it does not wait.
+        """
+        self.bus.start()
+        if timeout == 0:
+            return self.pool.all_running()
+        return self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Pump the loop until every worker runs (or flaps); True if all run."""
+        limit = self.settings.supervision.boot_timeout if timeout is None else timeout
+        self.loop.run_until(self.pool.settled, limit)
+        return self.pool.all_running()
+
+    def publish(
+        self, channel: str, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> TreeReply:
+        """Publish on the whole tree and return every process's answer.
+
+        The master's listeners run first (wspbus rules; their failures are in
+        ``reply.master_errors``), then the message goes out once to every
+        subscribed worker and their replies are gathered until all answered
+        or `timeout` passed. ``start``, ``stop`` and ``exit`` drive the bus and
+        the pool; ``log`` and ``main`` stay on the master. Raises ``TypeError``
+        before anything runs if an argument cannot be sent.
+        """
+        gather_done: list[TreeReply] = []
+        self.publish_async(channel, args, kwargs, timeout=timeout, on_done=gather_done.append)
+        self.loop.run_until(lambda: bool(gather_done))
+        return gather_done[0]
+
+    def publish_async(
+        self,
+        channel: str,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        on_done: Callable[[TreeReply], None] | None = None,
+    ) -> None:
+        """Start a tree publish; `on_done(reply)` is called from the loop when complete."""
+        args = list(args)
+        kwargs = dict(kwargs or {})
+        if channel in POOL_CHANNELS or channel in LOCAL_CHANNELS:
+            reply = self._publish_on_master(channel, args, kwargs)
+            if on_done is not None:
+                on_done(reply)
+            return
+        timeout = self.settings.publish_timeout if timeout is None else timeout
+        template = protocol.PublishTemplate(channel, args, kwargs, timeout)
+        reply = TreeReply(channel, None)
+        for outcome in self.bus.run_listeners(channel, *args, **kwargs):
+            reply.master.append(outcome.result)
+            if outcome.error is not None:
+                reply.master_errors.append(outcome.error)
+        self._send(template, reply, timeout, on_done)
+
+    def _publish_on_master(
+        self, channel: str, args: list[Any], kwargs: dict[str, Any]
+    ) -> TreeReply:
+        reply = TreeReply(channel, None)
+        if channel == "start":
+            self.bus.start()
+        elif channel == "stop":
+            self.bus.stop()
+        elif channel == "exit":
+            self.request_exit()
+        else:
+            for outcome in self.bus.run_listeners(channel, *args, **kwargs):
+                reply.master.append(outcome.result)
+                if outcome.error is not None:
+                    reply.master_errors.append(outcome.error)
+        return reply
+
+    def _send(
+        self,
+        template: protocol.PublishTemplate,
+        reply: TreeReply,
+        timeout: float,
+        on_done: Callable[[TreeReply], None] | None,
+    ) -> Any:
+        if self.relay is None:
+            raise RuntimeError("the master is not started")
+        targets, starting = self.pool.publish_targets()
+        for worker in starting:
+            reply.workers[worker.id] = WorkerResult(
+                worker.id, worker.pid, worker.generation, WorkerStatus.STARTING
+            )
+        return self.relay.send(template, targets, timeout, reply, on_done)
+
+    def scale(self, workers: int) -> None:
+        """Run `workers` workers: fork the missing ones, drain the extra ones."""
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+            raise ValueError(f"worker count must be an integer >= 0, got {workers!r}")
+        log.info("scaling from %d to %d workers", self.pool.target, workers)
+        self.emit("scale", before=self.pool.target, after=workers)
+        self.pool.scale(workers)
+
+    def incr(self, count: int = 1) -> None:
+        self.scale(self.pool.target + count)
+
+    def decr(self, count: int = 1) -> None:
+        self.scale(max(0, self.pool.target - count))
+
+    def kill_worker(self, worker_id: int, signum: int = signal.SIGTERM) -> WorkerProc:
+        """Send `signum` to the current worker `worker_id`; it will be replaced."""
+        slot = self.pool.slot(worker_id)
+        if slot is None or slot.current is None or worker_id > self.pool.target:
+            raise LookupError(f"no worker {worker_id}")
+        worker = slot.current
+        self.pool.signal(worker, signum)
+        return worker
+
+    def reload(self) -> None:
+        """Replace every worker, one at a time, without dropping below N."""
+        for slot in self.pool.slots():
+            if slot.current is not None:
+                self.pool.replace(slot.id)
+
+    def stop(self) -> None:
+        """Drain and stop every worker; the master stays up (bus STOPPED)."""
+        self.bus.stop()
+
+    def exit(self) -> None:
+        """Stop the workers and close the master (bus EXITING)."""
+        if self.bus.state is not states.EXITING:
+            self.bus.exit()
+
+    def request_exit(self, fast: bool = False) -> None:
+        """From inside the loop: make `run` stop the tree and return."""
+        self._exit_requested = True
+        self._fast_exit = self._fast_exit or fast
+        self.loop.stop()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run `job` at the top of the loop, where it may wait (long commands)."""
+        self._jobs.append(job)
+        self.loop.stop()
+
+    def run(self) -> int:
+        """Run the tree until TERM, INT, QUIT or an exit command; return the exit status."""
+        self.loop.install_signals(MASTER_SIGNALS, self._on_signal)
+        try:
+            self.bus.start()
+            while not self._exit_requested:
+                self.loop.run_forever()
+                while self._jobs and not self._exit_requested:
+                    self._jobs.popleft()()
+            self.exit()
+        finally:
+            self.close()
+            self.loop.restore_signals()
+        return self.exit_code
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot of the master and its workers (plain data)."""
+        now = self.loop.clock()
+        workers = []
+        for slot in self.pool.slots():
+            worker = slot.current
+            workers.append(
+                {
+                    "id": slot.id,
+                    "pid": worker.pid if worker else None,
+                    "state": (
+                        worker.state.value
+                        if worker
+                        else ("flapping" if slot.flapping else "backoff")
+                    ),
+                    "generation": worker.generation if worker else slot.generation,
+                    "age": now - worker.started_at if worker else None,
+                    "heartbeat_age": (
+                        now - worker.last_heartbeat
+                        if worker and worker.last_heartbeat is not None
+                        else None
+                    ),
+                    "requests": worker.requests if worker else 0,
+                    "restarts": slot.restarts,
+                    "last_error": slot.last_error,
+                }
+            )
+        return {
+            "master": {
+                "pid": self.pid,
+                "name": self.name,
+                "state": self.bus.state.name,
+                "generation": self.generation,
+                "uptime": time.time() - self.started_at,
+                "endpoints": dict(self.endpoints),
+            },
+            "workers": workers,
+        }
+
+    def __enter__(self) -> Master:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.exit()
+        self.close()
+        self._unsubscribe_from_bus()
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return []
+
+
+__all__ = ["Master", "TreeReply", "TreeSettings", "WorkerState", "WorkerStatus"]

@@ -1,0 +1,388 @@
+"""The pool: carries out the planner's decisions and keeps the worker records.
+
+`procbus.master.planner` decides; this module does: it forks (through a spawn
+function the master provides), signals, reaps, and updates each worker's record
+from what the worker says (hello, state, heartbeat) and from what the kernel
+says (exit status). After anything changes it asks the planner again, and
+arms one timer for the planner's next deadline, so the master never polls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from procbus.master.loop import EventLoop, Timer
+from procbus.master.planner import (
+    Action,
+    ActionKind,
+    PoolView,
+    Supervision,
+    WorkerProc,
+    WorkerSlot,
+    WorkerState,
+    plan,
+    record_exit,
+)
+
+log = logging.getLogger("procbus.master")
+
+SpawnFn = Callable[[int, int], int]
+"""(worker id, generation) -> pid of the forked worker."""
+EmitFn = Callable[..., None]
+"""emit(event name, **fields): the master's event stream."""
+
+
+def describe_status(status: int) -> str:
+    """``exit 3`` or ``killed by SIGKILL`` from an ``os.waitstatus_to_exitcode`` value."""
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exit {status}"
+
+
+class Pool:
+    """The master's worker processes and slots."""
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        *,
+        policy: Supervision,
+        spawn: SpawnFn,
+        emit: EmitFn,
+        target: int,
+        kill: Callable[[int, int], None] = os.kill,
+    ) -> None:
+        self.loop = loop
+        self.policy = policy
+        self._spawn = spawn
+        self._emit = emit
+        self._kill = kill
+        self.view = PoolView(slots={}, target=target, active=False)
+        self.by_pid: dict[int, WorkerProc] = {}
+        self.by_topic: dict[bytes, WorkerProc] = {}
+        self._timer: Timer | None = None
+        self._planning = False
+        self.stop_signal = signal.SIGTERM
+        """What draining workers are sent: SIGTERM (graceful) or SIGQUIT (fast)."""
+        self.on_ready: Callable[[WorkerProc], None] = lambda worker: None
+        self.on_gone: Callable[[WorkerProc], None] = lambda worker: None
+        self.on_other_child: Callable[[int, int], None] = lambda pid, status: None
+
+    # -- what the rest of the master reads --------------------------------
+
+    @property
+    def target(self) -> int:
+        return self.view.target
+
+    @property
+    def active(self) -> bool:
+        return self.view.active
+
+    def slots(self) -> list[WorkerSlot]:
+        return [self.view.slots[i] for i in sorted(self.view.slots) if i <= self.view.target]
+
+    def current_workers(self) -> Iterator[WorkerProc]:
+        for slot in self.slots():
+            if slot.current is not None:
+                yield slot.current
+
+    def publish_targets(self) -> tuple[list[WorkerProc], list[WorkerProc]]:
+        """(workers a publish waits for, current workers not yet subscribed)."""
+        targets, starting = [], []
+        for worker in self.current_workers():
+            if worker.state is WorkerState.RUNNING:
+                targets.append(worker)
+            elif worker.state in (WorkerState.BOOTING, WorkerState.STARTING):
+                starting.append(worker)
+        return targets, starting
+
+    def all_running(self) -> bool:
+        """Every wanted slot has a running current worker and nothing is in transit."""
+        slots = self.slots()
+        return len(slots) == self.view.target and all(
+            s.current is not None
+            and s.current.state is WorkerState.RUNNING
+            and s.replacement is None
+            for s in slots
+        )
+
+    def settled(self) -> bool:
+        """Nothing left to wait for: each slot is running, flapping or backing off."""
+        slots = self.slots()
+        return len(slots) == self.view.target and all(
+            s.flapping or (s.current is not None and s.current.state is WorkerState.RUNNING)
+            for s in slots
+        )
+
+    def no_children(self) -> bool:
+        return not self.by_pid
+
+    def slot(self, worker_id: int) -> WorkerSlot | None:
+        return self.view.slots.get(worker_id)
+
+    # -- what the master asks ---------------------------------------------
+
+    def activate(self) -> None:
+        self.view.active = True
+        self.stop_signal = signal.SIGTERM
+        for slot in self.view.slots.values():
+            self._unflap(slot)
+        self.replan()
+
+    def deactivate(self, fast: bool = False) -> None:
+        """Drain every worker (SIGTERM), or end them at once (SIGQUIT) if `fast`."""
+        self.view.active = False
+        self.stop_signal = signal.SIGQUIT if fast else signal.SIGTERM
+        self.replan()
+
+    def scale(self, target: int) -> None:
+        if target < 0:
+            raise ValueError(f"worker count must be >= 0, got {target}")
+        grow = target > self.view.target
+        self.view.target = target
+        if grow:
+            for slot in self.slots():
+                self._unflap(slot)
+        self.replan()
+
+    def replace(self, worker_id: int) -> None:
+        """Start a replacement for `worker_id`; the old worker drains once it runs."""
+        slot = self.view.slots[worker_id]
+        self._unflap(slot)
+        slot.replace_requested = True
+        self.replan()
+
+    def cancel_replace(self, worker_id: int) -> None:
+        """Give up replacing `worker_id`: drain the replacement, keep the current."""
+        slot = self.view.slots[worker_id]
+        slot.replace_requested = False
+        if slot.replacement is not None:
+            self._retire(slot.replacement, "replacement abandoned")
+            slot.replacement = None
+        self.replan()
+
+    def signal(self, worker: WorkerProc, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._kill(worker.pid, signum)
+
+    def _unflap(self, slot: WorkerSlot) -> None:
+        if slot.flapping or slot.early_deaths:
+            slot.flapping = False
+            slot.early_deaths = 0
+            slot.next_spawn_at = 0.0
+
+    # -- planning ---------------------------------------------------------
+
+    def replan(self) -> None:
+        """Ask the planner what to do, do it, and arm the next deadline."""
+        if self._planning:
+            return
+        self._planning = True
+        try:
+            for _ in range(100):
+                result = plan(self.view, self.loop.clock(), self.policy)
+                if not result.actions:
+                    break
+                for action in result.actions:
+                    self._execute(action)
+        finally:
+            self._planning = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if result.next_check != float("inf"):
+            self._timer = self.loop.call_at(result.next_check, self.replan)
+
+    def _execute(self, action: Action) -> None:
+        now = self.loop.clock()
+        slot = self.view.slots.get(action.slot)
+        worker = action.worker
+        if action.kind is ActionKind.SPAWN:
+            if slot is None:
+                slot = self.view.slots[action.slot] = WorkerSlot(action.slot)
+            self._fork(slot, action.replace, action.reason)
+        elif action.kind is ActionKind.PROMOTE:
+            assert slot is not None and worker is not None
+            old = slot.current
+            slot.current, slot.replacement = worker, None
+            slot.replace_requested = False
+            self._emit("promote", worker=worker.id, pid=worker.pid, generation=worker.generation)
+            if old is not None:
+                self._retire(old, "replaced")
+        elif action.kind is ActionKind.DRAIN:
+            assert worker is not None
+            if slot is not None and slot.current is worker:
+                slot.current = None
+            if slot is not None and slot.replacement is worker:
+                slot.replacement = None
+            self._retire(worker, action.reason)
+        elif action.kind is ActionKind.ABORT:
+            assert worker is not None
+            worker.abort_deadline = now + self.policy.abort_grace
+            worker.last_error = action.reason
+            log.error("worker %d (pid %d): %s; aborting", worker.id, worker.pid, action.reason)
+            self._emit("timeout", worker=worker.id, pid=worker.pid, reason=action.reason)
+            self.signal(worker, signal.SIGABRT)
+        elif action.kind is ActionKind.KILL:
+            assert worker is not None
+            worker.killed = True
+            log.warning("worker %d (pid %d): %s; killing", worker.id, worker.pid, action.reason)
+            self._emit("kill", worker=worker.id, pid=worker.pid, reason=action.reason)
+            self.signal(worker, signal.SIGKILL)
+
+    def _fork(self, slot: WorkerSlot, replace: bool, reason: str) -> None:
+        slot.generation += 1
+        try:
+            pid = self._spawn(slot.id, slot.generation)
+        except OSError as exc:
+            log.error("cannot fork worker %d: %s", slot.id, exc)
+            slot.early_deaths += 1
+            slot.next_spawn_at = self.loop.clock() + self.policy.backoff.delay(slot.early_deaths)
+            return
+        worker = WorkerProc(slot.id, slot.generation, pid, self.loop.clock())
+        self.by_pid[pid] = worker
+        # Known from the fork on: the subscription may arrive before the hello.
+        self.by_topic[_topic(worker)] = worker
+        if replace:
+            slot.replacement = worker
+        else:
+            slot.current = worker
+        self._emit("spawn", worker=slot.id, pid=pid, generation=slot.generation, reason=reason)
+
+    def _retire(self, worker: WorkerProc, reason: str) -> None:
+        """Drain `worker`: SIGTERM now, SIGKILL after the graceful timeout."""
+        if worker not in self.view.retired:
+            self.view.retired.append(worker)
+        if worker.state is WorkerState.STOPPING or not worker.alive:
+            return
+        worker.state = WorkerState.STOPPING
+        worker.stop_deadline = self.loop.clock() + self.policy.graceful_timeout
+        self._emit("drain", worker=worker.id, pid=worker.pid, reason=reason)
+        self.signal(worker, self.stop_signal)
+
+    # -- what the workers and the kernel say --------------------------------
+
+    def reap(self) -> None:
+        """Collect every child that exited (SIGCHLD, or any time)."""
+        changed = False
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            code = os.waitstatus_to_exitcode(status)
+            worker = self.by_pid.pop(pid, None)
+            if worker is None:
+                self.on_other_child(pid, code)
+                continue
+            changed = True
+            self._exited(worker, code)
+        if changed:
+            self.replan()
+
+    def _exited(self, worker: WorkerProc, code: int) -> None:
+        was = worker.state
+        worker.exit_status = code
+        worker.state = WorkerState.EXITED
+        self.by_topic.pop(_topic(worker), None)
+        if worker in self.view.retired:
+            self.view.retired.remove(worker)
+        slot = self.view.slots.get(worker.id)
+        expected = was is WorkerState.STOPPING
+        worker.state = was  # record_exit reads how the worker was doing
+        if slot is not None:
+            record_exit(slot, worker, self.loop.clock(), self.policy)
+        worker.state = WorkerState.EXITED
+        how = describe_status(code)
+        level = logging.INFO if expected else logging.WARNING
+        log.log(
+            level,
+            "worker %d (pid %d) %s%s",
+            worker.id,
+            worker.pid,
+            how,
+            "" if expected else f" unexpectedly; {worker.last_error or 'no error reported'}",
+        )
+        self._emit(
+            "exit",
+            worker=worker.id,
+            pid=worker.pid,
+            generation=worker.generation,
+            status=code,
+            how=how,
+            expected=expected,
+            error=worker.last_error,
+        )
+        if slot is not None and slot.flapping and not expected:
+            log.error(
+                "worker %d is flapping: %d early deaths in a row; not respawning",
+                slot.id,
+                slot.early_deaths,
+            )
+            self._emit(
+                "flapping", worker=slot.id, early_deaths=slot.early_deaths, error=slot.last_error
+            )
+        self.on_gone(worker)
+
+    def hello(self, worker: WorkerProc) -> None:
+        worker.hello = True
+        worker.last_heartbeat = self.loop.clock()
+        if worker.state is WorkerState.BOOTING:
+            worker.state = WorkerState.STARTING
+
+    def subscribed(self, topic: bytes) -> None:
+        worker = self.by_topic.get(topic)
+        if worker is None:
+            return
+        worker.subscribed = True
+        self._maybe_ready(worker)
+
+    def worker_state(self, worker: WorkerProc, state: str, error: str | None) -> None:
+        worker.bus_state = state
+        worker.last_heartbeat = self.loop.clock()
+        if error:
+            worker.last_error = error
+            slot = self.view.slots.get(worker.id)
+            if slot is not None:
+                slot.last_error = error
+        self._emit("state", worker=worker.id, pid=worker.pid, state=state, error=error)
+        if state == "running":
+            self._maybe_ready(worker)
+        elif (
+            state in ("stopping", "stopped", "failed") and worker.state is not WorkerState.STOPPING
+        ):
+            # The worker stops on its own (a signal from someone else, its app ended).
+            worker.state = WorkerState.STOPPING
+            worker.stop_deadline = self.loop.clock() + self.policy.graceful_timeout
+            self.replan()
+
+    def heartbeat(self, worker: WorkerProc, counters: dict[str, Any]) -> None:
+        worker.last_heartbeat = self.loop.clock()
+        worker.counters = {k: v for k, v in counters.items() if isinstance(v, int)}
+
+    def _maybe_ready(self, worker: WorkerProc) -> None:
+        if (
+            worker.state in (WorkerState.BOOTING, WorkerState.STARTING)
+            and worker.subscribed
+            and worker.bus_state == "running"
+        ):
+            worker.state = WorkerState.RUNNING
+            worker.ran = True
+            worker.last_heartbeat = self.loop.clock()
+            self.on_ready(worker)
+            self._emit("ready", worker=worker.id, pid=worker.pid, generation=worker.generation)
+            self.replan()
+
+
+def _topic(worker: WorkerProc) -> bytes:
+    return f"w.{worker.id}.{worker.generation}.".encode()

@@ -1,0 +1,109 @@
+"""Worker apps: what a worker runs, and what it is given.
+
+A worker app is any callable ``main(ctx)`` taking a `WorkerContext`: the
+worker's id and generation, its bus (`procbus.bus` inside the worker), the
+listening sockets inherited from the master, and a `stopping` event. It runs in
+the worker's app thread and should return once ``ctx.stopping`` is set (or from
+a ``stop`` listener on ``ctx.bus``). Returning early, or raising, ends the
+worker; the master sees why and replaces it.
+
+Apps are named ``"module:attribute"`` (``"myapp.workers:main"``) and imported
+in the worker after fork, so each new worker runs the code on disk now.
+"""
+
+from __future__ import annotations
+
+import importlib
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from procbus.bus import Bus
+from procbus.errors import StartupError
+
+WorkerApp = Callable[["WorkerContext"], Any]
+
+
+class Counters:
+    """Figures a worker reports with its heartbeat; safe from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, int] = {
+            "requests": 0,
+            "in_flight": 0,
+            "publishes": 0,
+            "errors": 0,
+        }
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._values[name] = self._values.get(name, 0) + amount
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._values)
+
+    def __getitem__(self, name: str) -> int:
+        with self._lock:
+            return self._values.get(name, 0)
+
+
+@dataclass
+class WorkerContext:
+    """What a worker app is given."""
+
+    worker_id: int
+    generation: int
+    bus: Bus
+    sockets: Sequence[socket.socket] = ()
+    stopping: threading.Event = field(default_factory=threading.Event)
+    counters: Counters = field(default_factory=Counters)
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Extra settings the master passes to its workers' apps."""
+
+    def request_started(self) -> None:
+        """Count a request as in flight (hosting servers call this)."""
+        self.counters.add("in_flight")
+
+    def request_finished(self, failed: bool = False) -> None:
+        """Count a served request; the master recycles after `max_requests`."""
+        self.counters.add("in_flight", -1)
+        self.counters.add("requests")
+        if failed:
+            self.counters.add("errors")
+
+
+def import_object(spec: str) -> Any:
+    """Import ``"module:attribute"`` (the attribute may be dotted).
+
+    Raises `StartupError` naming the spec when the module does not import or
+    the attribute is missing; the import error is chained.
+    """
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise StartupError(f"app {spec!r} must look like 'module:attribute'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise StartupError(
+            f"app {spec!r}: module {module_name!r} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise StartupError(
+                f"app {spec!r}: {module_name!r} has no attribute {attr_path!r}"
+            ) from None
+    return obj
+
+
+def load_app(app: str | WorkerApp) -> WorkerApp:
+    """Return the callable `app` names (or `app` itself)."""
+    obj = import_object(app) if isinstance(app, str) else app
+    if not callable(obj):
+        raise StartupError(f"app {app!r} is not callable (got {type(obj).__name__})")
+    return obj

@@ -1,0 +1,213 @@
+"""The worker's end of the tree: SUB for publishes, DEALER for everything else.
+
+The link subscribes to the broadcast topic and then to a topic of its own;
+the master's XPUB seeing that second subscription is the proof that this
+worker's subscription is in place (ZeroMQ applies a pipe's subscriptions in
+order). The master's WELCOME then says from which sequence number on this
+worker is a target; publishes numbered before that are dropped unseen, and a
+jump in the numbers after it is reported as an error with the next reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from procbus import protocol
+from procbus.bus import ListenerOutcome
+from procbus.errors import ProtocolError
+from procbus.protocol import Message, MsgType
+
+log = logging.getLogger("procbus.worker")
+
+_FROM_MASTER = frozenset({MsgType.WELCOME})
+MAX_HELD = 10_000
+"""Publishes held back before WELCOME, at most."""
+
+
+def listener_name(listener: object) -> str:
+    """A readable name for a listener: ``module.qualname`` where there is one."""
+    qualname = getattr(listener, "__qualname__", None)
+    if qualname is None:
+        return repr(listener)
+    module = getattr(listener, "__module__", None)
+    return f"{module}.{qualname}" if module else str(qualname)
+
+
+def error_record(exc: BaseException, listener: str) -> dict[str, str]:
+    """The wire form of an exception raised by a listener."""
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "listener": listener,
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+class WorkerLink:
+    """The sockets a worker talks to its master on."""
+
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        worker_id: int,
+        generation: int,
+        publish_endpoint: str,
+        reply_endpoint: str,
+    ) -> None:
+        self.worker_id = worker_id
+        self.generation = generation
+        self.topic = f"w.{worker_id}.{generation}.".encode()
+        self.next_seq: int | None = None
+        """Set by WELCOME: the first publish this worker must answer."""
+        self._pending_gap: tuple[int, int] | None = None
+        self._held: list[Message] = []
+
+        self.sub = context.socket(zmq.SUB)
+        self.sub.linger = 0
+        self.sub.rcvhwm = 0
+        self.sub.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
+        self.sub.subscribe(protocol.BROADCAST_TOPIC)
+        self.sub.subscribe(self.topic)
+        self.sub.connect(publish_endpoint)
+
+        self.dealer = context.socket(zmq.DEALER)
+        self.dealer.linger = 1000
+        self.dealer.sndhwm = 0
+        self.dealer.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
+        self.dealer.routing_id = self.topic
+        self.dealer.connect(reply_endpoint)
+
+    def close(self, linger: int | None = None) -> None:
+        self.sub.close(0)
+        self.dealer.close(linger)
+
+    # -- sending -----------------------------------------------------------
+
+    def send(self, msg_type: MsgType, body: dict[str, Any]) -> None:
+        self.dealer.send(protocol.encode(msg_type, body))
+
+    def hello(self, pid: int) -> None:
+        self.send(
+            MsgType.HELLO,
+            {
+                "worker": self.worker_id,
+                "generation": self.generation,
+                "pid": pid,
+                "topic": self.topic,
+            },
+        )
+
+    def state(self, state: str, error: str | None = None) -> None:
+        self.send(MsgType.STATE, {"state": state, "error": error})
+
+    def heartbeat(self, counters: dict[str, int]) -> None:
+        self.send(MsgType.HEARTBEAT, {"counters": counters})
+
+    def reply(self, seq: int, outcomes: Sequence[ListenerOutcome]) -> None:
+        """Answer publish `seq` with each listener's result or error.
+
+        A result msgpack cannot carry becomes an error of its listener; a
+        reply too large for the wire becomes one error for the whole publish.
+        """
+        errors: list[dict[str, str]] = []
+        if self._pending_gap is not None:
+            first, last = self._pending_gap
+            self._pending_gap = None
+            missed = f"{first}" if first == last else f"{first}-{last}"
+            errors.append(
+                {
+                    "type": "SequenceGap",
+                    "message": f"missed publishes {missed} before {seq}",
+                    "listener": "",
+                    "traceback": "",
+                }
+            )
+        results = [outcome.result for outcome in outcomes]
+        for outcome in outcomes:
+            if outcome.error is not None:
+                errors.append(error_record(outcome.error, listener_name(outcome.listener)))
+        body = {"seq": seq, "results": results, "errors": errors}
+        try:
+            frame = protocol.encode(MsgType.REPLY, body)
+        except TypeError:
+            # Rare: find the results msgpack cannot carry, one by one.
+            for index, outcome in enumerate(outcomes):
+                try:
+                    protocol.pack(outcome.result)
+                except TypeError as exc:
+                    name = listener_name(outcome.listener)
+                    results[index] = None
+                    message = f"result of listener {name} is not serializable: {exc}"
+                    errors.append(error_record(TypeError(message), name))
+            frame = protocol.encode(MsgType.REPLY, body)
+        if len(frame) > protocol.MAX_MESSAGE_SIZE - 64:
+            too_big = ValueError(
+                f"reply of {len(frame)} bytes exceeds the limit of {protocol.MAX_MESSAGE_SIZE}"
+            )
+            frame = protocol.encode(
+                MsgType.REPLY,
+                {
+                    "seq": seq,
+                    "results": [None] * len(results),
+                    "errors": [error_record(too_big, "")],
+                },
+            )
+        self.dealer.send(frame)
+
+    # -- receiving ---------------------------------------------------------
+
+    def receive_publish(self) -> Message | None:
+        """Read one frame from SUB: the publish to handle now, or None.
+
+        Before WELCOME, publishes are held back (a publish may overtake the
+        WELCOME, which travels on the other socket); `take_held` returns
+        those that turn out to be addressed to this worker.
+        """
+        frames = self.sub.recv_multipart()
+        if len(frames) != 2:
+            log.warning("dropped a publish of %d frames (expected 2)", len(frames))
+            return None
+        try:
+            message = protocol.decode(frames[1], expect=frozenset({MsgType.PUBLISH}))
+        except ProtocolError as exc:
+            log.warning("dropped a malformed publish: %s", exc)
+            return None
+        if self.next_seq is None:
+            if len(self._held) < MAX_HELD:
+                self._held.append(message)
+            return None
+        return self._sequence(message)
+
+    def take_held(self) -> list[Message]:
+        """After WELCOME: the held-back publishes this worker must answer."""
+        held, self._held = self._held, []
+        return [m for m in held if self._sequence(m) is not None]
+
+    def _sequence(self, message: Message) -> Message | None:
+        """Check `message`'s number against the expected one (gap detection)."""
+        assert self.next_seq is not None
+        seq: int = message["seq"]
+        if seq < self.next_seq:
+            return None
+        if seq > self.next_seq:
+            self._pending_gap = (self.next_seq, seq - 1)
+            log.error("missed publishes %d..%d", self.next_seq, seq - 1)
+        self.next_seq = seq + 1
+        return message
+
+    def receive_command(self) -> Message | None:
+        """Read one message from the master on DEALER (a WELCOME)."""
+        frame = self.dealer.recv()
+        try:
+            message = protocol.decode(frame, expect=_FROM_MASTER)
+        except ProtocolError as exc:
+            log.warning("dropped a malformed message from the master: %s", exc)
+            return None
+        if message.type is MsgType.WELCOME and self.next_seq is None:
+            self.next_seq = message["next_seq"]
+        return message

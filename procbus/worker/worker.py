@@ -1,0 +1,327 @@
+"""A worker's life, from the instant after fork to its exit status.
+
+Right after fork the worker drops everything it inherited that belongs to the
+master (signal handlers and wake-up fd, ZeroMQ sockets and their fds, the
+master's listeners on `procbus.bus`), arranges to die with the master, makes
+its own ZeroMQ context and link, says hello, imports and starts its app, and
+then runs its own small loop in the main thread: publishes from the master run
+the worker's listeners there, heartbeats leave on time, and signals arrive
+through a wake-up fd. The app itself runs in a second thread.
+
+Exit statuses are part of the contract with the master (`ExitCode`): a worker
+that cannot boot says so, so that the master backs off instead of forking in a
+loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import enum
+import faulthandler
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import zmq
+
+from procbus.bus import Bus, states
+from procbus.bus import bus as process_bus
+from procbus.errors import StartupError
+from procbus.protocol import Message, MsgType
+from procbus.worker.apps import WorkerApp, WorkerContext, load_app
+from procbus.worker.link import WorkerLink
+
+log = logging.getLogger("procbus.worker")
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ExitCode(enum.IntEnum):
+    """Exit statuses a worker reports to its master."""
+
+    OK = 0
+    """Stopped when asked to."""
+    APP_RETURNED = 10
+    """The app returned although nobody asked the worker to stop."""
+    APP_FAILED = 11
+    """The app raised."""
+    BOOT_FAILED = 12
+    """The app could not be imported or started: do not respawn in a loop."""
+    ORPHANED = 13
+    """The master died."""
+    INTERNAL = 14
+    """procbus itself failed in the worker."""
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a forked worker needs, prepared by the master before fork."""
+
+    worker_id: int
+    generation: int
+    master_pid: int
+    app: str | WorkerApp
+    publish_endpoint: str
+    reply_endpoint: str
+    heartbeat_interval: float = 1.0
+    welcome_timeout: float = 30.0
+    graceful_timeout: float = 30.0
+    sockets: Sequence[Any] = ()
+    """Listening sockets inherited from the master."""
+    close_fds: Collection[int] = ()
+    """Master-only fds to close at once (lock file, signal pipe)."""
+    keep_fds: Collection[int] = ()
+    """Fds that must stay open even if they look like the master's."""
+    inherited_ok_fds: Collection[int] = ()
+    """Fds that existed before the master started; left alone."""
+    app_settings: dict[str, Any] = field(default_factory=dict)
+
+
+def run_worker(spec: WorkerSpec) -> NoReturn:
+    """The forked child's entry point: run the worker, then ``_exit``."""
+    code = ExitCode.INTERNAL
+    try:
+        code = Worker(spec).run()
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _set_parent_death_signal(signum: int) -> None:
+    """Linux: have the kernel send `signum` when the master dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+
+
+def _close_master_fds(spec: WorkerSpec) -> None:
+    """Close the fds this process inherited from the master's ZeroMQ context.
+
+    libzmq's sockets, eventfds and epoll fds show up as ``socket:`` and
+    ``anon_inode:`` entries; those that existed before the master started
+    belong to the application and are left alone, as are the listening
+    sockets.
+    """
+    for fd in spec.close_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    keep = {0, 1, 2, *spec.keep_fds, *spec.inherited_ok_fds}
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for name in names:
+        fd = int(name)
+        if fd in keep:
+            continue
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(("socket:", "anon_inode:")):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class Worker:
+    """One worker process (runs in the child after fork)."""
+
+    def __init__(self, spec: WorkerSpec, bus: Bus = process_bus) -> None:
+        self.spec = spec
+        self.bus = bus
+        self.pid = os.getpid()
+        self.stop_requested: int | None = None
+        self._app_outcome: BaseException | None = None
+        self._app_done = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # -- set-up right after fork ----------------------------------------
+
+    def _reset_process(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for signum in (
+            signal.SIGTERM,
+            signal.SIGINT,
+            signal.SIGQUIT,
+            signal.SIGHUP,
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+            signal.SIGTTIN,
+            signal.SIGTTOU,
+            signal.SIGCHLD,
+        ):
+            signal.signal(signum, signal.SIG_DFL)
+        _close_master_fds(self.spec)
+        _set_parent_death_signal(signal.SIGTERM)
+        # A stack dump on SIGABRT (the master's timeout kill) and on crashes.
+        faulthandler.enable(all_threads=True)
+        self.bus.reset_after_fork()
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(signum, self._on_signal)
+        # Operators signal the master; workers ignore what is meant for it.
+        for signum in (
+            signal.SIGHUP,
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+            signal.SIGTTIN,
+            signal.SIGTTOU,
+        ):
+            signal.signal(signum, signal.SIG_IGN)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        # Only record; the loop acts on it (the wake-up fd woke it already).
+        if self.stop_requested is None or signum == signal.SIGQUIT:
+            self.stop_requested = signum
+
+    # -- the life --------------------------------------------------------
+
+    def run(self) -> ExitCode:
+        spec = self.spec
+        self._reset_process()
+        if os.getppid() != spec.master_pid:
+            return ExitCode.ORPHANED
+        self._install_signals()
+        context: zmq.Context[Any] = zmq.Context()
+        link = WorkerLink(
+            context,
+            spec.worker_id,
+            spec.generation,
+            spec.publish_endpoint,
+            spec.reply_endpoint,
+        )
+        try:
+            return self._serve(link)
+        finally:
+            link.close(linger=1000)
+            context.term()
+
+    def _serve(self, link: WorkerLink) -> ExitCode:
+        spec = self.spec
+        link.hello(self.pid)
+        link.state("starting")
+        ctx = WorkerContext(
+            worker_id=spec.worker_id,
+            generation=spec.generation,
+            bus=self.bus,
+            sockets=spec.sockets,
+            settings=spec.app_settings,
+        )
+        try:
+            app = load_app(spec.app)
+            self.bus.start()
+        except BaseException as exc:
+            detail = str(exc) if isinstance(exc, StartupError) else _format(exc)
+            log.error("worker %d failed to boot: %s", spec.worker_id, detail)
+            link.state("failed", f"boot: {detail}")
+            return ExitCode.BOOT_FAILED
+        app_thread = threading.Thread(target=self._run_app, args=(app, ctx), name="app")
+        app_thread.start()
+        link.state("running")
+
+        code = self._loop(link, ctx)
+
+        link.state("stopping")
+        ctx.stopping.set()
+        # A quick stop (SIGQUIT, or the master gone) skips the drain: the
+        # stop and exit listeners may wait for in-flight work.
+        fast = code is ExitCode.ORPHANED or self.stop_requested == signal.SIGQUIT
+        if not fast and self.bus.state is not states.EXITING:
+            self.bus.exit()
+        app_thread.join(0 if fast else spec.graceful_timeout)
+        if app_thread.is_alive() and not fast:
+            log.warning(
+                "worker %d: app did not stop within %gs", spec.worker_id, spec.graceful_timeout
+            )
+        link.state("stopped")
+        return code
+
+    def _run_app(self, app: WorkerApp, ctx: WorkerContext) -> None:
+        try:
+            app(ctx)
+        except BaseException as exc:
+            self._app_outcome = exc
+        finally:
+            self._app_done.set()
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"\x00")
+
+    def _loop(self, link: WorkerLink, ctx: WorkerContext) -> ExitCode:
+        spec = self.spec
+        poller = zmq.Poller()
+        poller.register(link.sub, zmq.POLLIN)
+        poller.register(link.dealer, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_beat = time.monotonic()
+        while True:
+            if self.stop_requested is not None:
+                if os.getppid() != spec.master_pid:
+                    return ExitCode.ORPHANED
+                return ExitCode.OK
+            if self._app_done.is_set():
+                return self._app_ended(link)
+            now = time.monotonic()
+            if now >= next_beat:
+                if os.getppid() != spec.master_pid:
+                    log.error("worker %d: master %d is gone", spec.worker_id, spec.master_pid)
+                    return ExitCode.ORPHANED
+                link.heartbeat(ctx.counters.snapshot())
+                next_beat = now + spec.heartbeat_interval
+            timeout_ms = math.ceil(max(0.0, next_beat - time.monotonic()) * 1000)
+            for source, _ in poller.poll(timeout_ms):
+                if source is link.sub:
+                    self._handle_publishes(link, ctx)
+                elif source is link.dealer:
+                    while link.dealer.poll(0):
+                        message = link.receive_command()
+                        if message is not None and message.type is MsgType.WELCOME:
+                            for held in link.take_held():
+                                self._answer(link, ctx, held)
+                else:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 512)
+
+    def _handle_publishes(self, link: WorkerLink, ctx: WorkerContext) -> None:
+        while link.sub.poll(0) and self.stop_requested is None:
+            message = link.receive_publish()
+            if message is not None:
+                self._answer(link, ctx, message)
+
+    def _answer(self, link: WorkerLink, ctx: WorkerContext, message: Message) -> None:
+        outcomes = self.bus.run_listeners(
+            message["channel"], *message["args"], **message["kwargs"]
+        )
+        ctx.counters.add("publishes")
+        link.reply(message["seq"], outcomes)
+
+    def _app_ended(self, link: WorkerLink) -> ExitCode:
+        exc = self._app_outcome
+        if exc is None:
+            log.warning("worker %d: app returned", self.spec.worker_id)
+            link.state("failed", "app returned")
+            return ExitCode.APP_RETURNED
+        detail = _format(exc)
+        log.error("worker %d: app failed: %s", self.spec.worker_id, detail)
+        link.state("failed", f"app: {detail}")
+        return ExitCode.APP_FAILED
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)).rstrip()
