@@ -64,6 +64,7 @@ class EventLoop:
         self._order = itertools.count()
         self._depth = 0
         self._stopped = False
+        self._forever = False
         self._signal_callback: Callable[[int], None] | None = None
         self._previous_handlers: dict[int, Any] = {}
         self._previous_wakeup_fd: int | None = None
@@ -210,13 +211,18 @@ class EventLoop:
     def run_forever(self) -> None:
         """Run until `stop()` is called."""
         self._stopped = False
-        while not self._stopped:
-            self.run_once(None)
+        self._forever = True
+        try:
+            while not self._stopped:
+                self.run_once(None)
+        finally:
+            # A stop left set would turn every later wait into a busy loop.
+            self._forever = self._stopped = False
 
     def _next_timer_delay(self, timeout: float | None) -> float | None:
         while self._timers and self._timers[0].cancelled:
             heapq.heappop(self._timers)
-        if self._stopped:
+        if self._stopped and self._forever:
             return 0
         if not self._timers:
             return timeout

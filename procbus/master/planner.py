@@ -52,7 +52,11 @@ class Backoff:
     def delay(self, early_deaths: int) -> float:
         if early_deaths <= 0:
             return 0.0
-        return min(self.maximum, self.initial * self.factor ** (early_deaths - 1))
+        try:
+            delay = self.initial * self.factor ** (early_deaths - 1)
+        except OverflowError:  # a slot whose forks keep failing counts without bound
+            return self.maximum
+        return min(self.maximum, delay)
 
 
 @dataclass(frozen=True)
@@ -196,9 +200,11 @@ def plan(view: PoolView, now: float, policy: Supervision) -> Plan:
             continue
 
         current, replacement = slot.current, slot.replacement
+        replace_requested = slot.replace_requested
         if current is None and replacement is not None:
             actions.append(Action(ActionKind.PROMOTE, slot.id, replacement, "slot empty"))
             current, replacement = replacement, None
+            replace_requested = False  # the replacement is what was requested
         if current is None:
             if slot.flapping:
                 continue
@@ -212,7 +218,7 @@ def plan(view: PoolView, now: float, policy: Supervision) -> Plan:
             actions.append(Action(ActionKind.PROMOTE, slot.id, replacement, "replacement ready"))
         elif replacement is None and current.state is WorkerState.RUNNING:
             recycle = _recycle_reason(current, now, policy) if view.recycling else None
-            if slot.replace_requested or recycle:
+            if replace_requested or recycle:
                 if now >= slot.next_spawn_at and not slot.flapping:
                     actions.append(
                         Action(
