@@ -1,7 +1,8 @@
 """The ``procbus`` command line.
 
-Start-up must stay quick (``procbus ctl`` is run in shell loops): this module
-imports only argparse at load time; each subcommand imports what it needs.
+Start-up must stay quick (``procbus ctl`` runs in shell loops): this module
+imports only argparse and the command table at load time; each subcommand
+imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -14,22 +15,41 @@ from procbus._version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from procbus import ctl  # noqa: PLC0415 - the command table is light
+
     parser = argparse.ArgumentParser(
         prog="procbus",
         description="A multi-process bus for pre-fork hosting.",
     )
     parser.add_argument("--version", action="version", version=f"procbus {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    ctl.build_parser(
+        commands.add_parser(
+            "ctl",
+            help="drive a running master (status, publish, reload, ...)",
+            description="Drive running masters. Exit status: 0 ok, 1 failed in the tree, "
+            "2 usage error, 3 master unreachable.",
+        )
+    )
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - parser.error exits
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return 0
+    if args.command == "ctl":
+        from procbus import ctl  # noqa: PLC0415
+
+        try:
+            return ctl.run(args)
+        except BrokenPipeError:
+            # The reader went away (| head): not an error of ours.
+            sys.stderr.close()
+            return 0
+    parser.error(f"unknown command {args.command!r}")
 
 
 if __name__ == "__main__":

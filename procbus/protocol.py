@@ -84,6 +84,8 @@ _SCHEMAS: Final[dict[MsgType, dict[str, tuple[_Types, bool]]]] = {
         "command": (str, True),
         "args": (list, False),
         "kwargs": (dict, False),
+        "wait": (bool, False),
+        "timeout": (_NUMBER, False),
     },
     MsgType.CONTROL_REPLY: {
         "id": (str, True),

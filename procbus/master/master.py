@@ -34,12 +34,17 @@ import zmq
 from procbus import protocol
 from procbus.bus import Bus, states
 from procbus.bus import bus as process_bus
+from procbus.commands import SIGNAL_COMMANDS, CommandError, ErrorCode
 from procbus.errors import ProtocolError, StartupError
+from procbus.master import reload as reload_jobs
+from procbus.master.control import CONTROL_MAX_MESSAGE, ControlServer, ControlSettings
+from procbus.master.jobs import Job, JobAborted, JobBody, Jobs
 from procbus.master.loop import Clock, EventLoop
 from procbus.master.planner import Supervision, WorkerProc, WorkerState
 from procbus.master.pool import Pool
 from procbus.master.relay import Relay, TreeReply, WorkerResult, WorkerStatus
 from procbus.master.runtime import RuntimeDir
+from procbus.master.stats import ProcessMonitor
 from procbus.protocol import MsgType
 from procbus.worker.apps import WorkerApp
 from procbus.worker.worker import WorkerSpec, run_worker
@@ -93,6 +98,7 @@ class Master:
         bus: Bus | None = None,
         sockets: Sequence[Any] = (),
         app_settings: dict[str, Any] | None = None,
+        control: ControlSettings | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         settings = settings or TreeSettings()
@@ -111,6 +117,7 @@ class Master:
         self.bus = bus if bus is not None else process_bus
         self.sockets = list(sockets)
         self.app_settings = dict(app_settings or {})
+        self.control_settings = control or ControlSettings()
         self.runtime = RuntimeDir.for_name(
             name, Path(runtime_dir) if runtime_dir is not None else None
         )
@@ -125,6 +132,11 @@ class Master:
         self.pool.on_ready = self._welcome
         self.pool.on_gone = self._worker_gone
         self.relay: Relay | None = None
+        self.control: ControlServer | None = None
+        self.jobs = Jobs(self.submit, self.emit)
+        self.monitor = ProcessMonitor()
+        self.reload_config: Callable[[], None] = lambda: None
+        """Called by reload before any worker is replaced; raise to abort it."""
         self.pid = os.getpid()
         self.generation = 1
         self.started_at = time.time()
@@ -135,9 +147,11 @@ class Master:
         self._xpub: zmq.Socket[bytes] | None = None
         self._router: zmq.Socket[bytes] | None = None
         self._events: zmq.Socket[bytes] | None = None
+        self._control: zmq.Socket[bytes] | None = None
         self._inherited_fds: frozenset[int] = frozenset()
         self._exit_requested = False
         self._fast_exit = False
+        self._running = False
         self._jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._subscribe_to_bus()
 
@@ -236,31 +250,45 @@ class Master:
         endpoints = self.runtime.endpoints()
         context: zmq.Context[Any] = zmq.Context()
         self._context = context
+        control_endpoint = self.control_settings.endpoint or endpoints["control"]
+        endpoints["control"] = control_endpoint
         xpub = context.socket(zmq.XPUB)
         router = context.socket(zmq.ROUTER)
         events = context.socket(zmq.PUB)
-        for sock in (xpub, router, events):
+        control = context.socket(zmq.ROUTER)
+        sockets = (xpub, router, events, control)
+        for sock in sockets:
             sock.linger = 0
             sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
         xpub.sndhwm = 0
         router.rcvhwm = 0
+        # A reply sent just before the master exits must still leave.
+        control.linger = 500
+        control.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_MESSAGE)
         try:
+            self.control_settings.secure(control, context)
             xpub.bind(endpoints["publish"])
             router.bind(endpoints["replies"])
             events.bind(endpoints["events"])
-        except zmq.ZMQError as exc:
-            for sock in (xpub, router, events):
+            control.bind(control_endpoint)
+        except (zmq.ZMQError, StartupError) as exc:
+            for sock in sockets:
                 sock.close(0)
             context.term()
             self._context = None
-            raise StartupError(f"cannot bind in '{self.runtime.path}': {exc}") from None
-        for role in ("publish", "replies", "events"):
-            os.chmod(endpoints[role].removeprefix("ipc://"), 0o600)
-        self._xpub, self._router, self._events = xpub, router, events
-        self.endpoints = {role: endpoints[role] for role in ("publish", "replies", "events")}
+            if isinstance(exc, StartupError):
+                raise
+            raise StartupError(f"cannot bind the master's endpoints: {exc}") from None
+        for endpoint in endpoints.values():
+            if endpoint.startswith("ipc://"):
+                os.chmod(endpoint.removeprefix("ipc://"), 0o600)
+        self._xpub, self._router, self._events, self._control = sockets
+        self.endpoints = endpoints
         self.relay = Relay(xpub, self.loop)
+        self.control = ControlServer(self, control, self.control_settings)
         self.loop.add_reader(xpub, self._on_xpub)
         self.loop.add_reader(router, self._on_router)
+        self.loop.add_reader(control, self.control.on_readable)
 
     def close(self) -> None:
         """Close the sockets, free the runtime directory, restore signals."""
@@ -268,13 +296,15 @@ class Master:
             return
         self.bus.forward = None
         self.loop.close()
-        for sock in (self._xpub, self._router, self._events):
+        self.control_settings.close()
+        for sock in (self._xpub, self._router, self._events, self._control):
             if sock is not None:
-                sock.close(0)
+                sock.close()
         self._context.term()
         self._context = None
-        self._xpub = self._router = self._events = None
+        self._xpub = self._router = self._events = self._control = None
         self.relay = None
+        self.control = None
         self.runtime.release()
         log.info("master %d closed", self.pid)
 
@@ -392,7 +422,7 @@ class Master:
         except TypeError as exc:
             log.error("event %s not sent: %s", event, exc)
             return
-        self._events.send_multipart([event.encode(), frame])
+        self._events.send_multipart([b"ev." + event.encode(), frame])
 
     # -- signals ----------------------------------------------------------------
 
@@ -400,19 +430,27 @@ class Master:
         if signum == signal.SIGCHLD:
             self.pool.reap()
             return
-        log.info("master %d: %s", self.pid, signal.Signals(signum).name)
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            self.request_exit()
-        elif signum == signal.SIGQUIT:
-            self.request_exit(fast=True)
-        elif signum == signal.SIGTTIN:
-            self.incr()
-        elif signum == signal.SIGTTOU:
-            self.decr()
-        elif signum == signal.SIGUSR1:
-            self.publish_async("graceful", on_done=self._log_failures)
-        elif signum == signal.SIGHUP:
-            self.reload()
+        name = signal.Signals(signum).name
+        command = SIGNAL_COMMANDS.get(signum, "quit" if signum == signal.SIGQUIT else None)
+        log.info("master %d: %s -> %s", self.pid, name, command)
+        self.emit("signal", signal=name, command=command)
+        try:
+            if command == "exit":
+                self.request_exit()
+            elif command == "quit":
+                self.request_exit(fast=True)
+            elif command == "incr":
+                self.scale_job(self.pool.target + 1)
+            elif command == "decr":
+                self.scale_job(max(0, self.pool.target - 1))
+            elif command == "graceful":
+                self.publish_async("graceful", on_done=self._log_failures)
+            elif command == "reload":
+                self.reload()
+            elif command == "upgrade":
+                self.upgrade()
+        except CommandError as exc:
+            log.error("%s: %s", name, exc)
 
     # -- public API ---------------------------------------------------------------
 
@@ -536,11 +574,54 @@ class Master:
         self.pool.signal(worker, signum)
         return worker
 
-    def reload(self) -> None:
-        """Replace every worker, one at a time, without dropping below N."""
-        for slot in self.pool.slots():
-            if slot.current is not None:
-                self.pool.replace(slot.id)
+    @property
+    def exiting(self) -> bool:
+        return self._exit_requested or self.bus.state is states.EXITING
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """For jobs: pump the loop until `predicate()` or `timeout`; abort on exit."""
+        self.loop.run_until(lambda: predicate() or self._exit_requested, timeout)
+        if self._exit_requested:
+            raise JobAborted
+        return predicate()
+
+    def _job(self, kind: str, body: JobBody, args: dict[str, Any], coalesce: bool = False) -> Job:
+        """Queue a long command, or run it now when called from top-level code."""
+        if self.loop.in_callback or self._running:
+            return self.jobs.start(kind, body, args, coalesce=coalesce)
+        job = Job(f"{kind}-now", kind, args, emit=self.emit)
+        self.jobs.run(job, body)
+        return job
+
+    def reload(self, batch: int = 1) -> Job:
+        """Rolling replacement of every worker, `batch` at a time (never below N)."""
+        return self._job(
+            "reload",
+            lambda job: reload_jobs.reload_tree(self, job, batch),
+            {"batch": batch},
+            coalesce=True,
+        )
+
+    def restart(self, adopt: bool = False) -> Job:
+        raise CommandError(ErrorCode.UNAVAILABLE, "restart is not implemented yet")
+
+    def upgrade(self) -> Job:
+        raise CommandError(ErrorCode.UNAVAILABLE, "upgrade is not implemented yet")
+
+    def stop_job(self) -> Job:
+        return self._job("stop", lambda job: reload_jobs.stop_tree(self, job), {})
+
+    def start_job(self) -> Job:
+        return self._job("start", lambda job: reload_jobs.start_tree(self, job), {})
+
+    def scale_job(self, workers: int) -> Job:
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+            raise CommandError(
+                ErrorCode.BAD_ARGUMENTS, f"worker count must be an integer >= 0, got {workers!r}"
+            )
+        return self._job(
+            "scale", lambda job: reload_jobs.scale_tree(self, job, workers), {"workers": workers}
+        )
 
     def stop(self) -> None:
         """Drain and stop every worker; the master stays up (bus STOPPED)."""
@@ -565,14 +646,17 @@ class Master:
     def run(self) -> int:
         """Run the tree until TERM, INT, QUIT or an exit command; return the exit status."""
         self.loop.install_signals(MASTER_SIGNALS, self._on_signal)
+        self._running = True
         try:
             self.bus.start()
             while not self._exit_requested:
                 self.loop.run_forever()
                 while self._jobs and not self._exit_requested:
                     self._jobs.popleft()()
+            self.jobs.abort_queued()
             self.exit()
         finally:
+            self._running = False
             self.close()
             self.loop.restore_signals()
         return self.exit_code
@@ -583,6 +667,7 @@ class Master:
         workers = []
         for slot in self.pool.slots():
             worker = slot.current
+            figures = self.monitor.sample(worker.pid) if worker else None
             workers.append(
                 {
                     "id": slot.id,
@@ -599,11 +684,14 @@ class Master:
                         if worker and worker.last_heartbeat is not None
                         else None
                     ),
+                    "cpu_percent": figures.cpu_percent if figures else None,
+                    "rss": figures.rss if figures else None,
                     "requests": worker.requests if worker else 0,
                     "restarts": slot.restarts,
                     "last_error": slot.last_error,
                 }
             )
+        self.monitor.keep_only([self.pid, *(w.pid for w in self.pool.by_pid.values())])
         return {
             "master": {
                 "pid": self.pid,
@@ -612,6 +700,35 @@ class Master:
                 "generation": self.generation,
                 "uptime": time.time() - self.started_at,
                 "endpoints": dict(self.endpoints),
+                "workers": self.pool.target,
+            },
+            "workers": workers,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Process figures and counters of the master and every live worker."""
+        workers = []
+        for worker in sorted(self.pool.by_pid.values(), key=lambda w: (w.id, w.generation)):
+            figures = self.monitor.sample(worker.pid, detailed=True).to_dict()
+            workers.append(
+                {
+                    "id": worker.id,
+                    "generation": worker.generation,
+                    "state": worker.state.value,
+                    **figures,
+                    "counters": dict(worker.counters),
+                }
+            )
+        relay = self.relay
+        return {
+            "master": {
+                **self.monitor.sample(self.pid, detailed=True).to_dict(),
+                "publishes": relay.sent if relay else 0,
+                "in_flight": len(relay.pending) if relay else 0,
+                "late_replies": relay.late_replies if relay else 0,
+                "dropped_messages": self.dropped_messages,
+                "control_requests": self.control.requests if self.control else 0,
+                "bad_control_requests": self.control.bad_requests if self.control else 0,
             },
             "workers": workers,
         }

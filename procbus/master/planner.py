@@ -96,6 +96,9 @@ class WorkerProc:
     stop_deadline: float | None = None
     abort_deadline: float | None = None
     killed: bool = False
+    stop_requested: bool = False
+    """The master asked it to drain (a worker that stops on its own, or whose
+    app fails, still counts as a death of its slot)."""
     ran: bool = False
     """Reached RUNNING at least once."""
     exit_status: int | None = None
@@ -307,7 +310,7 @@ def record_exit(slot: WorkerSlot, worker: WorkerProc, now: float, policy: Superv
         slot.replacement = None
     else:
         return
-    if worker.state is WorkerState.STOPPING:
+    if worker.stop_requested:
         return
     slot.restarts += 1
     if worker.last_error:

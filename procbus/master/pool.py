@@ -261,8 +261,9 @@ class Pool:
         """Drain `worker`: SIGTERM now, SIGKILL after the graceful timeout."""
         if worker not in self.view.retired:
             self.view.retired.append(worker)
-        if worker.state is WorkerState.STOPPING or not worker.alive:
+        if worker.stop_requested or not worker.alive:
             return
+        worker.stop_requested = True
         worker.state = WorkerState.STOPPING
         worker.stop_deadline = self.loop.clock() + self.policy.graceful_timeout
         self._emit("drain", worker=worker.id, pid=worker.pid, reason=reason)
@@ -291,18 +292,15 @@ class Pool:
             self.replan()
 
     def _exited(self, worker: WorkerProc, code: int) -> None:
-        was = worker.state
         worker.exit_status = code
         worker.state = WorkerState.EXITED
         self.by_topic.pop(_topic(worker), None)
         if worker in self.view.retired:
             self.view.retired.remove(worker)
         slot = self.view.slots.get(worker.id)
-        expected = was is WorkerState.STOPPING
-        worker.state = was  # record_exit reads how the worker was doing
+        expected = worker.stop_requested
         if slot is not None:
             record_exit(slot, worker, self.loop.clock(), self.policy)
-        worker.state = WorkerState.EXITED
         how = describe_status(code)
         level = logging.INFO if expected else logging.WARNING
         log.log(
@@ -369,6 +367,9 @@ class Pool:
     def heartbeat(self, worker: WorkerProc, counters: dict[str, Any]) -> None:
         worker.last_heartbeat = self.loop.clock()
         worker.counters = {k: v for k, v in counters.items() if isinstance(v, int)}
+        limit = self.policy.max_requests
+        if limit and worker.requests >= limit and worker.state is WorkerState.RUNNING:
+            self.replan()
 
     def _maybe_ready(self, worker: WorkerProc) -> None:
         if (

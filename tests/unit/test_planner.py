@@ -256,16 +256,30 @@ def test_worker_that_never_ran_died_early_however_long_it_lived() -> None:
 
 
 def test_exit_of_a_worker_asked_to_stop_is_not_a_restart() -> None:
-    """Steps: the current worker of slot 1 is STOPPING (asked to drain) and dies 0.5 s
-    after its fork.
+    """Steps: the current worker of slot 1 was asked to drain (stop_requested) and dies
+    0.5 s after its fork.
     Expected: the slot is emptied but neither restarts nor early_deaths change and the
     next spawn time is untouched.
     """
     proc = worker(1, WorkerState.STOPPING, started_at=10.0)
+    proc.stop_requested = True
     slot = WorkerSlot(1, current=proc, restarts=2, early_deaths=1, next_spawn_at=5.0)
     record_exit(slot, proc, 10.5, POLICY)
     assert slot.current is None
     assert (slot.restarts, slot.early_deaths, slot.next_spawn_at) == (2, 1, 5.0)
+
+
+def test_worker_that_stops_on_its_own_counts_as_an_early_death() -> None:
+    """Steps: the current worker of slot 1 reports 'failed' (its app did not boot), so
+    the pool marks it STOPPING without having asked; it dies 0.5 s after its fork.
+    Expected: a restart and an early death are counted and the respawn backs off.
+    """
+    proc = worker(1, WorkerState.STOPPING, started_at=10.0)
+    slot = WorkerSlot(1, current=proc)
+    record_exit(slot, proc, 10.5, POLICY)
+    assert slot.current is None
+    assert (slot.restarts, slot.early_deaths) == (1, 1)
+    assert slot.next_spawn_at == 10.5 + BACKOFF.initial
 
 
 def test_exit_of_a_worker_no_longer_in_its_slot_changes_nothing() -> None:

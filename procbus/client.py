@@ -1,0 +1,169 @@
+"""A Python client of the master's control socket (what ``procbus ctl`` uses).
+
+    from procbus.client import Client
+
+    with Client.for_name("myapp") as client:
+        print(client.call("status"))
+        client.call("reload", batch=2)           # waits for the job to end
+
+Every call has a deadline: a master that does not answer in time raises
+`ControlError` with code ``unreachable``, never a hang.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from procbus import protocol
+from procbus.commands import ErrorCode
+from procbus.errors import ProcbusError, ProtocolError
+from procbus.protocol import MsgType
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class ControlError(ProcbusError):
+    """A control call failed: refused, failed in the tree, or no answer."""
+
+    def __init__(self, code: ErrorCode | str, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.code = code if isinstance(code, ErrorCode) else _code(code)
+        self.message = message
+        self.result = result
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _code(value: str) -> ErrorCode:
+    try:
+        return ErrorCode(value)
+    except ValueError:
+        return ErrorCode.INTERNAL
+
+
+def control_endpoint(name: str, runtime_dir: str | Path | None = None) -> str:
+    """The default control endpoint of the master called `name`."""
+    from procbus.master.runtime import RuntimeDir  # noqa: PLC0415 - keeps start-up light
+
+    return RuntimeDir.for_name(name, Path(runtime_dir) if runtime_dir else None).endpoint(
+        "control"
+    )
+
+
+class Client:
+    """Request/reply with one master's control socket."""
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        context: zmq.Context[Any] | None = None,
+        curve: tuple[bytes, bytes, bytes] | None = None,
+    ) -> None:
+        """`curve`: (client public key, client secret key, server public key), z85."""
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._own_context = context is None
+        self._context: zmq.Context[Any] = context or zmq.Context()
+        self._socket: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
+        self._socket.linger = 0
+        if curve is not None:
+            self._socket.curve_publickey, self._socket.curve_secretkey = curve[0], curve[1]
+            self._socket.curve_serverkey = curve[2]
+        self._socket.connect(endpoint)
+
+    @classmethod
+    def for_name(
+        cls, name: str, runtime_dir: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> Client:
+        return cls(control_endpoint(name, runtime_dir), timeout)
+
+    def close(self) -> None:
+        self._socket.close(0)
+        if self._own_context:
+            self._context.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def request(
+        self,
+        command: str,
+        args: list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Send one request and return the raw reply body (``ok``, ``result``, ``error``)."""
+        timeout = self.timeout if timeout is None else timeout
+        self._check_reachable()
+        request_id = f"{os.getpid()}-{next(self._ids)}"
+        body: dict[str, Any] = {
+            "id": request_id,
+            "command": command,
+            "args": list(args or []),
+            "kwargs": dict(kwargs or {}),
+            "wait": wait,
+            "timeout": timeout,
+        }
+        self._socket.send(protocol.encode(MsgType.CONTROL_REQUEST, body))
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._socket.poll(max(1, int(remaining * 1000))):
+                raise ControlError(
+                    ErrorCode.UNREACHABLE,
+                    f"no answer from the master at {self.endpoint} within {timeout:g}s",
+                )
+            try:
+                reply = protocol.decode(
+                    self._socket.recv(), expect=frozenset({MsgType.CONTROL_REPLY})
+                )
+            except ProtocolError as exc:
+                raise ControlError(ErrorCode.INTERNAL, f"malformed reply: {exc}") from None
+            if reply["id"] == request_id:
+                return reply.body
+
+    def call(
+        self,
+        command: str,
+        *args: Any,
+        wait: bool = True,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run `command`; return its result or raise `ControlError`."""
+        reply = self.request(command, list(args), kwargs, wait=wait, timeout=timeout)
+        if not reply["ok"]:
+            error = reply.get("error") or {}
+            raise ControlError(
+                str(error.get("code", ErrorCode.INTERNAL.value)),
+                str(error.get("message", "the master refused the request")),
+                reply.get("result"),
+            )
+        return reply.get("result")
+
+    def _check_reachable(self) -> None:
+        if self.endpoint.startswith("ipc://"):
+            path = self.endpoint.removeprefix("ipc://")
+            if not os.path.exists(path):
+                raise ControlError(
+                    ErrorCode.UNREACHABLE, f"no master listens at {self.endpoint} (no socket file)"
+                )

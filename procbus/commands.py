@@ -1,0 +1,282 @@
+"""The control commands: names, arguments, roles, and the signals that map to them.
+
+One table serves both ends. ``procbus ctl`` checks a command against it before
+connecting (a typo exits 2 even when no master runs), and the master's control
+server checks every request against it again before running anything. A signal
+sent to the master runs the same command as its ``procbus ctl`` equivalent.
+
+This module is imported by the CLI at start-up: it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+
+class Role(enum.StrEnum):
+    """What a control client may do."""
+
+    READ = "read"
+    """status, stats, ping, version, watch."""
+    ADMIN = "admin"
+    """Everything."""
+
+
+class ErrorCode(enum.StrEnum):
+    """Stable error codes of control replies."""
+
+    BAD_REQUEST = "bad_request"
+    """The message is not a well-formed control request."""
+    UNKNOWN_COMMAND = "unknown_command"
+    BAD_ARGUMENTS = "bad_arguments"
+    FORBIDDEN = "forbidden"
+    """The caller's role does not allow the command."""
+    NOT_FOUND = "not_found"
+    """A well-formed command names something that does not exist (``kill 99``)."""
+    FAILED = "failed"
+    """The command ran and something in the tree failed."""
+    UNAVAILABLE = "unavailable"
+    """The command cannot run now (the master is stopping)."""
+    INTERNAL = "internal"
+    """A bug in the master; the message says what."""
+    UNREACHABLE = "unreachable"
+    """Client side only: no answer from the master within the timeout."""
+
+
+class CommandError(Exception):
+    """A command was refused or failed; carries its `ErrorCode`."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Param:
+    """One positional parameter or option of a command."""
+
+    name: str
+    kind: type
+    """int or str."""
+    required: bool = True
+    many: bool = False
+    """Takes the rest of the positional arguments (publish's ARG ...)."""
+    minimum: int | None = None
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Option:
+    """A keyword option (``--batch 2``, ``--adopt``)."""
+
+    name: str
+    kind: type
+    """int, str, bool (a flag), or dict (repeatable KEY=VALUE)."""
+    minimum: int | None = None
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    role: Role
+    help: str
+    params: Sequence[Param] = ()
+    options: Sequence[Option] = ()
+    job: bool = False
+    """Long command: answered with a job id, waited for by default."""
+
+
+def _spec(*specs: CommandSpec) -> dict[str, CommandSpec]:
+    return {spec.name: spec for spec in specs}
+
+
+COMMANDS: Final[Mapping[str, CommandSpec]] = _spec(
+    CommandSpec("ping", Role.READ, "check that the master answers"),
+    CommandSpec("version", Role.READ, "procbus and protocol versions of the master"),
+    CommandSpec("status", Role.READ, "the master and every worker"),
+    CommandSpec("stats", Role.READ, "process figures of the master and every worker"),
+    CommandSpec("jobs", Role.READ, "long commands running or recently finished"),
+    CommandSpec(
+        "publish",
+        Role.ADMIN,
+        "publish on the whole tree and show every process's answer",
+        params=(
+            Param("channel", str, help="the channel"),
+            Param("args", str, required=False, many=True, help="arguments (JSON literals)"),
+        ),
+        options=(Option("kw", dict, help="keyword argument KEY=VALUE (repeatable)"),),
+    ),
+    CommandSpec("graceful", Role.ADMIN, "publish graceful: every worker reloads in place"),
+    CommandSpec(
+        "reload",
+        Role.ADMIN,
+        "rolling replacement of every worker, never below N",
+        options=(Option("batch", int, minimum=1, help="workers replaced at a time"),),
+        job=True,
+    ),
+    CommandSpec(
+        "restart",
+        Role.ADMIN,
+        "stop the workers and re-exec the master, keeping the listening sockets",
+        options=(Option("adopt", bool, help="keep the live workers across the re-exec"),),
+        job=True,
+    ),
+    CommandSpec(
+        "upgrade", Role.ADMIN, "start a new master beside this one, then hand over", job=True
+    ),
+    CommandSpec("stop", Role.ADMIN, "drain and stop every worker; the master stays up", job=True),
+    CommandSpec("start", Role.ADMIN, "start the workers again after stop", job=True),
+    CommandSpec("exit", Role.ADMIN, "stop every worker and end the master"),
+    CommandSpec(
+        "scale",
+        Role.ADMIN,
+        "run exactly N workers",
+        params=(Param("n", int, minimum=0, help="number of workers"),),
+        job=True,
+    ),
+    CommandSpec(
+        "incr",
+        Role.ADMIN,
+        "add workers",
+        params=(Param("n", int, required=False, minimum=1, help="how many (default 1)"),),
+        job=True,
+    ),
+    CommandSpec(
+        "decr",
+        Role.ADMIN,
+        "remove workers (the highest ids)",
+        params=(Param("n", int, required=False, minimum=1, help="how many (default 1)"),),
+        job=True,
+    ),
+    CommandSpec(
+        "kill",
+        Role.ADMIN,
+        "signal one worker (it is replaced)",
+        params=(Param("worker_id", int, minimum=1, help="the worker's id"),),
+        options=(Option("signal", str, help="signal name or number (default TERM)"),),
+    ),
+)
+
+SIGNAL_COMMANDS: Final[Mapping[int, str]] = {
+    signal.SIGHUP: "reload",
+    signal.SIGUSR1: "graceful",
+    signal.SIGUSR2: "upgrade",
+    signal.SIGTTIN: "incr",
+    signal.SIGTTOU: "decr",
+    signal.SIGTERM: "exit",
+    signal.SIGINT: "exit",
+}
+"""Signals to the master run these commands (SIGQUIT is a fast exit)."""
+
+
+def parse_signal(value: str | int) -> int:
+    """``"TERM"``, ``"SIGTERM"``, ``"15"`` or 15 to a signal number."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        number = int(value)
+    elif isinstance(value, str):
+        name = value.strip().upper()
+        name = name if name.startswith("SIG") else f"SIG{name}"
+        try:
+            return int(signal.Signals[name])
+        except KeyError:
+            raise CommandError(
+                ErrorCode.BAD_ARGUMENTS, f"unknown signal {value!r} (expected e.g. TERM or 15)"
+            ) from None
+    else:
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS, f"signal must be a name or number, got {value!r}"
+        )
+    if number not in signal.valid_signals() or number == 0:
+        raise CommandError(ErrorCode.BAD_ARGUMENTS, f"signal {number} is not a valid signal")
+    return number
+
+
+def check_request(
+    command: object, args: object, kwargs: object
+) -> tuple[CommandSpec, list[Any], dict[str, Any]]:
+    """Validate a request against the table; return the spec and clean arguments.
+
+    Raises `CommandError` (``unknown_command`` or ``bad_arguments``) naming the
+    bad value and what was expected.
+    """
+    if not isinstance(command, str) or command not in COMMANDS:
+        known = ", ".join(sorted(COMMANDS))
+        raise CommandError(
+            ErrorCode.UNKNOWN_COMMAND, f"unknown command {command!r} (known: {known})"
+        )
+    spec = COMMANDS[command]
+    if not isinstance(args, list):
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS, f"{command}: args must be a list, got {args!r}"
+        )
+    if not isinstance(kwargs, dict):
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS, f"{command}: kwargs must be a map, got {kwargs!r}"
+        )
+    clean_args: list[Any] = []
+    rest = list(args)
+    for param in spec.params:
+        if param.many:
+            clean_args.extend(rest)
+            rest = []
+            break
+        if not rest:
+            if param.required:
+                raise CommandError(
+                    ErrorCode.BAD_ARGUMENTS, f"{command}: missing argument {param.name.upper()}"
+                )
+            break
+        clean_args.append(
+            _check_value(command, param.name, param.kind, param.minimum, rest.pop(0))
+        )
+    if rest:
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS,
+            f"{command}: unexpected argument {rest[0]!r} (takes {_usage(spec) or 'no arguments'})",
+        )
+    options = {option.name: option for option in spec.options}
+    clean_kwargs: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        option = options.get(key)
+        if option is None:
+            raise CommandError(ErrorCode.BAD_ARGUMENTS, f"{command}: unknown option {key!r}")
+        clean_kwargs[key] = _check_value(command, key, option.kind, option.minimum, value)
+    return spec, clean_args, clean_kwargs
+
+
+def _check_value(command: str, name: str, kind: type, minimum: int | None, value: Any) -> Any:
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is dict and ok:
+        ok = all(isinstance(k, str) for k in value)
+    if not ok:
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS,
+            f"{command}: {name} must be {_kind_name(kind)}, got {value!r}",
+        )
+    if minimum is not None and value < minimum:
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS, f"{command}: {name} must be >= {minimum}, got {value}"
+        )
+    return value
+
+
+def _kind_name(kind: type) -> str:
+    return {int: "an integer", str: "a string", bool: "true or false", dict: "a map"}.get(
+        kind, kind.__name__
+    )
+
+
+def _usage(spec: CommandSpec) -> str:
+    parts = []
+    for param in spec.params:
+        text = param.name.upper() + (" ..." if param.many else "")
+        parts.append(text if param.required else f"[{text}]")
+    return " ".join(parts)

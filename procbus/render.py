@@ -1,0 +1,269 @@
+"""Human output of ``procbus ctl``: aligned tables, colour only on a terminal.
+
+Control handlers return plain data; this module is the only place that turns
+it into text for people. ``--json`` bypasses it entirely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+_COLOURS = {"green": "32", "red": "31", "yellow": "33", "dim": "2", "bold": "1"}
+_STATE_COLOURS = {
+    "running": "green",
+    "ok": "green",
+    "done": "green",
+    "starting": "yellow",
+    "booting": "yellow",
+    "stopping": "yellow",
+    "backoff": "yellow",
+    "queued": "yellow",
+    "error": "red",
+    "timeout": "red",
+    "lost": "red",
+    "flapping": "red",
+    "failed": "red",
+}
+
+
+def paint(text: str, colour: str | None, enabled: bool) -> str:
+    if not enabled or colour is None:
+        return text
+    return f"\033[{_COLOURS[colour]}m{text}\033[0m"
+
+
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    colour_of: Callable[[int, str], str | None] | None = None,
+    colour: bool = False,
+) -> str:
+    """Left-aligned columns separated by two spaces (colour does not shift them)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
+    for row in rows:
+        cells = []
+        for i, cell in enumerate(row):
+            padded = cell.ljust(widths[i])
+            cells.append(paint(padded, colour_of(i, cell) if colour_of else None, colour))
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
+
+
+def size(value: int | None) -> str:
+    if value is None:
+        return "-"
+    amount = float(value)
+    for unit in ("B", "K", "M", "G"):
+        if amount < 1024 or unit == "G":
+            return f"{amount:.0f}{unit}" if unit == "B" else f"{amount:.1f}{unit}"
+        amount /= 1024
+    return f"{amount:.1f}T"
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def _state_colour(column: int) -> Callable[[int, str], str | None]:
+    return lambda i, cell: _STATE_COLOURS.get(cell.strip()) if i == column else None
+
+
+def status(result: dict[str, Any], colour: bool) -> str:
+    master = result["master"]
+    head = (
+        f"master {master['pid']} ({master['name']})  {master['state']}  "
+        f"generation {master['generation']}  up {duration(master['uptime'])}  "
+        f"workers {master.get('workers', len(result['workers']))}\n"
+    )
+    rows = [
+        [
+            str(w["id"]),
+            str(w["pid"] or "-"),
+            w["state"],
+            str(w["generation"]),
+            duration(w["age"]),
+            duration(w["heartbeat_age"]),
+            percent(w["cpu_percent"]),
+            size(w["rss"]),
+            str(w["requests"]),
+            str(w["restarts"]),
+            _first_line(w["last_error"]),
+        ]
+        for w in result["workers"]
+    ]
+    headers = [
+        "ID",
+        "PID",
+        "STATE",
+        "GEN",
+        "AGE",
+        "BEAT",
+        "CPU",
+        "RSS",
+        "REQS",
+        "RESTARTS",
+        "LAST ERROR",
+    ]
+    return head + table(headers, rows, _state_colour(2), colour)
+
+
+def _first_line(text: str | None, width: int = 60) -> str:
+    if not text:
+        return "-"
+    line = text.strip().splitlines()[-1] if "Traceback" in text else text.strip().splitlines()[0]
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def stats(result: dict[str, Any], colour: bool) -> str:
+    master = result["master"]
+    head = (
+        f"master {master['pid']}: cpu {percent(master['cpu_percent'])}  "
+        f"rss {size(master['rss'])}  "
+        f"uss {size(master['uss'])}  threads {master['threads']}  fds {master['fds']}  "
+        f"publishes {master['publishes']}  late replies {master['late_replies']}  "
+        f"dropped {master['dropped_messages']}\n"
+    )
+    rows = [
+        [
+            str(w["id"]),
+            str(w["pid"]),
+            w["state"],
+            percent(w["cpu_percent"]),
+            size(w["rss"]),
+            size(w["uss"]),
+            str(w["threads"] if w["threads"] is not None else "-"),
+            str(w["fds"] if w["fds"] is not None else "-"),
+            str(w["connections"] if w["connections"] is not None else "-"),
+            str(w["counters"].get("requests", 0)),
+            str(w["counters"].get("in_flight", 0)),
+            str(w["counters"].get("publishes", 0)),
+            str(w["counters"].get("errors", 0)),
+        ]
+        for w in result["workers"]
+    ]
+    headers = [
+        "ID",
+        "PID",
+        "STATE",
+        "CPU",
+        "RSS",
+        "USS",
+        "THR",
+        "FDS",
+        "CONN",
+        "REQS",
+        "INFL",
+        "PUBS",
+        "ERRS",
+    ]
+    return head + table(headers, rows, _state_colour(2), colour)
+
+
+def tree_reply(result: dict[str, Any], colour: bool) -> str:
+    lines = [f"{result['channel']} (seq {result['seq']}): master {_short(result['master'])}"]
+    for error in result.get("master_errors", []):
+        lines.append("  master error: " + error)
+    rows = []
+    for worker_id, answer in result["workers"].items():
+        detail = _short(answer["results"])
+        if answer["errors"]:
+            detail = "; ".join(
+                f"{e['type']}: {e['message']}" + (f" ({e['listener']})" if e["listener"] else "")
+                for e in answer["errors"]
+            )
+        rows.append([worker_id, str(answer["pid"]), answer["status"], detail])
+    return (
+        "\n".join(lines)
+        + "\n"
+        + (
+            table(["WORKER", "PID", "STATUS", "RESULT"], rows, _state_colour(2), colour)
+            if rows
+            else "no workers\n"
+        )
+    )
+
+
+def _short(value: Any, width: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def job(result: dict[str, Any], colour: bool) -> str:
+    state = paint(result["state"], _STATE_COLOURS.get(result["state"]), colour)
+    text = f"{result['job']} {state}"
+    if result.get("error"):
+        text += f": {result['error']}"
+    outcome = result.get("result")
+    if isinstance(outcome, dict):
+        if "replaced" in outcome:
+            for entry in outcome["replaced"]:
+                text += (
+                    f"\n  worker {entry['worker']} -> pid {entry['pid']}"
+                    f" generation {entry['generation']}"
+                )
+        elif "running" in outcome:
+            text += f"\n  {outcome['running']} of {outcome['workers']} workers running"
+        else:
+            text += "\n  " + ", ".join(f"{k} {v}" for k, v in outcome.items())
+    return text + "\n"
+
+
+def jobs(result: dict[str, Any], colour: bool) -> str:
+    rows = [
+        [
+            j["job"],
+            j["state"],
+            duration(
+                (j["finished"] or j["started"] or j["created"]) - (j["started"] or j["created"])
+            ),
+            _first_line(j["error"]),
+        ]
+        for j in result["jobs"]
+    ]
+    return (
+        table(["JOB", "STATE", "TOOK", "ERROR"], rows, _state_colour(1), colour)
+        if rows
+        else "no jobs\n"
+    )
+
+
+def render(command: str, result: Any, colour: bool = False) -> str:
+    """Text for the result of `command`."""
+    if result is None:
+        return ""
+    if command == "status":
+        return status(result, colour)
+    if command == "stats":
+        return stats(result, colour)
+    if command in ("publish", "graceful"):
+        return tree_reply(result, colour)
+    if command == "jobs":
+        return jobs(result, colour)
+    if isinstance(result, dict) and "job" in result:
+        return job(result, colour)
+    if command == "ping":
+        return f"pong from master {result['pid']} (generation {result['generation']})\n"
+    if command == "version":
+        return f"procbus {result['procbus']} (protocol {result['protocol']})\n"
+    if command == "kill":
+        return f"sent {result['signal']} to worker {result['worker']} (pid {result['pid']})\n"
+    if command == "exit":
+        return f"master {result['pid']} is exiting\n"
+    return f"{result}\n"

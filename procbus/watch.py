@@ -1,0 +1,108 @@
+"""``procbus ctl watch``: the master's event stream, live.
+
+The watcher asks the master for its events endpoint (so it follows
+``--ctl``/``--name`` like every other command) and subscribes to every event
+but the periodic ``stats`` samples, which are ``procbus top``'s.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from typing import Any, TextIO
+
+import zmq
+
+from procbus import protocol
+from procbus.client import Client, ControlError
+from procbus.errors import ProtocolError
+from procbus.protocol import MsgType
+
+EVENT_TOPIC = b"ev."
+STATS_TOPIC = b"stats"
+
+
+def events_endpoint(control: str, timeout: float) -> str:
+    """Ask the master at `control` where its event stream is."""
+    with Client(control, timeout) as client:
+        status = client.call("status", timeout=timeout)
+    endpoint = status["master"]["endpoints"].get("events")
+    if not isinstance(endpoint, str):
+        raise ControlError("internal", "the master did not say where its events are")
+    return endpoint
+
+
+def subscribe(endpoint: str, topic: bytes) -> tuple[zmq.Context[Any], zmq.Socket[bytes]]:
+    context: zmq.Context[Any] = zmq.Context()
+    socket = context.socket(zmq.SUB)
+    socket.linger = 0
+    socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
+    socket.subscribe(topic)
+    socket.connect(endpoint)
+    return context, socket
+
+
+def receive_event(socket: zmq.Socket[bytes], timeout_ms: int) -> dict[str, Any] | None:
+    """One event as a flat mapping (``event``, ``time``, fields), or None on timeout."""
+    if not socket.poll(timeout_ms):
+        return None
+    frames = socket.recv_multipart()
+    try:
+        message = protocol.decode(frames[-1], expect=frozenset({MsgType.EVENT}))
+    except ProtocolError:
+        return None
+    return {"event": message["event"], "time": message["time"], **message["data"]}
+
+
+def format_event(event: dict[str, Any]) -> str:
+    stamp = datetime.datetime.fromtimestamp(event["time"]).strftime("%H:%M:%S.%f")[:-3]
+    fields = " ".join(
+        f"{k}={v}" for k, v in event.items() if k not in ("event", "time") and v is not None
+    )
+    return f"{stamp} {event['event']:<12} {fields}"
+
+
+def watch(
+    control: str,
+    timeout: float,
+    *,
+    count: int | None,
+    duration: float | None,
+    as_json: bool,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """Print events until Ctrl-C, `count` events or `duration` seconds."""
+    try:
+        endpoint = events_endpoint(control, timeout)
+    except ControlError as exc:
+        print(f"procbus ctl watch: {exc}", file=err)
+        if as_json:
+            out.write(
+                json.dumps({"error": {"code": exc.code.value, "message": exc.message}}) + "\n"
+            )
+        return 3 if exc.code.value == "unreachable" else 1
+    context, socket = subscribe(endpoint, EVENT_TOPIC)
+    deadline = None if duration is None else time.monotonic() + duration
+    seen = 0
+    try:
+        while count is None or seen < count:
+            wait_ms = 1000
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                wait_ms = max(1, min(wait_ms, int(left * 1000)))
+            event = receive_event(socket, wait_ms)
+            if event is None:
+                continue
+            seen += 1
+            out.write((json.dumps(event, default=str) if as_json else format_event(event)) + "\n")
+            out.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        socket.close(0)
+        context.term()
+    return 0
