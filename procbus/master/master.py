@@ -464,6 +464,7 @@ class Master:
         Returns whether every worker runs within `timeout` (None: the boot
         timeout). With ``timeout=0`` it does not wait.
         """
+        self.open()
         self.bus.start()
         if timeout == 0:
             return self.pool.all_running()
@@ -645,6 +646,7 @@ class Master:
 
     def run(self) -> int:
         """Run the tree until TERM, INT, QUIT or an exit command; return the exit status."""
+        self.open()  # a StartupError surfaces here, before any listener runs
         self.loop.install_signals(MASTER_SIGNALS, self._on_signal)
         self._running = True
         try:

@@ -1,0 +1,179 @@
+"""Real masters for the process-level tests: start, drive, and always reap.
+
+A master starts in its own session on a private runtime directory under /tmp
+(short, for ipc paths). It counts as up once it answers ``ping``. Stopping it
+sends TERM, waits, then KILLs the whole process group it leads (a group the
+test created), and finally checks that no process of that group is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from procbus.client import Client, ControlError
+from tests.helpers import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def short_tempdir(prefix: str = "pb-") -> Path:
+    """A fresh private directory with a short path (ipc paths are limited to 107 bytes)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """Live (not zombie) processes of process group `pgid`."""
+    members = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(proc)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return members
+
+
+class MasterProcess:
+    """A master running in a subprocess, and a client to its control socket."""
+
+    def __init__(self, argv: Sequence[str], runtime_dir: Path, log_path: Path) -> None:
+        self.argv = list(argv)
+        self.runtime_dir = runtime_dir
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )
+        self.pgid = self.proc.pid
+        self.endpoint = f"ipc://{runtime_dir}/ctl"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client(self, timeout: float = 10.0) -> Client:
+        return Client(self.endpoint, timeout)
+
+    def call(self, command: str, *args: Any, timeout: float = 10.0, **kwargs: Any) -> Any:
+        with self.client(timeout) as client:
+            return client.call(command, *args, timeout=timeout, **kwargs)
+
+    def request(
+        self, command: str, *args: Any, timeout: float = 10.0, **kwargs: Any
+    ) -> dict[str, Any]:
+        with self.client(timeout) as client:
+            return client.request(command, list(args), kwargs, timeout=timeout)
+
+    def wait_answering(self, timeout: float = 15.0) -> None:
+        def answers() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"master exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                self.call("ping", timeout=0.5)
+            except ControlError:
+                return False
+            return True
+
+        wait_until(answers, timeout)
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("status")
+        return result
+
+    def workers(self) -> list[dict[str, Any]]:
+        workers: list[dict[str, Any]] = self.status()["workers"]
+        return workers
+
+    def wait_running(self, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+        def running() -> list[dict[str, Any]] | None:
+            workers = self.workers()
+            ok = len(workers) == count and all(w["state"] == "running" for w in workers)
+            return workers if ok else None
+
+        return wait_until(running, timeout)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """TERM, wait, KILL the group; check nothing of the group survives."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pgid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+            wait_until(lambda: not group_members(self.pgid), 10)
+        finally:
+            self._log.close()
+        return self.proc.returncode
+
+
+def master_argv(app: str, runtime_dir: Path, workers: int = 2, **options: Any) -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.tree.master_main",
+        "--app",
+        app,
+        "--workers",
+        str(workers),
+        "--runtime-dir",
+        str(runtime_dir),
+    ]
+    for key, value in options.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
+
+
+@contextlib.contextmanager
+def running_master(
+    app: str = "tests.tree.apps:echo", workers: int = 2, wait: bool = True, **options: Any
+) -> Iterator[MasterProcess]:
+    """A master with `workers` workers of `app`; always stopped and reaped."""
+    runtime_dir = short_tempdir()
+    master = MasterProcess(
+        master_argv(app, runtime_dir / "rt", workers, **options),
+        runtime_dir / "rt",
+        runtime_dir / "master.log",
+    )
+    try:
+        if wait:
+            master.wait_answering()
+            if workers:
+                master.wait_running(workers)
+        yield master
+    finally:
+        try:
+            master.stop()
+        finally:
+            if os.environ.get("PROCBUS_KEEP_LOGS"):
+                print(f"master log kept in {runtime_dir}", file=sys.stderr)
+            else:
+                shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def wait_seconds(seconds: float) -> None:
+    """A deliberate pause (letting time pass is the behaviour under test)."""
+    time.sleep(seconds)

@@ -1,0 +1,60 @@
+"""Worker apps the tree tests run (imported in the workers, after fork)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from procbus.worker.apps import WorkerContext
+
+
+def echo(ctx: WorkerContext) -> None:
+    """A worker whose listeners exercise every outcome of a tree publish."""
+    bus = ctx.bus
+
+    @bus.subscribe("echo")
+    def echo_listener(*args: Any, **kwargs: Any) -> Any:
+        return {"worker": ctx.worker_id, "args": list(args), "kwargs": kwargs}
+
+    @bus.subscribe("whoami")
+    def whoami() -> dict[str, int]:
+        return {"worker": ctx.worker_id, "pid": os.getpid(), "generation": ctx.generation}
+
+    @bus.subscribe("boom")
+    def boom() -> None:
+        raise ValueError(f"boom in worker {ctx.worker_id}")
+
+    @bus.subscribe("hang")
+    def hang(worker: int, seconds: float) -> str:
+        if ctx.worker_id == worker:
+            time.sleep(seconds)
+        return "done"
+
+    @bus.subscribe("die")
+    def die(worker: int) -> str:
+        if ctx.worker_id == worker:
+            os._exit(7)
+        return "alive"
+
+    @bus.subscribe("unserializable")
+    def unserializable() -> object:
+        return object()
+
+    @bus.subscribe("serve")
+    def serve(count: int) -> int:
+        for _ in range(count):
+            ctx.request_started()
+            ctx.request_finished()
+        return ctx.counters["requests"]
+
+    ctx.stopping.wait()
+
+
+def returns_at_once(ctx: WorkerContext) -> None:
+    """An app that returns although nobody asked it to stop."""
+
+
+def raises_at_once(ctx: WorkerContext) -> None:
+    """An app that raises as soon as it runs."""
+    raise RuntimeError("the app gave up")

@@ -1,0 +1,62 @@
+"""Run a `procbus.master.Master` from the command line, for the tree tests.
+
+    python -m tests.tree.master_main --app tests.tree.apps:echo --workers 3 \\
+        --runtime-dir /tmp/pb-x [--heartbeat 0.2 --timeout 2 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from procbus.errors import StartupError
+from procbus.master import Backoff, Master, Supervision, TreeSettings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--app", required=True)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--name", default="test")
+    parser.add_argument("--runtime-dir", required=True)
+    parser.add_argument("--heartbeat", type=float, default=0.2)
+    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--boot-timeout", type=float, default=10.0)
+    parser.add_argument("--graceful-timeout", type=float, default=3.0)
+    parser.add_argument("--abort-grace", type=float, default=1.0)
+    parser.add_argument("--publish-timeout", type=float, default=5.0)
+    parser.add_argument("--max-requests", type=int, default=0)
+    parser.add_argument("--max-age", type=float, default=0.0)
+    parser.add_argument("--flap-after", type=int, default=3)
+    parser.add_argument("--min-uptime", type=float, default=1.0)
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+    )
+    settings = TreeSettings(
+        workers=args.workers,
+        heartbeat_interval=args.heartbeat,
+        publish_timeout=args.publish_timeout,
+        supervision=Supervision(
+            timeout=args.timeout,
+            boot_timeout=args.boot_timeout,
+            graceful_timeout=args.graceful_timeout,
+            abort_grace=args.abort_grace,
+            max_requests=args.max_requests,
+            max_age=args.max_age,
+            backoff=Backoff(
+                initial=0.05, maximum=1.0, min_uptime=args.min_uptime, flap_after=args.flap_after
+            ),
+        ),
+    )
+    try:
+        master = Master(args.app, name=args.name, runtime_dir=args.runtime_dir, settings=settings)
+        return master.run()
+    except StartupError as exc:
+        print(f"procbus: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
