@@ -155,23 +155,28 @@ def test_scale_keeps_ids_one_to_n() -> None:
 
 
 def test_worker_is_recycled_after_max_requests() -> None:
-    """Steps: max_requests 5; worker 1 counts 5 requests.
-    Expected: worker 1 is replaced by a new generation; worker 2 is not; no restart is
-    counted (recycling is not a crash)."""
+    """Steps: max_requests 5; each worker counts 3 requests, then 2 more.
+    Expected: after 3 nothing happens; after 5 each worker is replaced by a new
+    generation whose request count starts at 0, and no restart is counted (recycling
+    is not a crash)."""
     with running_master(workers=2, max_requests=5) as master:
         before = {w["id"]: w for w in master.workers()}
-        master.call("publish", "serve", 5)
+        master.call("publish", "serve", 3)
+        wait_until(lambda: all(w["requests"] == 3 for w in master.workers()), 5)
+        assert [w["generation"] for w in master.workers()] == [1, 1]
+        master.call("publish", "serve", 2)
 
         def recycled() -> dict[int, dict[str, Any]] | None:
             workers = {w["id"]: w for w in master.workers()}
-            one = workers[1]
-            ok = one["generation"] > before[1]["generation"] and one["state"] == "running"
+            ok = all(
+                w["generation"] == before[i]["generation"] + 1 and w["state"] == "running"
+                for i, w in workers.items()
+            )
             return workers if ok else None
 
         after = wait_until(recycled, 15)
-        assert after[1]["restarts"] == 0
-        assert after[2]["generation"] == before[2]["generation"] + 1  # both served 5
-        assert after[1]["requests"] == 0
+        assert [w["restarts"] for w in after.values()] == [0, 0]
+        assert [w["requests"] for w in after.values()] == [0, 0]
 
 
 def test_worker_is_recycled_after_max_age() -> None:
