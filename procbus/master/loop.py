@@ -131,10 +131,15 @@ class EventLoop:
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous_handlers.clear()
         if self._wakeup_r is not None:
-            with contextlib.suppress(ValueError):
-                signal.set_wakeup_fd(
-                    self._previous_wakeup_fd if self._previous_wakeup_fd is not None else -1
-                )
+            previous = self._previous_wakeup_fd
+            try:
+                signal.set_wakeup_fd(previous if previous is not None else -1)
+            except (ValueError, OSError):
+                # The previous fd was closed meanwhile (by its owner, or a
+                # fork); leaving ours installed would point signals at a
+                # closed pipe, so fall back to none.
+                with contextlib.suppress(ValueError):
+                    signal.set_wakeup_fd(-1)
             self.remove_reader(self._wakeup_r)
             os.close(self._wakeup_r)
             if self._wakeup_w is not None:

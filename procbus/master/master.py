@@ -291,7 +291,13 @@ class Master:
         self.loop.add_reader(control, self.control.on_readable)
 
     def close(self) -> None:
-        """Close the sockets, free the runtime directory, restore signals."""
+        """Close the sockets, free the runtime directory, restore signals.
+
+        A closed master is finished: it also leaves the bus, so that a later
+        master on the same bus (the process's `procbus.bus`) is not joined by
+        this one's listeners.
+        """
+        self._unsubscribe_from_bus()
         if self._context is None:
             return
         self.bus.forward = None
@@ -741,7 +747,6 @@ class Master:
     def __exit__(self, *exc: object) -> None:
         self.exit()
         self.close()
-        self._unsubscribe_from_bus()
 
 
 def _open_fds() -> list[int]:

@@ -1,0 +1,168 @@
+"""Telling systemd how the master is doing: ``sd_notify(3)`` without libsystemd.
+
+The protocol is one datagram of ``KEY=VALUE`` lines sent to the unix socket
+named by ``NOTIFY_SOCKET`` (a path, or ``@NAME`` in Linux's abstract
+namespace). With ``Type=notify`` (or ``notify-reload``) the master says
+``READY=1`` once its workers run, ``RELOADING=1`` when a reload starts (then
+``READY=1`` again when it is done), ``STOPPING=1`` when it drains, and pings
+``WATCHDOG=1`` when the unit has ``WatchdogSec=``.
+
+Notifying is best effort: the socket is non-blocking, and a send that fails
+(systemd gone, queue full) is logged once, then again only after a send has
+worked in between; it never raises, because the master must not die when
+systemd cannot listen. Without ``NOTIFY_SOCKET`` every method does nothing.
+
+The variables are read, never unset: a master re-exec'd in place keeps its pid
+and must notify again, and an upgraded master with a new pid first sends
+``MAINPID=`` from the old one (the unit needs ``NotifyAccess=all`` for that).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Final
+
+log = logging.getLogger("procbus.master")
+
+NOTIFY_VARIABLE: Final = "NOTIFY_SOCKET"
+_NUMBER = re.compile(r"[0-9]+")
+
+
+class Notifier:
+    """Sends ``sd_notify`` messages to the socket named in `environ`.
+
+    Every method returns whether the message was sent (``False`` when
+    notifying is disabled or the send failed).
+    """
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._target = environ.get(NOTIFY_VARIABLE) or None
+        self._address = _socket_address(self._target)
+        self._watchdog_usec = _number(environ, "WATCHDOG_USEC")
+        self._watchdog_pid = _number(environ, "WATCHDOG_PID")
+        self._failing = False
+        self._sock: socket.socket | None = None
+        if self._address is None:
+            return
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        except OSError as exc:
+            log.warning("cannot notify systemd: %s", exc.strerror or exc)
+            return
+        sock.setblocking(False)
+        self._sock = sock
+
+    @property
+    def enabled(self) -> bool:
+        """Whether messages go anywhere: ``NOTIFY_SOCKET`` is usable and not closed."""
+        return self._sock is not None
+
+    @property
+    def watchdog_interval(self) -> float | None:
+        """Seconds between `watchdog` pings: half of ``WATCHDOG_USEC``.
+
+        ``None`` when notifying is disabled, there is no watchdog, or
+        ``WATCHDOG_PID`` names another process (the watchdog is the main
+        process's, not a forked worker's).
+        """
+        if self._sock is None or not self._watchdog_usec:
+            return None
+        if self._watchdog_pid is not None and self._watchdog_pid != os.getpid():
+            return None
+        return self._watchdog_usec / 2 / 1_000_000
+
+    def ready(self, status: str | None = None) -> bool:
+        """``READY=1``: startup, or a reload, is complete."""
+        return self._send("READY=1", status)
+
+    def reloading(self, status: str | None = None) -> bool:
+        """``RELOADING=1`` with ``MONOTONIC_USEC``, as ``Type=notify-reload`` wants."""
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self._send(f"RELOADING=1\nMONOTONIC_USEC={now}", status)
+
+    def stopping(self, status: str | None = None) -> bool:
+        """``STOPPING=1``: the master is shutting down."""
+        return self._send("STOPPING=1", status)
+
+    def status(self, text: str) -> bool:
+        """``STATUS=``: one line for ``systemctl status``."""
+        return self._send(None, text)
+
+    def mainpid(self, pid: int) -> bool:
+        """``MAINPID=``: the main process is now `pid` (after an upgrade)."""
+        return self._send(f"MAINPID={pid}", None)
+
+    def watchdog(self) -> bool:
+        """``WATCHDOG=1``: the master is alive."""
+        return self._send("WATCHDOG=1", None)
+
+    def close(self) -> None:
+        """Close the socket; every method does nothing afterwards."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> Notifier:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _send(self, state: str | None, status: str | None) -> bool:
+        if self._sock is None or self._address is None:
+            return False
+        lines = [] if state is None else [state]
+        if status is not None:
+            lines.append("STATUS=" + " ".join(status.splitlines()))
+        try:
+            self._sock.sendto("\n".join(lines).encode(), self._address)
+        except OSError as exc:
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "cannot notify systemd on %s: %s (not logged again until it works)",
+                    self._target,
+                    exc.strerror or exc,
+                )
+            return False
+        if self._failing:
+            self._failing = False
+            log.info("notifying systemd on %s works again", self._target)
+        return True
+
+
+def _socket_address(target: str | None) -> str | None:
+    """The address to send to for ``NOTIFY_SOCKET=target``, ``None`` if unusable."""
+    if target is None:
+        return None
+    if target.startswith("/"):
+        return target
+    if target.startswith("@") and len(target) > 1:
+        return "\0" + target[1:]
+    log.warning(
+        "%s=%r is not a unix socket path or @name; not notifying systemd",
+        NOTIFY_VARIABLE,
+        target,
+    )
+    return None
+
+
+def _number(environ: Mapping[str, str], name: str) -> int | None:
+    text = environ.get(name)
+    if text is None:
+        return None
+    if not _NUMBER.fullmatch(text):
+        log.warning("%s=%r is not a number; ignored", name, text)
+        return None
+    return int(text)

@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Tree publish: round trip (p50, p99) and throughput, against bare pyzmq.
+
+For 1, 4 and 16 workers, measured in the same run:
+
+- procbus: a `Master` in this process publishes on a channel whose listener
+  returns its argument in every worker; round trip of one publish at a time,
+  then throughput with up to 64 publishes in flight;
+- baseline: the same shape in bare pyzmq (PUB fan-out, DEALER replies to a
+  ROUTER, msgpack bodies), forked workers that echo, nothing else.
+
+Bounded: a fixed number of publishes per measurement. Every process started is
+reaped. Run: ``.venv/bin/python scripts/bench_publish.py [--rounds N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import zmq
+
+from procbus.master import Master, TreeSettings
+from procbus.worker.apps import WorkerContext
+
+
+def echo_app(ctx: WorkerContext) -> None:
+    ctx.bus.subscribe("bench", lambda value: value)
+    ctx.stopping.wait()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def measure(
+    publish_one: Callable[[], None], pipelined: Callable[[int, int], None], rounds: int
+) -> dict[str, float]:
+    for _ in range(min(50, rounds)):
+        publish_one()  # warm-up
+    latencies = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        publish_one()
+        latencies.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    pipelined(rounds, 64)
+    elapsed = time.perf_counter() - start
+    return {
+        "p50_us": statistics.median(latencies) * 1e6,
+        "p99_us": percentile(latencies, 0.99) * 1e6,
+        "per_s": rounds / elapsed,
+    }
+
+
+def bench_procbus(workers: int, rounds: int, directory: str) -> dict[str, float]:
+    master = Master(
+        echo_app,
+        name=f"bench{workers}",
+        runtime_dir=f"{directory}/pb{workers}",
+        settings=TreeSettings(workers=workers, heartbeat_interval=1.0),
+    )
+    try:
+        if not master.start(timeout=30):
+            raise RuntimeError("workers did not start")
+
+        def one() -> None:
+            reply = master.publish("bench", 1, timeout=10)
+            if not reply.ok or len(reply.workers) != workers:
+                raise RuntimeError(f"bad reply: {reply}")
+
+        def pipelined(total: int, window: int) -> None:
+            done = [0]
+            sent = 0
+
+            def finished(reply: Any) -> None:
+                done[0] += 1
+
+            while done[0] < total:
+                while sent < total and sent - done[0] < window:
+                    master.publish_async("bench", [1], on_done=finished, timeout=10)
+                    sent += 1
+                master.loop.run_once(1.0)
+
+        return measure(one, pipelined, rounds)
+    finally:
+        master.exit()
+        master.close()
+
+
+def _bare_worker(pub: str, rep: str, index: int) -> None:
+    context = zmq.Context()
+    sub = context.socket(zmq.SUB)
+    sub.subscribe(b"")
+    sub.connect(pub)
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(rep)
+    poller = zmq.Poller()
+    poller.register(sub, zmq.POLLIN)
+    while True:
+        frame = sub.recv()
+        seq, value = msgpack.unpackb(frame)
+        if seq < 0:
+            break
+        dealer.send(msgpack.packb([seq, value]))
+    os._exit(0)
+
+
+def _await_subscribers(
+    pub: zmq.Socket[bytes], router: zmq.Socket[bytes], workers: int, seq: list[int]
+) -> None:
+    """Slow joiners: probe until every worker answers one publish."""
+    while True:
+        seq[0] += 1
+        pub.send(msgpack.packb([seq[0], 0]))
+        seen: set[bytes] = set()
+        deadline = time.monotonic() + 0.2
+        while len(seen) < workers and router.poll(
+            max(1, int((deadline - time.monotonic()) * 1000))
+        ):
+            identity, frame = router.recv_multipart()
+            if msgpack.unpackb(frame)[0] == seq[0]:
+                seen.add(identity)
+        if len(seen) == workers:
+            return
+
+
+def bench_bare(workers: int, rounds: int, directory: str) -> dict[str, float]:
+    pub_ep, rep_ep = f"ipc://{directory}/bare-pub", f"ipc://{directory}/bare-rep"
+    context = zmq.Context()
+    pub = context.socket(zmq.PUB)
+    pub.sndhwm = 0
+    router = context.socket(zmq.ROUTER)
+    pub.bind(pub_ep)
+    router.bind(rep_ep)
+    pids = []
+    for index in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            _bare_worker(pub_ep, rep_ep, index)
+        pids.append(pid)
+    seq = [0]
+    try:
+        _await_subscribers(pub, router, workers, seq)
+
+        def one() -> None:
+            seq[0] += 1
+            pub.send(msgpack.packb([seq[0], 1]))
+            got = 0
+            while got < workers:
+                _identity, frame = router.recv_multipart()
+                if msgpack.unpackb(frame)[0] == seq[0]:
+                    got += 1
+
+        def pipelined(total: int, window: int) -> None:
+            pending: dict[int, int] = {}
+            sent = done = 0
+            while done < total:
+                while sent < total and len(pending) < window:
+                    seq[0] += 1
+                    pending[seq[0]] = 0
+                    pub.send(msgpack.packb([seq[0], 1]))
+                    sent += 1
+                _identity, frame = router.recv_multipart()
+                number = msgpack.unpackb(frame)[0]
+                if number in pending:
+                    pending[number] += 1
+                    if pending[number] == workers:
+                        del pending[number]
+                        done += 1
+
+        return measure(one, pipelined, rounds)
+    finally:
+        pub.send(msgpack.packb([-1, 0]))
+        time.sleep(0.05)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        pub.close(0)
+        router.close(0)
+        context.term()
+
+
+def run_one(kind: str, workers: int, rounds: int) -> dict[str, float]:
+    """One measurement in a fresh interpreter, so runs cannot disturb each other."""
+    command = [sys.executable, __file__, "--one", kind, "--rounds", str(rounds)]
+    command += ["--workers", str(workers)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} with {workers} workers failed:\n{done.stderr}")
+    figures: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 4, 16])
+    parser.add_argument("--one", choices=["procbus", "pyzmq"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        directory = tempfile.mkdtemp(prefix="pb-bench-", dir="/tmp")
+        try:
+            bench = bench_procbus if args.one == "procbus" else bench_bare
+            print(json.dumps(bench(args.workers[0], args.rounds, directory)))
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        return 0
+    print(f"{args.rounds} publishes per figure; round trip one at a time, throughput 64 in flight")
+    header = (
+        f"{'workers':>7} | {'procbus p50':>11} {'p99':>8} {'pub/s':>8} | "
+        f"{'pyzmq p50':>9} {'p99':>8} {'pub/s':>8} | {'p50 x':>6} {'pub/s x':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for workers in args.workers:
+        tree = run_one("procbus", workers, args.rounds)
+        bare = run_one("pyzmq", workers, args.rounds)
+        print(
+            f"{workers:>7} | {tree['p50_us']:>9.0f}us {tree['p99_us']:>6.0f}us "
+            f"{tree['per_s']:>8.0f} | {bare['p50_us']:>7.0f}us {bare['p99_us']:>6.0f}us "
+            f"{bare['per_s']:>8.0f} | {tree['p50_us'] / bare['p50_us']:>6.2f} "
+            f"{tree['per_s'] / bare['per_s']:>7.2f}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

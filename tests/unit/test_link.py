@@ -1,0 +1,150 @@
+"""The worker's link: WELCOME, held-back publishes, and sequence gap detection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from procbus import protocol
+from procbus.bus import Bus
+from procbus.protocol import MsgType
+from procbus.worker.link import WorkerLink
+from tests.helpers import wait_until
+
+
+class FakeMaster:
+    """The master's two sockets, bound on ipc in a temporary directory."""
+
+    def __init__(self, context: zmq.Context[Any], directory: Path) -> None:
+        self.xpub = context.socket(zmq.XPUB)
+        self.router = context.socket(zmq.ROUTER)
+        for sock in (self.xpub, self.router):
+            sock.linger = 0
+        self.publish_endpoint = f"ipc://{directory}/pub"
+        self.reply_endpoint = f"ipc://{directory}/rep"
+        self.xpub.bind(self.publish_endpoint)
+        self.router.bind(self.reply_endpoint)
+
+    def publish(self, seq: int, channel: str = "ch", *args: Any) -> None:
+        template = protocol.PublishTemplate(channel, list(args), {}, 1.0)
+        self.xpub.send_multipart([protocol.BROADCAST_TOPIC, template.frame(seq)])
+
+    def welcome(self, identity: bytes, next_seq: int) -> None:
+        self.router.send_multipart(
+            [identity, protocol.encode(MsgType.WELCOME, {"next_seq": next_seq})]
+        )
+
+    def receive(self) -> protocol.Message:
+        assert self.router.poll(5000), "no message from the worker"
+        _identity, frame = self.router.recv_multipart()
+        return protocol.decode(frame)
+
+    def close(self) -> None:
+        self.xpub.close(0)
+        self.router.close(0)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Iterator[tuple[FakeMaster, WorkerLink]]:
+    context: zmq.Context[Any] = zmq.Context()
+    master = FakeMaster(context, tmp_path)
+    link = WorkerLink(context, 1, 1, master.publish_endpoint, master.reply_endpoint)
+    try:
+        # The worker's own topic arriving on XPUB proves its subscription.
+        wait_until(lambda: master.xpub.poll(10) and master.xpub.recv() == b"\x01w.1.1.", 5)
+        yield master, link
+    finally:
+        link.close(0)
+        master.close()
+        context.term()
+
+
+def receive_publishes(link: WorkerLink, count: int) -> list[protocol.Message]:
+    got: list[protocol.Message] = []
+    while len(got) < count:
+        assert link.sub.poll(5000), f"only {len(got)} of {count} publishes arrived"
+        message = link.receive_publish()
+        if message is not None:
+            got.append(message)
+    return got
+
+
+def reply_errors(master: FakeMaster, link: WorkerLink, seq: int) -> list[dict[str, str]]:
+    link.reply(seq, [])
+    message = master.receive()
+    assert message.type is MsgType.REPLY
+    assert message["seq"] == seq
+    errors: list[dict[str, str]] = message["errors"]
+    return errors
+
+
+def test_publishes_before_welcome_are_held_then_filtered(
+    tree: tuple[FakeMaster, WorkerLink],
+) -> None:
+    """Steps: publishes 1-3 arrive before WELCOME(next_seq=2).
+    Expected: none is handled before WELCOME; afterwards 2 and 3 are, 1 is dropped."""
+    master, link = tree
+    for seq in (1, 2, 3):
+        master.publish(seq)
+    wait_until(lambda: link.sub.poll(10), 5)
+    for _ in range(3):
+        link.sub.poll(1000)
+        assert link.receive_publish() is None
+    master.welcome(link.topic, 2)
+    assert link.dealer.poll(5000)
+    assert link.receive_command() is not None
+    assert [m["seq"] for m in link.take_held()] == [2, 3]
+    assert link.next_seq == 4
+
+
+def test_sequence_gap_is_reported_with_the_next_reply(
+    tree: tuple[FakeMaster, WorkerLink],
+) -> None:
+    """Steps: welcomed at 1, the worker receives publishes 1, 2 and 5.
+    Expected: the reply to 5 carries a SequenceGap error naming 3-4; the reply after
+    it carries none."""
+    master, link = tree
+    master.welcome(link.topic, 1)
+    assert link.dealer.poll(5000)
+    link.receive_command()
+    for seq in (1, 2, 5, 6):
+        master.publish(seq)
+    seqs = [m["seq"] for m in receive_publishes(link, 4)]
+    assert seqs == [1, 2, 5, 6]
+    (gap,) = reply_errors(master, link, 5)
+    assert gap["type"] == "SequenceGap"
+    assert gap["message"] == "missed publishes 3-4 before 5"
+    assert reply_errors(master, link, 6) == []
+
+
+def test_reply_carries_results_errors_and_unserializable_results(
+    tree: tuple[FakeMaster, WorkerLink],
+) -> None:
+    """Steps: a bus with a listener returning 1, one raising, one returning object();
+    the link replies with their outcomes. Expected: results [1, None, None]; a
+    ValueError and a TypeError naming the unserializable listener."""
+    master, link = tree
+    bus = Bus()
+
+    def one() -> int:
+        return 1
+
+    def bad() -> None:
+        raise ValueError("no")
+
+    def opaque() -> object:
+        return object()
+
+    for priority, listener in enumerate((one, bad, opaque)):
+        bus.subscribe("ch", listener, priority=priority)
+    link.reply(9, bus.run_listeners("ch"))
+    message = master.receive()
+    assert message["results"] == [1, None, None]
+    types = [e["type"] for e in message["errors"]]
+    assert types == ["ValueError", "TypeError"]
+    assert "opaque is not serializable" in message["errors"][1]["message"]
+    assert message["errors"][0]["listener"].endswith(".bad")

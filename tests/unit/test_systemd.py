@@ -1,0 +1,256 @@
+"""sd_notify without libsystemd: payloads, watchdog interval, and never raising.
+
+A fake systemd is a bound AF_UNIX datagram socket, on a path in `tmp_path` or
+in the abstract namespace under a random name, that the test reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from procbus.master.systemd import Notifier
+
+
+class FakeSystemd:
+    """The receiving end of NOTIFY_SOCKET."""
+
+    def __init__(self, notify_socket: str) -> None:
+        self.notify_socket = notify_socket
+        bind_to = "\0" + notify_socket[1:] if notify_socket.startswith("@") else notify_socket
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(bind_to)
+        self.sock.settimeout(5)
+
+    def receive(self) -> str:
+        """The next datagram (a notify message is delivered before `sendto` returns)."""
+        return self.sock.recv(4096).decode()
+
+    def pending(self) -> bool:
+        self.sock.setblocking(False)
+        try:
+            self.sock.recv(4096)
+        except BlockingIOError:
+            return False
+        finally:
+            self.sock.settimeout(5)
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(params=["path", "abstract"])
+def systemd(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FakeSystemd]:
+    """A fake systemd on a socket file, then in the abstract namespace."""
+    if request.param == "path":
+        fake = FakeSystemd(str(tmp_path / "notify"))
+    else:
+        fake = FakeSystemd(f"@procbus-test-{uuid.uuid4().hex}")
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+@pytest.fixture
+def notifier(systemd: FakeSystemd) -> Iterator[Notifier]:
+    with Notifier({"NOTIFY_SOCKET": systemd.notify_socket}) as notifier:
+        yield notifier
+
+
+def test_ready_sends_ready_and_optional_status(notifier: Notifier, systemd: FakeSystemd) -> None:
+    """Send ``ready()`` then ``ready("4 workers")``.
+
+    Expected: the datagrams ``READY=1`` and ``READY=1\\nSTATUS=4 workers``.
+    """
+    assert notifier.enabled
+    assert notifier.ready()
+    assert systemd.receive() == "READY=1"
+    assert notifier.ready("4 workers")
+    assert systemd.receive() == "READY=1\nSTATUS=4 workers"
+
+
+def test_each_message_has_its_exact_payload(notifier: Notifier, systemd: FakeSystemd) -> None:
+    """Send stopping, status, mainpid and watchdog messages.
+
+    Expected: one datagram each with exactly the sd_notify lines.
+    """
+    notifier.stopping()
+    assert systemd.receive() == "STOPPING=1"
+    notifier.stopping("draining 3 workers")
+    assert systemd.receive() == "STOPPING=1\nSTATUS=draining 3 workers"
+    notifier.status("serving")
+    assert systemd.receive() == "STATUS=serving"
+    notifier.mainpid(4242)
+    assert systemd.receive() == "MAINPID=4242"
+    notifier.watchdog()
+    assert systemd.receive() == "WATCHDOG=1"
+
+
+def test_status_text_is_kept_on_one_line(notifier: Notifier, systemd: FakeSystemd) -> None:
+    """Send a status with line breaks in it.
+
+    Expected: the breaks become spaces, so no line can pose as another field.
+    """
+    notifier.status("worker 3 failed:\nREADY=1\r\n")
+    assert systemd.receive() == "STATUS=worker 3 failed: READY=1"
+
+
+def test_reloading_sends_the_monotonic_clock_in_microseconds(
+    notifier: Notifier, systemd: FakeSystemd
+) -> None:
+    """Send ``reloading()`` between two readings of CLOCK_MONOTONIC.
+
+    Expected: ``RELOADING=1\\nMONOTONIC_USEC=N`` with N between the readings;
+    a status comes last when given.
+    """
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    notifier.reloading()
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    first, second = systemd.receive().split("\n")
+    assert first == "RELOADING=1"
+    key, value = second.split("=")
+    assert key == "MONOTONIC_USEC"
+    assert before <= int(value) <= after
+    notifier.reloading("rolling restart")
+    lines = systemd.receive().split("\n")
+    assert lines[0] == "RELOADING=1"
+    assert lines[1].startswith("MONOTONIC_USEC=")
+    assert lines[2] == "STATUS=rolling restart"
+
+
+@pytest.mark.parametrize(
+    ("watchdog", "expected"),
+    [
+        ({"WATCHDOG_USEC": "30000000"}, 15.0),
+        ({"WATCHDOG_USEC": "500000", "WATCHDOG_PID": "OURS"}, 0.25),
+        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "OTHER"}, None),
+        ({"WATCHDOG_USEC": "0"}, None),
+        ({"WATCHDOG_USEC": "soon"}, None),
+        ({"WATCHDOG_PID": "OURS"}, None),
+        ({}, None),
+    ],
+)
+def test_watchdog_interval_is_half_the_timeout_for_our_pid_only(
+    systemd: FakeSystemd, watchdog: dict[str, str], expected: float | None
+) -> None:
+    """Build notifiers with WATCHDOG_USEC and WATCHDOG_PID variations.
+
+    Expected: half of WATCHDOG_USEC in seconds when WATCHDOG_PID is unset or
+    ours; ``None`` when it names another pid, or the timeout is 0, malformed
+    or absent.
+    """
+    environ = {"NOTIFY_SOCKET": systemd.notify_socket}
+    for key, value in watchdog.items():
+        environ[key] = value.replace("OURS", str(os.getpid())).replace(
+            "OTHER", str(os.getpid() + 1)
+        )
+    with Notifier(environ) as notifier:
+        assert notifier.watchdog_interval == expected
+
+
+def test_without_notify_socket_every_method_is_a_no_op() -> None:
+    """Build a notifier from an environment without NOTIFY_SOCKET (or with it empty).
+
+    Expected: not enabled, no watchdog interval even with WATCHDOG_USEC, every
+    method returns ``False`` and opens nothing.
+    """
+    for environ in ({"WATCHDOG_USEC": "1000000"}, {"NOTIFY_SOCKET": ""}):
+        notifier = Notifier(environ)
+        assert not notifier.enabled
+        assert notifier.watchdog_interval is None
+        assert not notifier.ready("x")
+        assert not notifier.reloading()
+        assert not notifier.stopping()
+        assert not notifier.status("x")
+        assert not notifier.mainpid(1)
+        assert not notifier.watchdog()
+        notifier.close()
+
+
+def test_unsupported_notify_socket_disables_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Build a notifier for a NOTIFY_SOCKET that is neither a path nor @name.
+
+    Expected: disabled, one warning naming the value.
+    """
+    with caplog.at_level(logging.WARNING, logger="procbus.master"):
+        notifier = Notifier({"NOTIFY_SOCKET": "vsock:2:1234"})
+    assert not notifier.enabled
+    assert not notifier.ready()
+    assert [r.getMessage() for r in caplog.records] == [
+        "NOTIFY_SOCKET='vsock:2:1234' is not a unix socket path or @name; not notifying systemd"
+    ]
+
+
+def test_closed_notifier_sends_nothing(notifier: Notifier, systemd: FakeSystemd) -> None:
+    """Close the notifier, then send.
+
+    Expected: disabled, ``False``, nothing received; closing twice is fine.
+    """
+    notifier.close()
+    assert not notifier.enabled
+    assert not notifier.ready()
+    assert not systemd.pending()
+    notifier.close()
+
+
+def test_gone_systemd_never_raises_and_is_logged_once_per_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Send while systemd's socket is gone (twice), after it is back, and
+    after it is gone again.
+
+    Expected: no exception; sends return ``False`` while it is gone; one
+    warning for the first outage, an info when it works again, one warning
+    for the second outage.
+    """
+    path = tmp_path / "notify"
+    with (
+        caplog.at_level(logging.INFO, logger="procbus.master"),
+        Notifier({"NOTIFY_SOCKET": str(path)}) as notifier,
+    ):
+        assert not notifier.ready()
+        assert not notifier.watchdog()
+        fake = FakeSystemd(str(path))
+        try:
+            assert notifier.watchdog()
+            assert fake.receive() == "WATCHDOG=1"
+        finally:
+            fake.close()
+            path.unlink()
+        assert not notifier.stopping()
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.WARNING,
+            f"cannot notify systemd on {path}: No such file or directory"
+            " (not logged again until it works)",
+        ),
+        (logging.INFO, f"notifying systemd on {path} works again"),
+        (
+            logging.WARNING,
+            f"cannot notify systemd on {path}: No such file or directory"
+            " (not logged again until it works)",
+        ),
+    ]
+
+
+def test_full_systemd_queue_does_not_block(notifier: Notifier, systemd: FakeSystemd) -> None:
+    """Ping the watchdog many times while nobody reads the socket.
+
+    Expected: every call returns at once; once the receive queue is full the
+    sends fail (``False``) instead of blocking; what was queued arrives.
+    """
+    results = [notifier.watchdog() for _ in range(10_000)]
+    assert results[0]
+    assert not results[-1]
+    assert systemd.receive() == "WATCHDOG=1"
