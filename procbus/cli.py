@@ -23,6 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"procbus {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # `procbus run ...` never gets here (see main): its many options are
+    # built only when it runs, so that `procbus ctl` starts quickly.
+    commands.add_parser(
+        "run",
+        help="host a WSGI app (or a generic worker) behind pre-forked workers",
+        add_help=False,
+    )
     ctl.build_parser(
         commands.add_parser(
             "ctl",
@@ -35,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - parser.error exits
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:
+        from procbus import run  # noqa: PLC0415
+
+        return run.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -137,6 +137,10 @@ class Master:
         self.monitor = ProcessMonitor()
         self.reload_config: Callable[[], None] = lambda: None
         """Called by reload before any worker is replaced; raise to abort it."""
+        self.observers: list[Callable[[str, dict[str, Any]], None]] = []
+        """Called with every event `emit` puts on the event stream, in the loop."""
+        self.exec_requested = False
+        """Set by `restart`: whoever called `run` re-executes the process."""
         self.pid = os.getpid()
         self.generation = 1
         self.started_at = time.time()
@@ -311,7 +315,9 @@ class Master:
         self._xpub = self._router = self._events = self._control = None
         self.relay = None
         self.control = None
-        self.runtime.release()
+        # A master about to re-execute keeps its lock across the exec, so that
+        # no other master can take the name in between.
+        self.runtime.release(keep_lock=self.exec_requested)
         log.info("master %d closed", self.pid)
 
     # -- fork -----------------------------------------------------------------
@@ -420,6 +426,11 @@ class Master:
     def emit(self, event: str, **data: Any) -> None:
         """Put an event on the event stream (and the debug log)."""
         log.debug("event %s %s", event, data)
+        for observer in self.observers:
+            try:
+                observer(event, data)
+            except Exception:
+                log.exception("observer %r failed on event %s", observer, event)
         if self._events is None:
             return
         body = {"event": event, "time": time.time(), "data": data}
@@ -610,7 +621,26 @@ class Master:
         )
 
     def restart(self, adopt: bool = False) -> Job:
-        raise CommandError(ErrorCode.UNAVAILABLE, "restart is not implemented yet")
+        """Drain every worker, then have `run`'s caller re-execute the master.
+
+        The job ends before the exec (its answer reaches the caller); the
+        process then comes back with the same pid, argv and listening sockets
+        (see ``procbus run``). Only a master driven by `run` can do this.
+        """
+        if adopt:
+            raise CommandError(ErrorCode.UNAVAILABLE, "restart --adopt is not implemented yet")
+        if not self._running:
+            raise CommandError(
+                ErrorCode.UNAVAILABLE, "restart needs a master driven by run() (procbus run)"
+            )
+
+        def body(job: Job) -> dict[str, Any]:
+            result = reload_jobs.stop_tree(self, job)
+            self.exec_requested = True
+            self.request_exit()
+            return {**result, "generation": self.generation + 1}
+
+        return self._job("restart", body, {"adopt": adopt}, coalesce=True)
 
     def upgrade(self) -> Job:
         raise CommandError(ErrorCode.UNAVAILABLE, "upgrade is not implemented yet")

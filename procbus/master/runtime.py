@@ -91,6 +91,9 @@ class RuntimeDir:
     def acquire(self) -> None:
         """Create the directory and take its lock, or raise `StartupError`."""
         _make_private_dir(self.path)
+        if self.lock_fd is not None:  # adopted across execv: already ours
+            self._clear_endpoints()
+            return
         lock_path = self.path / "master.lock"
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -110,21 +113,26 @@ class RuntimeDir:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.lock_fd = fd
+        self._clear_endpoints()
+
+    def _clear_endpoints(self) -> None:
         for role in ENDPOINT_FILES:
             self.endpoint(role)  # fail early on a path that is too long
             with contextlib.suppress(FileNotFoundError):
                 (self.path / ENDPOINT_FILES[role]).unlink()
 
     def adopt_lock(self, fd: int) -> None:
-        """Take over a lock fd inherited across ``execv``."""
+        """Take over a lock fd inherited across ``execv`` (`acquire` then keeps it)."""
+        os.fstat(fd)  # an OSError here: the fd is not open
+        os.set_inheritable(fd, False)
         self.lock_fd = fd
 
-    def release(self) -> None:
-        """Remove the socket files and drop the lock."""
+    def release(self, keep_lock: bool = False) -> None:
+        """Remove the socket files and drop the lock (unless `keep_lock`)."""
         for filename in ENDPOINT_FILES.values():
             with contextlib.suppress(OSError):
                 (self.path / filename).unlink()
-        if self.lock_fd is not None:
+        if self.lock_fd is not None and not keep_lock:
             with contextlib.suppress(OSError):
                 os.close(self.lock_fd)
             self.lock_fd = None

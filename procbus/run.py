@@ -1,0 +1,337 @@
+"""``procbus run``: host a WSGI app (or a generic worker) behind pre-forked workers.
+
+`run` turns the effective configuration (`procbus.config`) into a running
+tree, in this order, so that every mistake is reported before anything is
+touched and the terminal still sees it:
+
+1. load the configuration (exit 2 on a bad value);
+2. build the worker app: ``wsgi_worker(APP)`` (the demo when no APP is given)
+   or the generic ``--worker``; with ``--preload`` the app is imported here, in
+   the master, before any fork; ``--check`` stops after this and prints the
+   effective configuration;
+3. take the listening sockets: those a previous master passed across
+   ``execv`` (``PROCBUS_FDS``), else systemd's (``LISTEN_FDS``), else bind
+   ``--bind`` (a generic worker binds only when ``--bind`` is given);
+4. detach (``--daemon``), apply ``--umask``, write the pidfile;
+5. run the `Master` until TERM, INT, QUIT or ``ctl exit``; re-execute the
+   process when ``ctl restart`` asked for it.
+
+Exit statuses: 0 stopped normally, 1 could not start (socket in use, runtime
+directory taken, no worker could boot, ...), 2 bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from procbus import config as config_module
+from procbus.config import DEMO_APP, Config, Source
+from procbus.errors import ConfigError, StartupError
+
+log = logging.getLogger("procbus.run")
+
+GENERATION_VARIABLE: Final = "PROCBUS_GENERATION"
+"""The master's generation, carried across ``execv`` (restart) and upgrade."""
+LOCK_VARIABLE: Final = "PROCBUS_LOCK_FD"
+"""The runtime directory's lock fd, kept open across ``execv``."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``procbus run`` (one per setting of `procbus.config`)."""
+    parser = argparse.ArgumentParser(
+        prog="procbus run",
+        description="Host APP (module:attribute, a WSGI app; the demo app when omitted) "
+        "behind pre-forked workers. Command line beats --config file beats PROCBUS_* "
+        "environment beats defaults. Exit status: 0 stopped, 1 could not start, "
+        "2 bad configuration.",
+    )
+    config_module.add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``procbus run ARGS``: parse (exit 2 on usage errors) and run."""
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """``procbus run``: the exit status of the whole tree."""
+    try:
+        config = config_module.load(args)
+    except ConfigError as exc:
+        print(f"procbus run: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(config)
+    try:
+        return Host(config, args).run()
+    except (StartupError, ConfigError) as exc:
+        print(f"procbus run: {exc}", file=sys.stderr)
+        return 1
+
+
+def _setup_logging(config: Config) -> None:
+    level = getattr(logging, config.log_level.upper())
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # waitress warns on every queued request under load: noise, not news.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    if config.access_log:
+        logging.getLogger("procbus.access").setLevel(logging.INFO)
+
+
+def worker_app(config: Config) -> Any:
+    """The worker app `config` asks for (imported now only with ``preload``)."""
+    from procbus.worker.apps import import_object  # noqa: PLC0415
+
+    if config.worker is not None:
+        app: Any = import_object(config.worker) if config.preload else config.worker
+    else:
+        from procbus.worker.wsgi import wsgi_worker  # noqa: PLC0415
+
+        target = config.app or DEMO_APP
+        wsgi_app = import_object(target) if config.preload else target
+        app = wsgi_worker(
+            wsgi_app,
+            threads=config.threads,
+            access_log=config.access_log,
+            graceful_timeout=config.graceful_timeout,
+        )
+    if config.user is not None or config.group is not None:
+        app = _dropping_privileges(app, config.user, config.group)
+    return app
+
+
+def _dropping_privileges(app: Any, user: str | int | None, group: str | int | None) -> Any:
+    """Wrap `app` so that the worker switches user and group before it runs."""
+    from procbus.bus import Bus  # noqa: PLC0415
+    from procbus.plugins.process import DropPrivileges  # noqa: PLC0415
+    from procbus.worker.apps import WorkerContext, load_app  # noqa: PLC0415
+
+    # Resolve the names now, in the master: a typo fails the start, not each worker.
+    plugin = DropPrivileges(Bus(), uid=user, gid=group)
+
+    def main(ctx: WorkerContext) -> None:
+        plugin.bus = ctx.bus
+        plugin.start()
+        load_app(app)(ctx)
+
+    main.__qualname__ = main.__name__ = getattr(app, "__name__", str(app))
+    return main
+
+
+def check_app(config: Config) -> None:
+    """Import the app (or worker function) as a worker would; `StartupError` if it fails."""
+    from procbus.worker.apps import import_object  # noqa: PLC0415
+
+    target = config.worker or config.app or DEMO_APP
+    obj = import_object(target)
+    if not callable(obj):
+        kind = "worker function" if config.worker else "WSGI app"
+        raise StartupError(f"{kind} {target!r} is not callable (got {type(obj).__name__})")
+
+
+def listening_sockets(config: Config, environ: Any = None) -> list[socket.socket]:
+    """The sockets the workers accept on: inherited, from systemd, or bound now."""
+    from procbus.master import sockets  # noqa: PLC0415
+
+    environ = os.environ if environ is None else environ
+    inherited = sockets.inherit_from_env(environ)
+    if inherited is not None:
+        return inherited
+    activated = sockets.from_systemd(environ)
+    if activated is not None:
+        return activated
+    if config.worker is not None and config.sources.get("bind") is Source.DEFAULT:
+        return []  # a generic worker listens only when asked to
+    return sockets.bind([sockets.parse_address(text) for text in config.bind])
+
+
+class Host:
+    """One ``procbus run``: the configuration, the sockets and the master."""
+
+    def __init__(self, config: Config, args: argparse.Namespace | dict[str, Any]) -> None:
+        self.config = config
+        self.args = args
+        self.sockets: list[socket.socket] = []
+        self.master: Any = None
+        self._booted = False
+
+    def run(self) -> int:
+        config = self.config
+        if config.check:
+            check_app(config)
+            sys.stdout.write(config_module.describe(config))
+            return 0
+        app = worker_app(config)
+        self.sockets = listening_sockets(config)
+        try:
+            return self._serve(app)
+        finally:
+            for sock in self.sockets:
+                sock.close()
+
+    def _serve(self, app: Any) -> int:
+        from procbus.master import Master  # noqa: PLC0415
+        from procbus.master import sockets as sockets_module  # noqa: PLC0415
+        from procbus.master.systemd import Notifier  # noqa: PLC0415
+        from procbus.plugins.process import Daemonizer, PIDFile  # noqa: PLC0415
+
+        config = self.config
+        for sock in self.sockets:
+            log.info("listening on %s", sockets_module.describe(sock))
+        if config.daemon:
+            Daemonizer.daemonize()
+        if config.umask is not None:
+            os.umask(config.umask)
+        master = Master(
+            app,
+            name=config.name,
+            runtime_dir=config.runtime_dir,
+            settings=tree_settings(config),
+            sockets=self.sockets,
+            control=control_settings(config),
+        )
+        self.master = master
+        _adopt_exec_state(master)
+        master.reload_config = self.reload_config
+        notifier = Notifier(os.environ)
+        master.observers.append(self._observer(notifier))
+        pidfile = PIDFile(master.bus, config.pidfile) if config.pidfile else None
+        if pidfile is not None:
+            pidfile.start()  # refuse a live instance before any worker is forked
+            pidfile.subscribe()
+        watchdog = notifier.watchdog_interval
+        if watchdog:
+            master.loop.call_every(watchdog, lambda: None if notifier.watchdog() else None)
+        try:
+            code = master.run()
+        finally:
+            if master.exec_requested:
+                notifier.reloading("re-executing")
+            else:
+                notifier.stopping()
+            notifier.close()
+            if pidfile is not None:
+                pidfile.unsubscribe()
+        if master.exec_requested:
+            self._reexec(master)
+        return code
+
+    def _observer(self, notifier: Any) -> Callable[[str, dict[str, Any]], None]:
+        master = self.master
+
+        def observe(event: str, data: dict[str, Any]) -> None:
+            if event == "ready" and not self._booted and master.pool.all_running():
+                self._booted = True
+                log.info(
+                    "master %d ready: %d workers, generation %d",
+                    master.pid,
+                    master.pool.target,
+                    master.generation,
+                )
+                notifier.ready(f"{master.pool.target} workers")
+            elif event == "flapping" and not self._booted:
+                # Not one worker could boot: there is nothing to serve, and
+                # nobody is watching a terminal to fix it later. Give up.
+                log.error("worker %s could not boot (%s); stopping", data["worker"], data["error"])
+                master.exit_code = 1
+                master.request_exit(fast=True)
+            elif event == "job_started" and data.get("kind") == "reload":
+                notifier.reloading()
+            elif event == "job_done" and data.get("kind") == "reload":
+                notifier.ready()
+
+        return observe
+
+    def reload_config(self) -> None:
+        """Re-read the configuration for a reload; raise (abort the reload) if it is bad."""
+        master = self.master
+        new = config_module.load(self.args)
+        changes = self.config.changed(new)
+        for name in sorted(set(changes) & _RESTART_ONLY):
+            log.warning("%s changed in the configuration: takes effect on restart", name)
+        master.app = worker_app(new)
+        settings = tree_settings(new)
+        master.settings = settings
+        master.pool.policy = settings.supervision
+        if new.workers != self.config.workers:
+            master.scale(new.workers)
+        self.config = new
+        if changes:
+            log.info("configuration reloaded: %s", ", ".join(sorted(changes)))
+
+    def _reexec(self, master: Any) -> None:
+        """Replace this process with a fresh one, keeping sockets and lock (restart)."""
+        from procbus.master import sockets as sockets_module  # noqa: PLC0415
+
+        environ = os.environ
+        environ[sockets_module.FDS_VARIABLE] = sockets_module.export_fds(self.sockets)
+        environ[GENERATION_VARIABLE] = str(master.generation + 1)
+        keep = {sock.fileno() for sock in self.sockets}
+        lock_fd = master.runtime.lock_fd
+        if lock_fd is not None:
+            environ[LOCK_VARIABLE] = str(lock_fd)
+            keep.add(lock_fd)
+        master.bus.keep_fds = keep
+        log.info("master %d re-executing (generation %d)", master.pid, master.generation + 1)
+        logging.shutdown()
+        master.bus._do_execv()
+
+
+_RESTART_ONLY: Final = frozenset(
+    {"bind", "name", "ctl", "runtime_dir", "daemon", "pidfile", "umask", "log_level"}
+)
+"""Settings a reload cannot apply: they belong to the master itself."""
+
+
+def _adopt_exec_state(master: Any) -> None:
+    """Take the generation and the runtime lock a re-executed master handed over."""
+    generation = os.environ.pop(GENERATION_VARIABLE, None)
+    if generation is not None:
+        if not generation.isdigit():
+            raise ConfigError(f"{GENERATION_VARIABLE}={generation!r}: expected a number")
+        master.generation = int(generation)
+    lock = os.environ.pop(LOCK_VARIABLE, None)
+    if lock is not None:
+        if not lock.isdigit():
+            raise ConfigError(f"{LOCK_VARIABLE}={lock!r}: expected a file descriptor")
+        try:
+            master.runtime.adopt_lock(int(lock))
+        except OSError as exc:
+            raise ConfigError(f"{LOCK_VARIABLE}={lock!r}: {exc.strerror}") from None
+
+
+def tree_settings(config: Config) -> Any:
+    """The master's `TreeSettings` for `config`."""
+    from procbus.master import Supervision, TreeSettings  # noqa: PLC0415
+
+    return TreeSettings(
+        workers=config.workers,
+        heartbeat_interval=config.heartbeat_interval,
+        publish_timeout=config.publish_timeout,
+        supervision=Supervision(
+            timeout=config.timeout,
+            boot_timeout=config.boot_timeout,
+            graceful_timeout=config.graceful_timeout,
+            max_requests=config.max_requests,
+            max_age=config.max_age,
+        ),
+    )
+
+
+def control_settings(config: Config) -> Any:
+    """Who may use the control socket, and where it is."""
+    from procbus.master.control import ControlSettings  # noqa: PLC0415
+
+    return ControlSettings(
+        endpoint=config.ctl, admin_uids=config.admin_uids, read_uids=config.read_uids
+    )
