@@ -15,7 +15,7 @@ from procbus._version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from procbus import ctl  # noqa: PLC0415 - the command table is light
+    from procbus import ctl, top  # noqa: PLC0415 - the command table is light
 
     parser = argparse.ArgumentParser(
         prog="procbus",
@@ -38,7 +38,38 @@ def build_parser() -> argparse.ArgumentParser:
             "2 usage error, 3 master unreachable.",
         )
     )
+    top.build_parser(
+        commands.add_parser(
+            "top",
+            help="live table of the workers, from the master's stats stream",
+            description="A live table of the workers (q or Ctrl-C quits). Exit status: 0 ok, "
+            "1 refused, 2 usage error, 3 master unreachable or silent.",
+        )
+    )
+    _build_keys_parser(
+        commands.add_parser(
+            "keys",
+            help="CURVE keys for a tcp:// control endpoint",
+            description="CURVE keys for a tcp:// control endpoint (layout: see procbus.keys). "
+            "Exit status: 0 ok, 1 failed, 2 usage error.",
+        )
+    )
     return parser
+
+
+def _build_keys_parser(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    generate = actions.add_parser(
+        "generate",
+        help="create the server key pair (if missing) and optionally a client key pair",
+        description="Create DIR/server.key and DIR/server.key_secret if missing; with "
+        "--client, a client key pair: its public key in DIR/clients/ROLE/NAME.key (allowed by "
+        "the master), the pair in DIR/secret/NAME.key_secret (hand it to the client with "
+        "DIR/server.key). Files are 0600, directories 0700.",
+    )
+    generate.add_argument("directory", metavar="DIR", help="the curve_keys directory")
+    generate.add_argument("--client", metavar="NAME", help="also make a client key pair")
+    generate.add_argument("--role", metavar="ROLE", help="read (default) or admin")
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - parser.error exits
@@ -61,6 +92,18 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - parser.err
             # The reader went away (| head): not an error of ours.
             sys.stderr.close()
             return 0
+    if args.command == "top":
+        from procbus import top  # noqa: PLC0415
+
+        try:
+            return top.run(args)
+        except BrokenPipeError:
+            sys.stderr.close()
+            return 0
+    if args.command == "keys":
+        from procbus import keys  # noqa: PLC0415
+
+        return keys.run(args)
     parser.error(f"unknown command {args.command!r}")
 
 

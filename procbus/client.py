@@ -8,6 +8,14 @@
 
 Every call has a deadline: a master that does not answer in time raises
 `ControlError` with code ``unreachable``, never a hang.
+
+A ``tcp://`` control endpoint needs CURVE keys (layout in `procbus.keys`)::
+
+    curve = keys.load_client(Path("~/.procbus/keys").expanduser(), "ops")
+    with Client("tcp://10.0.0.5:7070", curve=curve) as client:
+        client.call("status")
+
+A key the master does not know gets no answer at all (``unreachable``).
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ Human output by default, one JSON document on stdout with ``--json``. With
 several masters (``--ctl`` given more than once, or ``--ctl-file``) the
 command runs on each and prints one result per master; ``--rolling`` runs
 ``reload``/``restart`` on one master at a time and stops at the first failure.
+A ``tcp://`` endpoint needs CURVE keys: ``--curve-keys DIR`` (or
+``PROCBUS_CURVE_KEYS``) with ``DIR/server.key`` and the client's
+``DIR/secret/NAME.key_secret``, NAME from ``--curve-client`` (or
+``PROCBUS_CURVE_CLIENT``, or the only pair there); see `procbus.keys`.
 """
 
 from __future__ import annotations
@@ -55,6 +59,20 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=sup,
         help="one master at a time; stop at a failure",
+    )
+    group.add_argument(
+        "--curve-keys",
+        default=sup,
+        metavar="DIR",
+        help="CURVE keys for tcp:// endpoints: DIR/server.key and DIR/secret/NAME.key_secret "
+        "(env PROCBUS_CURVE_KEYS)",
+    )
+    group.add_argument(
+        "--curve-client",
+        default=sup,
+        metavar="NAME",
+        help="which client key pair of --curve-keys to use (env PROCBUS_CURVE_CLIENT; "
+        "default: the only one)",
     )
 
 
@@ -154,10 +172,48 @@ def targets(args: argparse.Namespace) -> list[str]:
             ) from None
     if not endpoints:
         from procbus.client import control_endpoint  # noqa: PLC0415
+        from procbus.errors import StartupError  # noqa: PLC0415
 
         name = _option(args, "name", None) or os.environ.get("PROCBUS_NAME", "procbus")
-        endpoints.append(control_endpoint(name, _option(args, "runtime_dir", None)))
+        try:
+            endpoints.append(control_endpoint(name, _option(args, "runtime_dir", None)))
+        except StartupError as exc:  # a bad --name, a --runtime-dir too long for ipc
+            raise CommandError(ErrorCode.BAD_ARGUMENTS, str(exc)) from None
     return endpoints
+
+
+def _is_ipc(endpoint: str) -> bool:
+    return endpoint.startswith("ipc://")
+
+
+def curve_keys(
+    args: argparse.Namespace, endpoints: Sequence[str]
+) -> tuple[bytes, bytes, bytes] | None:
+    """The CURVE keys for the tcp:// `endpoints` (None when all are ipc://).
+
+    From ``--curve-keys``/``--curve-client`` or ``PROCBUS_CURVE_KEYS``/
+    ``PROCBUS_CURVE_CLIENT``; missing or unreadable keys are a usage error.
+    """
+    remote = [endpoint for endpoint in endpoints if not _is_ipc(endpoint)]
+    if not remote:
+        return None
+    directory = _option(args, "curve_keys", None) or os.environ.get("PROCBUS_CURVE_KEYS")
+    name = _option(args, "curve_client", None) or os.environ.get("PROCBUS_CURVE_CLIENT") or None
+    if not directory:
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS,
+            f"{remote[0]} needs CURVE keys: --curve-keys DIR [--curve-client NAME] "
+            "(or PROCBUS_CURVE_KEYS), made by `procbus keys generate`",
+        )
+    from pathlib import Path  # noqa: PLC0415
+
+    from procbus import keys  # noqa: PLC0415 - imports zmq
+    from procbus.errors import ConfigError  # noqa: PLC0415
+
+    try:
+        return keys.load_client(Path(directory), name)
+    except ConfigError as exc:
+        raise CommandError(ErrorCode.BAD_ARGUMENTS, f"--curve-keys: {exc}") from None
 
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -170,6 +226,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
         if command != "watch":
             command, positional, options = request_from_args(args)
         endpoints = targets(args)
+        curve = curve_keys(args, endpoints)
     except CommandError as exc:
         return _usage_error(exc.message, as_json, out, err)
     spec = COMMANDS.get(command)
@@ -199,7 +256,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     status = EXIT_OK
     for endpoint in endpoints:
         try:
-            with Client(endpoint, timeout) as client:
+            with Client(endpoint, timeout, curve=None if _is_ipc(endpoint) else curve) as client:
                 reply = client.request(command, positional, options, wait=wait, timeout=timeout)
         except ControlError as exc:
             reply = {"ok": False, "error": {"code": exc.code.value, "message": exc.message}}

@@ -14,7 +14,7 @@ Who sends what::
     worker DEALER -> master ROUTER HELLO, STATE, HEARTBEAT, REPLY
     master ROUTER -> worker DEALER WELCOME
     client DEALER -> master ROUTER CONTROL_REQUEST, answered by CONTROL_REPLY
-    master PUB  -> watchers SUB    EVENT (topic frame: the event name)
+    master XPUB -> watchers SUB    EVENT (topic frame: b"ev." and the event name)
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ larger frames before they are read."""
 
 BROADCAST_TOPIC: Final = b"*"
 """The SUB topic every publish is sent under."""
+EVENT_TOPIC: Final = b"ev."
+"""The topic of an event is this prefix and the event's name."""
+STATS_TOPIC: Final = EVENT_TOPIC + b"stats"
+"""The periodic stats samples; the master samples only while some watcher
+subscribes to exactly this topic."""
 
 
 class MsgType(enum.IntEnum):

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from procbus import config as config_module
+from procbus.bus import ChannelFailures
 from procbus.config import DEMO_APP, Config, Source
 from procbus.errors import ConfigError, StartupError
 
@@ -72,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
         return Host(config, args).run()
     except (StartupError, ConfigError) as exc:
         print(f"procbus run: {exc}", file=sys.stderr)
+        return 1
+    except ChannelFailures as exc:  # a start listener failed (logged with its traceback)
+        print(f"procbus run: cannot start: {exc}", file=sys.stderr)
         return 1
 
 
@@ -122,9 +126,13 @@ def _dropping_privileges(app: Any, user: str | int | None, group: str | int | No
     def main(ctx: WorkerContext) -> None:
         plugin.bus = ctx.bus
         plugin.start()
-        load_app(app)(ctx)
+        inner = load_app(app)
+        if not getattr(inner, "reports_ready", False):
+            ctx.ready()
+        inner(ctx)
 
     main.__qualname__ = main.__name__ = getattr(app, "__name__", str(app))
+    main.reports_ready = True  # type: ignore[attr-defined]
     return main
 
 
@@ -164,6 +172,7 @@ class Host:
         self.sockets: list[socket.socket] = []
         self.master: Any = None
         self._booted = False
+        self.pidfile: Any = None
 
     def run(self) -> int:
         config = self.config
@@ -202,22 +211,32 @@ class Host:
         )
         self.master = master
         _adopt_exec_state(master)
+        from procbus.master.upgrade import Successor  # noqa: PLC0415
+
+        master.successor = Successor.from_environ(os.environ)
         master.reload_config = self.reload_config
         notifier = Notifier(os.environ)
         master.observers.append(self._observer(notifier))
         pidfile = PIDFile(master.bus, config.pidfile) if config.pidfile else None
-        if pidfile is not None:
+        self.pidfile = pidfile
+        # A new master from an upgrade writes it when it takes over: until
+        # then the old master's pid is in it, and rightly so.
+        if pidfile is not None and master.successor is None:
             pidfile.start()  # refuse a live instance before any worker is forked
             pidfile.subscribe()
         watchdog = notifier.watchdog_interval
         if watchdog:
-            master.loop.call_every(watchdog, lambda: None if notifier.watchdog() else None)
+
+            def keep_alive() -> None:
+                notifier.watchdog()
+
+            master.loop.call_every(watchdog, keep_alive)
         try:
             code = master.run()
         finally:
             if master.exec_requested:
                 notifier.reloading("re-executing")
-            else:
+            elif master.upgraded_to is None:
                 notifier.stopping()
             notifier.close()
             if pidfile is not None:
@@ -238,7 +257,17 @@ class Host:
                     master.pool.target,
                     master.generation,
                 )
-                notifier.ready(f"{master.pool.target} workers")
+                if master.successor is not None:
+                    master.successor.announce_ready()
+                    master.successor.watch(master)
+                else:
+                    notifier.ready(f"{master.pool.target} workers")
+            elif event == "takeover":
+                if self.pidfile is not None:
+                    self.pidfile.start()
+                    self.pidfile.subscribe()
+                notifier.mainpid(master.pid)
+                notifier.ready(f"took over, generation {master.generation}")
             elif event == "flapping" and not self._booted:
                 # Not one worker could boot: there is nothing to serve, and
                 # nobody is watching a terminal to fix it later. Give up.
@@ -323,6 +352,7 @@ def tree_settings(config: Config) -> Any:
             boot_timeout=config.boot_timeout,
             graceful_timeout=config.graceful_timeout,
             max_requests=config.max_requests,
+            max_requests_jitter=config.max_requests_jitter,
             max_age=config.max_age,
         ),
     )

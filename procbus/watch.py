@@ -1,8 +1,10 @@
 """``procbus ctl watch``: the master's event stream, live.
 
 The watcher asks the master for its events endpoint (so it follows
-``--ctl``/``--name`` like every other command) and subscribes to every event
-but the periodic ``stats`` samples, which are ``procbus top``'s.
+``--ctl``/``--name`` like every other command) and prints every event but the
+periodic ``stats`` samples, which are ``procbus top``'s: it subscribes to the
+``ev.`` prefix, which does not make the master sample, and drops the samples
+it receives while a ``top`` somewhere asks for them.
 """
 
 from __future__ import annotations
@@ -18,9 +20,6 @@ from procbus import protocol
 from procbus.client import Client, ControlError
 from procbus.errors import ProtocolError
 from procbus.protocol import MsgType
-
-EVENT_TOPIC = b"ev."
-STATS_TOPIC = b"stats"
 
 
 def events_endpoint(control: str, timeout: float) -> str:
@@ -83,7 +82,7 @@ def watch(
                 json.dumps({"error": {"code": exc.code.value, "message": exc.message}}) + "\n"
             )
         return 3 if exc.code.value == "unreachable" else 1
-    context, socket = subscribe(endpoint, EVENT_TOPIC)
+    context, socket = subscribe(endpoint, protocol.EVENT_TOPIC)
     deadline = None if duration is None else time.monotonic() + duration
     seen = 0
     try:
@@ -95,7 +94,7 @@ def watch(
                     break
                 wait_ms = max(1, min(wait_ms, int(left * 1000)))
             event = receive_event(socket, wait_ms)
-            if event is None:
+            if event is None or event["event"] == "stats":
                 continue
             seen += 1
             out.write((json.dumps(event, default=str) if as_json else format_event(event)) + "\n")

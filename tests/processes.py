@@ -48,12 +48,18 @@ def group_members(pgid: int) -> list[psutil.Process]:
 class MasterProcess:
     """A master running in a subprocess, and a client to its control socket."""
 
-    def __init__(self, argv: Sequence[str], runtime_dir: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        runtime_dir: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.argv = list(argv)
         self.runtime_dir = runtime_dir
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             self.argv,
             stdout=self._log,
@@ -64,6 +70,8 @@ class MasterProcess:
         )
         self.pgid = self.proc.pid
         self.endpoint = f"ipc://{runtime_dir}/ctl"
+        self.curve: tuple[bytes, bytes, bytes] | None = None
+        """Client keys for a tcp:// `endpoint` (see `procbus.keys.load_client`)."""
 
     @property
     def pid(self) -> int:
@@ -73,7 +81,7 @@ class MasterProcess:
         return self.log_path.read_text(errors="replace")
 
     def client(self, timeout: float = 10.0) -> Client:
-        return Client(self.endpoint, timeout)
+        return Client(self.endpoint, timeout, curve=self.curve)
 
     def call(self, command: str, *args: Any, timeout: float = 10.0, **kwargs: Any) -> Any:
         with self.client(timeout) as client:
@@ -149,15 +157,25 @@ def master_argv(app: str, runtime_dir: Path, workers: int = 2, **options: Any) -
 
 @contextlib.contextmanager
 def running_master(
-    app: str = "tests.tree.apps:echo", workers: int = 2, wait: bool = True, **options: Any
+    app: str = "tests.tree.apps:echo",
+    workers: int = 2,
+    wait: bool = True,
+    curve: tuple[bytes, bytes, bytes] | None = None,
+    **options: Any,
 ) -> Iterator[MasterProcess]:
-    """A master with `workers` workers of `app`; always stopped and reaped."""
+    """A master with `workers` workers of `app`; always stopped and reaped.
+
+    With a ``ctl`` option (a tcp:// endpoint), the harness talks to it with
+    the client keys `curve`.
+    """
     runtime_dir = short_tempdir()
     master = MasterProcess(
         master_argv(app, runtime_dir / "rt", workers, **options),
         runtime_dir / "rt",
         runtime_dir / "master.log",
     )
+    if "ctl" in options:
+        master.endpoint, master.curve = str(options["ctl"]), curve
     try:
         if wait:
             master.wait_answering()

@@ -11,8 +11,9 @@ ends — the loop keeps serving everyone else meanwhile.
 Who may do what: on ``ipc://`` the caller's uid comes from the socket's peer
 credentials (``SO_PEERCRED``, which ZeroMQ reports as the ``Peer-Address``
 of each message); the master's own uid and root are admins, and the config may
-list more admin and read-only uids. On TCP the CURVE authenticator stamps each
-message with the client key's id, whose role is configured with the key.
+list more admin and read-only uids. On TCP the CURVE authenticator
+(`procbus.master.auth`, on the same loop) stamps each message with the client
+key's id, whose role is configured with the key (`procbus.keys`).
 Every command is written to the event stream with who asked.
 """
 
@@ -24,14 +25,16 @@ import signal
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import zmq
 
-from procbus import protocol
+from procbus import keys, protocol
 from procbus._version import __version__
 from procbus.commands import COMMANDS, CommandError, ErrorCode, Role, check_request, parse_signal
-from procbus.errors import ProtocolError, StartupError
+from procbus.errors import ConfigError, ProtocolError, StartupError
+from procbus.master.auth import CurveGuard, Denial
 from procbus.master.jobs import Job, JobState
 from procbus.master.relay import TreeReply
 from procbus.protocol import MsgType
@@ -99,17 +102,68 @@ class ControlSettings:
     read_uids: Collection[int] = ()
     key_roles: Mapping[str, Role] = field(default_factory=dict)
     """CURVE client key id -> role (TCP only)."""
+    key_names: Mapping[str, str] = field(default_factory=dict)
+    """CURVE client key id -> the client's name, for audit lines."""
+    curve_server: tuple[bytes, bytes] | None = field(default=None, repr=False)
+    """The master's CURVE (public, secret) key, z85 (TCP only)."""
+    guard: CurveGuard | None = field(default=None, init=False, repr=False, compare=False)
+    """Set up by `secure` on a TCP endpoint: registered with the loop by `ControlServer`."""
+
+    @classmethod
+    def from_config(
+        cls,
+        endpoint: str | None,
+        curve_keys: Path | None,
+        admin_uids: Collection[int] = (),
+        read_uids: Collection[int] = (),
+    ) -> ControlSettings:
+        """Settings for `endpoint`, with the CURVE keys of `curve_keys` when it is not ipc.
+
+        Raises `StartupError` when the keys cannot be loaded (see `procbus.keys`
+        for the directory's layout). A TCP endpoint without `curve_keys` is
+        refused when the socket is set up (`secure`).
+        """
+        if _is_ipc(endpoint) or curve_keys is None:
+            return cls(endpoint, admin_uids, read_uids)
+        try:
+            server = keys.load_server(curve_keys)
+        except ConfigError as exc:
+            raise StartupError(f"curve_keys: {exc}") from None
+        if not server.clients:
+            log.warning("curve_keys %s allows no client key yet: nobody can connect", curve_keys)
+        return cls(
+            endpoint,
+            admin_uids,
+            read_uids,
+            key_roles={client.key_id: client.role for client in server.clients},
+            key_names={client.key_id: client.name for client in server.clients},
+            curve_server=(server.public, server.secret),
+        )
 
     def secure(self, socket: zmq.Socket[bytes], context: zmq.Context[Any]) -> None:
         """Configure authentication on the control socket before it binds."""
-        if self.endpoint is not None and not self.endpoint.startswith("ipc://"):
+        if _is_ipc(self.endpoint):
+            return
+        if self.curve_server is None:
             raise StartupError(
-                f"control endpoint {self.endpoint!r} is not ipc://: a TCP control "
-                "endpoint needs CURVE keys, which this master was not given"
+                f"control endpoint {self.endpoint} is not ipc://: it needs CURVE keys "
+                "(curve_keys = a directory made by `procbus keys generate DIR`)"
             )
+        public, secret = self.curve_server
+        try:
+            self.guard = CurveGuard(context, socket, public, secret, self.key_roles)
+        except zmq.ZMQError as exc:
+            raise StartupError(f"cannot set up CURVE on {self.endpoint}: {exc}") from None
 
     def close(self) -> None:
         """Release what `secure` set up."""
+        if self.guard is not None:
+            self.guard.close()
+            self.guard = None
+
+
+def _is_ipc(endpoint: str | None) -> bool:
+    return endpoint is None or endpoint.startswith("ipc://")
 
 
 class ControlServer:
@@ -123,6 +177,11 @@ class ControlServer:
         self.admin_uids = {os.getuid(), 0, *settings.admin_uids}
         self.read_uids = set(settings.read_uids)
         self.key_roles = dict(settings.key_roles)
+        self.key_names = dict(settings.key_names)
+        if settings.guard is not None:
+            settings.guard.on_denied = self._denied
+            for source, callback in settings.guard.readers():
+                master.loop.add_reader(source, callback)
         self.requests = 0
         self.bad_requests = 0
         self._throttle = _Throttle()
@@ -190,7 +249,10 @@ class ControlServer:
         except zmq.ZMQError:
             user_id = None
         if user_id:
-            return Peer(self.key_roles.get(str(user_id)), f"key {user_id}")
+            name = self.key_names.get(str(user_id))
+            return Peer(
+                self.key_roles.get(str(user_id)), f"key {user_id}" + (f" ({name})" if name else "")
+            )
         try:
             address = frame.get("Peer-Address")
         except zmq.ZMQError:
@@ -207,6 +269,9 @@ class ControlServer:
                 role = None
             return Peer(role, f"uid {uid} pid {pid}")
         return Peer(None, f"unauthenticated peer {address!r}")
+
+    def _denied(self, denial: Denial) -> None:
+        self.master.emit("auth_denied", **denial.to_dict())
 
     # -- dispatching ------------------------------------------------------
 

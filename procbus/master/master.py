@@ -19,6 +19,8 @@ ZeroMQ context: it closes the fds and makes its own.)
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -37,16 +39,18 @@ from procbus.bus import bus as process_bus
 from procbus.commands import SIGNAL_COMMANDS, CommandError, ErrorCode
 from procbus.errors import ProtocolError, StartupError
 from procbus.master import reload as reload_jobs
+from procbus.master import upgrade as upgrade_jobs
 from procbus.master.control import CONTROL_MAX_MESSAGE, ControlServer, ControlSettings
 from procbus.master.jobs import Job, JobAborted, JobBody, Jobs
-from procbus.master.loop import Clock, EventLoop
+from procbus.master.loop import Clock, EventLoop, Timer
 from procbus.master.planner import Supervision, WorkerProc, WorkerState
 from procbus.master.pool import Pool
 from procbus.master.relay import Relay, TreeReply, WorkerResult, WorkerStatus
 from procbus.master.runtime import RuntimeDir
 from procbus.master.stats import ProcessMonitor
+from procbus.master.upgrade import Successor
 from procbus.protocol import MsgType
-from procbus.worker.apps import WorkerApp
+from procbus.worker.apps import COUNTER_NAMES, WorkerApp
 from procbus.worker.worker import WorkerSpec, run_worker
 
 log = logging.getLogger("procbus.master")
@@ -61,6 +65,8 @@ _WORKER_MESSAGES: Final = frozenset(
 )
 _BATCH: Final = 1000
 """Messages read from one socket before the loop looks at the others."""
+EVENTS_HWM: Final = 1000
+"""Events queued for one slow watcher before it misses some (the master never blocks)."""
 
 MASTER_SIGNALS: Final = (
     signal.SIGTERM,
@@ -82,12 +88,14 @@ class TreeSettings:
     heartbeat_interval: float = 1.0
     publish_timeout: float = 30.0
     supervision: Supervision = field(default_factory=Supervision)
+    stats_interval: float = 1.0
+    """Seconds between ``stats`` events, sampled only while someone subscribes."""
 
 
 class Master:
     """A master process: a bus, a pool of forked workers, and the wire between them."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - one attribute per line, documented
         self,
         app: str | WorkerApp,
         workers: int | None = None,
@@ -103,14 +111,11 @@ class Master:
     ) -> None:
         settings = settings or TreeSettings()
         if workers is not None:
-            settings = TreeSettings(
-                workers=workers,
-                heartbeat_interval=settings.heartbeat_interval,
-                publish_timeout=settings.publish_timeout,
-                supervision=settings.supervision,
-            )
+            settings = dataclasses.replace(settings, workers=workers)
         if settings.workers < 0:
             raise ValueError(f"workers must be >= 0, got {settings.workers}")
+        if not settings.stats_interval > 0:
+            raise ValueError(f"stats_interval must be > 0, got {settings.stats_interval}")
         self.app = app
         self.name = name
         self.settings = settings
@@ -121,6 +126,9 @@ class Master:
         self.runtime = RuntimeDir.for_name(
             name, Path(runtime_dir) if runtime_dir is not None else None
         )
+        self.home = self.runtime
+        """The named runtime directory (`runtime` differs only in a new master
+        that has not taken over from the old one yet)."""
         self.loop = EventLoop(clock)
         self.pool = Pool(
             self.loop,
@@ -134,13 +142,18 @@ class Master:
         self.relay: Relay | None = None
         self.control: ControlServer | None = None
         self.jobs = Jobs(self.submit, self.emit)
-        self.monitor = ProcessMonitor()
+        # Fresh figures for every stats event; a burst of status requests shares one.
+        self.monitor = ProcessMonitor(max_age=min(1.0, settings.stats_interval / 2))
         self.reload_config: Callable[[], None] = lambda: None
         """Called by reload before any worker is replaced; raise to abort it."""
         self.observers: list[Callable[[str, dict[str, Any]], None]] = []
         """Called with every event `emit` puts on the event stream, in the loop."""
         self.exec_requested = False
         """Set by `restart`: whoever called `run` re-executes the process."""
+        self.successor: Successor | None = None
+        """Set when an old master started this one (`upgrade`), until it took over."""
+        self.upgraded_to: int | None = None
+        """The pid of the master this one handed over to (`upgrade`)."""
         self.pid = os.getpid()
         self.generation = 1
         self.started_at = time.time()
@@ -151,6 +164,7 @@ class Master:
         self._xpub: zmq.Socket[bytes] | None = None
         self._router: zmq.Socket[bytes] | None = None
         self._events: zmq.Socket[bytes] | None = None
+        self._stats_timer: Timer | None = None
         self._control: zmq.Socket[bytes] | None = None
         self._inherited_fds: frozenset[int] = frozenset()
         self._exit_requested = False
@@ -240,6 +254,10 @@ class Master:
         if self._context is not None:
             return
         self._inherited_fds = frozenset(_open_fds())
+        self.monitor.watch(self.pid)
+        if self.successor is not None and not self.successor.took_over:
+            # The named directory is the old master's until it exits.
+            self.runtime = RuntimeDir(self.home.path / f"next-{self.pid}")
         self.runtime.acquire()
         try:
             self._bind()
@@ -255,10 +273,13 @@ class Master:
         context: zmq.Context[Any] = zmq.Context()
         self._context = context
         control_endpoint = self.control_settings.endpoint or endpoints["control"]
+        if self.runtime is not self.home:
+            control_endpoint = endpoints["control"]  # the configured one is still taken
         endpoints["control"] = control_endpoint
         xpub = context.socket(zmq.XPUB)
         router = context.socket(zmq.ROUTER)
-        events = context.socket(zmq.PUB)
+        # XPUB, so that the master hears who subscribes (stats only when wanted).
+        events = context.socket(zmq.XPUB)
         control = context.socket(zmq.ROUTER)
         sockets = (xpub, router, events, control)
         for sock in sockets:
@@ -266,6 +287,7 @@ class Master:
             sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
         xpub.sndhwm = 0
         router.rcvhwm = 0
+        events.sndhwm = EVENTS_HWM
         # A reply sent just before the master exits must still leave.
         control.linger = 500
         control.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_MESSAGE)
@@ -276,6 +298,7 @@ class Master:
             events.bind(endpoints["events"])
             control.bind(control_endpoint)
         except (zmq.ZMQError, StartupError) as exc:
+            self.control_settings.close()
             for sock in sockets:
                 sock.close(0)
             context.term()
@@ -292,6 +315,7 @@ class Master:
         self.control = ControlServer(self, control, self.control_settings)
         self.loop.add_reader(xpub, self._on_xpub)
         self.loop.add_reader(router, self._on_router)
+        self.loop.add_reader(events, self._on_events_subscription)
         self.loop.add_reader(control, self.control.on_readable)
 
     def close(self) -> None:
@@ -305,6 +329,7 @@ class Master:
         if self._context is None:
             return
         self.bus.forward = None
+        self._stop_stats()
         self.loop.close()
         self.control_settings.close()
         for sock in (self._xpub, self._router, self._events, self._control):
@@ -318,6 +343,12 @@ class Master:
         # A master about to re-execute keeps its lock across the exec, so that
         # no other master can take the name in between.
         self.runtime.release(keep_lock=self.exec_requested)
+        if self.runtime is not self.home:
+            if self.home.lock_fd is not None:  # taken over: the name is ours
+                self.home.release(keep_lock=self.exec_requested)
+            with contextlib.suppress(OSError):
+                (self.runtime.path / "master.lock").unlink()
+                self.runtime.path.rmdir()
         log.info("master %d closed", self.pid)
 
     # -- fork -----------------------------------------------------------------
@@ -344,6 +375,7 @@ class Master:
         pid = os.fork()
         if pid == 0:  # the worker
             run_worker(spec)
+        self.monitor.watch(pid)  # CPU percent is measured from the fork on
         return pid
 
     def _master_only_fds(self) -> list[int]:
@@ -420,6 +452,7 @@ class Master:
         self._router.send_multipart([f"w.{worker.id}.{worker.generation}.".encode(), frame])
 
     def _worker_gone(self, worker: WorkerProc) -> None:
+        self.monitor.forget(worker.pid)
         if self.relay is not None:
             self.relay.on_worker_gone(worker)
 
@@ -439,7 +472,49 @@ class Master:
         except TypeError as exc:
             log.error("event %s not sent: %s", event, exc)
             return
-        self._events.send_multipart([b"ev." + event.encode(), frame])
+        self._events.send_multipart([protocol.EVENT_TOPIC + event.encode(), frame])
+
+    # -- the stats stream ---------------------------------------------------------
+
+    def _on_events_subscription(self) -> None:
+        """Subscriptions on the event stream: sample stats only while someone wants them.
+
+        Without ``XPUB_VERBOSE`` ZeroMQ passes on the first subscription to a
+        topic and the unsubscription of its last subscriber (also when that
+        subscriber disconnects), so ``ev.stats`` arriving means "somebody
+        listens" and leaving means "nobody does". A watcher subscribed to a
+        shorter prefix (``ev.``) receives the samples while someone else asks
+        for them, but does not start the sampling.
+        """
+        assert self._events is not None
+        for _ in range(_BATCH):
+            try:
+                frame = self._events.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if frame[1:] != protocol.STATS_TOPIC:
+                continue
+            if frame[:1] == b"\x01":
+                self._start_stats()
+            elif frame[:1] == b"\x00":
+                self._stop_stats()
+
+    def _start_stats(self) -> None:
+        if self._stats_timer is not None:
+            return
+        log.debug("stats subscriber: sampling every %gs", self.settings.stats_interval)
+        self._emit_stats()  # a new subscriber gets its first sample at once
+        self._stats_timer = self.loop.call_every(self.settings.stats_interval, self._emit_stats)
+
+    def _stop_stats(self) -> None:
+        if self._stats_timer is None:
+            return
+        log.debug("no stats subscriber left: sampling stops")
+        self._stats_timer.cancel()
+        self._stats_timer = None
+
+    def _emit_stats(self) -> None:
+        self.emit("stats", **self.stats())
 
     # -- signals ----------------------------------------------------------------
 
@@ -643,7 +718,44 @@ class Master:
         return self._job("restart", body, {"adopt": adopt}, coalesce=True)
 
     def upgrade(self) -> Job:
-        raise CommandError(ErrorCode.UNAVAILABLE, "upgrade is not implemented yet")
+        """Start a new master beside this one; once it is ready, drain and exit."""
+        if not self._running:
+            raise CommandError(
+                ErrorCode.UNAVAILABLE, "upgrade needs a master driven by run() (procbus run)"
+            )
+        if self.successor is not None and not self.successor.took_over:
+            raise CommandError(
+                ErrorCode.UNAVAILABLE, "this master is still taking over from the previous one"
+            )
+        return self._job(
+            "upgrade", lambda job: upgrade_jobs.upgrade_tree(self, job), {}, coalesce=True
+        )
+
+    def take_over_name(self) -> None:
+        """A new master whose predecessor exited: take the named directory's
+        lock and listen for control and events at the usual endpoints too.
+        Raise `StartupError` while the lock is still held."""
+        if self.runtime is self.home or self._control is None or self._events is None:
+            return
+        self.home.acquire()
+        endpoints = self.home.endpoints()
+        control_endpoint = self.control_settings.endpoint or endpoints["control"]
+        try:
+            self._control.bind(control_endpoint)
+            self._events.bind(endpoints["events"])
+        except zmq.ZMQError as exc:
+            log.error("cannot bind %s after the upgrade: %s", control_endpoint, exc)
+        for endpoint in (control_endpoint, endpoints["events"]):
+            if endpoint.startswith("ipc://"):
+                with contextlib.suppress(OSError):
+                    os.chmod(endpoint.removeprefix("ipc://"), 0o600)
+        self.endpoints = {
+            **self.endpoints,
+            "control": control_endpoint,
+            "events": endpoints["events"],
+        }
+        log.info("master %d took over %s", self.pid, self.home.path)
+        self.emit("takeover", pid=self.pid, generation=self.generation)
 
     def stop_job(self) -> Job:
         return self._job("stop", lambda job: reload_jobs.stop_tree(self, job), {})
@@ -702,10 +814,12 @@ class Master:
     def status(self) -> dict[str, Any]:
         """A snapshot of the master and its workers (plain data)."""
         now = self.loop.clock()
+        slots = self.pool.slots()
+        sampled = self.monitor.sample_many(s.current.pid for s in slots if s.current)
         workers = []
-        for slot in self.pool.slots():
+        for slot in slots:
             worker = slot.current
-            figures = self.monitor.sample(worker.pid) if worker else None
+            figures = sampled[worker.pid] if worker else None
             workers.append(
                 {
                     "id": slot.id,
@@ -738,29 +852,39 @@ class Master:
                 "generation": self.generation,
                 "uptime": time.time() - self.started_at,
                 "endpoints": dict(self.endpoints),
-                "workers": self.pool.target,
             },
             "workers": workers,
         }
 
     def stats(self) -> dict[str, Any]:
-        """Process figures and counters of the master and every live worker."""
+        """Process figures and counters of the master and every live worker.
+
+        This is also the body of each ``stats`` event. Worker counters are
+        those of the worker's last heartbeat.
+        """
+        now = self.loop.clock()
+        live = sorted(self.pool.by_pid.values(), key=lambda w: (w.id, w.generation))
+        sampled = self.monitor.sample_many([self.pid, *(w.pid for w in live)], detailed=True)
         workers = []
-        for worker in sorted(self.pool.by_pid.values(), key=lambda w: (w.id, w.generation)):
-            figures = self.monitor.sample(worker.pid, detailed=True).to_dict()
+        for worker in live:
             workers.append(
                 {
                     "id": worker.id,
                     "generation": worker.generation,
                     "state": worker.state.value,
-                    **figures,
-                    "counters": dict(worker.counters),
+                    "age": now - worker.started_at,
+                    **sampled[worker.pid].to_dict(),
+                    "counters": {**dict.fromkeys(COUNTER_NAMES, 0), **worker.counters},
                 }
             )
         relay = self.relay
         return {
             "master": {
-                **self.monitor.sample(self.pid, detailed=True).to_dict(),
+                "name": self.name,
+                "state": self.bus.state.name,
+                "uptime": time.time() - self.started_at,
+                "target_workers": self.pool.target,
+                **sampled[self.pid].to_dict(),
                 "publishes": relay.sent if relay else 0,
                 "in_flight": len(relay.pending) if relay else 0,
                 "late_replies": relay.late_replies if relay else 0,

@@ -73,6 +73,9 @@ class Supervision:
     """Time between SIGABRT (stack dump) and SIGKILL."""
     max_requests: int = 0
     """Recycle a worker after this many requests (0: never)."""
+    max_requests_jitter: int = 0
+    """Each worker's limit is max_requests plus up to this many more, at random,
+    so that workers started together are not recycled together."""
     max_age: float = 0.0
     """Recycle a worker after this many seconds (0: never)."""
     backoff: Backoff = field(default_factory=Backoff)
@@ -96,6 +99,8 @@ class WorkerProc:
     stop_deadline: float | None = None
     abort_deadline: float | None = None
     killed: bool = False
+    request_jitter: int = 0
+    """Added to max_requests for this worker (drawn at fork)."""
     stop_requested: bool = False
     """The master asked it to drain (a worker that stops on its own, or whose
     app fails, still counts as a death of its slot)."""
@@ -246,8 +251,15 @@ def plan(view: PoolView, now: float, policy: Supervision) -> Plan:
     return Plan(actions, wake)
 
 
+def request_limit(worker: WorkerProc, policy: Supervision) -> int:
+    """How many requests `worker` serves before it is recycled (0: no limit)."""
+    if policy.max_requests <= 0:
+        return 0
+    return policy.max_requests + worker.request_jitter
+
+
 def _recycle_reason(worker: WorkerProc, now: float, policy: Supervision) -> str | None:
-    if policy.max_requests > 0 and worker.requests >= policy.max_requests:
+    if policy.max_requests > 0 and worker.requests >= request_limit(worker, policy):
         return f"served {worker.requests} requests (max_requests {policy.max_requests})"
     if policy.max_age > 0 and now - worker.started_at >= policy.max_age:
         return f"{now - worker.started_at:.0f}s old (max_age {policy.max_age:g}s)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,6 +28,7 @@ from procbus.master.planner import (
     WorkerState,
     plan,
     record_exit,
+    request_limit,
 )
 
 log = logging.getLogger("procbus.master")
@@ -248,6 +250,8 @@ class Pool:
             slot.next_spawn_at = self.loop.clock() + self.policy.backoff.delay(slot.early_deaths)
             return
         worker = WorkerProc(slot.id, slot.generation, pid, self.loop.clock())
+        if self.policy.max_requests_jitter > 0:
+            worker.request_jitter = random.randint(0, self.policy.max_requests_jitter)
         self.by_pid[pid] = worker
         # Known from the fork on: the subscription may arrive before the hello.
         self.by_topic[_topic(worker)] = worker
@@ -367,7 +371,7 @@ class Pool:
     def heartbeat(self, worker: WorkerProc, counters: dict[str, Any]) -> None:
         worker.last_heartbeat = self.loop.clock()
         worker.counters = {k: v for k, v in counters.items() if isinstance(v, int)}
-        limit = self.policy.max_requests
+        limit = request_limit(worker, self.policy)
         if limit and worker.requests >= limit and worker.state is WorkerState.RUNNING:
             self.replan()
 

@@ -1,19 +1,43 @@
 """Process figures for status, stats and top, from psutil.
 
 The monitor owns one ``psutil.Process`` handle per pid (CPU percent is measured
-between two calls on the same handle) and reports numbers, or None when a
-figure cannot be read: never placeholder strings. Readings are cached for
-`max_age` seconds so that a burst of status requests costs one sample.
+between two calls on the same handle, so a handle is primed when a worker is
+forked and kept until it is reaped) and reports numbers, or None when a figure
+cannot be read (or has not been measured yet): never placeholder strings.
+
+- A CPU percent is measured over at least `MIN_CPU_WINDOW` (over a few
+  milliseconds the kernel's clock ticks make it noise); asked sooner, the
+  monitor repeats the last figure.
+- Readings are cached for `max_age` seconds, so that a burst of status
+  requests costs one sample.
+- A detailed sample adds open fds, USS and inet connections. The last two are
+  costly and change slowly, so they are refreshed for every process together
+  at most every `slow_max_age` seconds and repeated in between: USS walks the
+  process's page tables (about 1 ms per worker), and counting connections
+  means reading the kernel's inet tables (``/proc/net/tcp`` and friends),
+  which list every socket of the host: tens of milliseconds on a busy one.
+  psutil reads those tables once per process; on Linux the monitor reads them
+  once per refresh and matches each process's socket inodes against them.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
 
 import psutil
+
+MIN_CPU_WINDOW: Final = 0.1
+"""Seconds, at least, that a CPU percent is measured over."""
+SLOW_MAX_AGE: Final = 5.0
+"""Seconds USS and connection counts are repeated before they are measured again."""
+_INET_TABLES: Final = ("tcp", "tcp6", "udp", "udp6")
+"""What psutil's ``kind="inet"`` covers."""
+_LINUX: Final = sys.platform.startswith("linux")
 
 
 @dataclass(frozen=True)
@@ -27,65 +51,171 @@ class ProcessFigures:
     connections: int | None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(vars(self))  # shallow: every field is a number (asdict deep-copies)
+
+
+@dataclass
+class _Handle:
+    process: psutil.Process
+    cpu_since: float
+    """When the current CPU measuring window opened."""
+    cpu_percent: float | None = None
+    """The figure of the last window that closed."""
+    uss: int | None = None
+    connections: int | None = None
+
+
+@dataclass(frozen=True)
+class _Reading:
+    at: float
+    detailed: bool
+    figures: ProcessFigures
 
 
 class ProcessMonitor:
-    """Samples CPU and memory of the master and its workers."""
+    """Samples CPU, memory, threads, fds and connections of the master and its workers."""
 
-    def __init__(self, max_age: float = 1.0) -> None:
+    def __init__(
+        self,
+        max_age: float = 1.0,
+        slow_max_age: float = SLOW_MAX_AGE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_age = max_age
-        self._handles: dict[int, psutil.Process] = {}
-        self._cache: dict[tuple[int, bool], tuple[float, ProcessFigures]] = {}
+        self.slow_max_age = slow_max_age
+        self.clock = clock
+        self._handles: dict[int, _Handle] = {}
+        self._cache: dict[int, _Reading] = {}
+        self._slow_at: float | None = None
 
     def watch(self, pid: int) -> None:
         """Start measuring `pid` (primes the CPU counter)."""
+        if pid in self._handles:
+            return
         try:
-            handle = psutil.Process(pid)
-            handle.cpu_percent(None)
+            process = psutil.Process(pid)
+            process.cpu_percent(None)
         except psutil.Error:
             return
-        self._handles[pid] = handle
+        self._handles[pid] = _Handle(process, self.clock())
 
     def forget(self, pid: int) -> None:
         self._handles.pop(pid, None)
-        self._cache.pop((pid, False), None)
-        self._cache.pop((pid, True), None)
+        self._cache.pop(pid, None)
 
     def keep_only(self, pids: Iterable[int]) -> None:
         wanted = set(pids)
-        for pid in list(self._handles):
+        for pid in [*self._handles, *self._cache]:
             if pid not in wanted:
                 self.forget(pid)
 
     def sample(self, pid: int, detailed: bool = False) -> ProcessFigures:
-        """Figures of `pid`; `detailed` adds USS, fds and connections (costlier)."""
-        now = time.monotonic()
-        cached = self._cache.get((pid, detailed))
-        if cached is not None and now - cached[0] < self.max_age:
-            return cached[1]
-        handle = self._handles.get(pid)
-        if handle is None:
+        """Figures of `pid`; `detailed` adds fds, USS and connections (costlier)."""
+        return self.sample_many([pid], detailed)[pid]
+
+    def sample_many(
+        self, pids: Iterable[int], detailed: bool = False
+    ) -> dict[int, ProcessFigures]:
+        """Figures of every pid in one pass."""
+        now = self.clock()
+        found: dict[int, ProcessFigures] = {}
+        stale: list[int] = []
+        for pid in pids:
+            reading = self._cache.get(pid)
+            if (
+                reading is not None
+                and now - reading.at < self.max_age
+                and (reading.detailed or not detailed)
+            ):
+                found[pid] = reading.figures
+            else:
+                stale.append(pid)
+        slow = detailed and (self._slow_at is None or now - self._slow_at >= self.slow_max_age)
+        inet = _inet_inodes() if slow and _LINUX and stale else None
+        if slow and stale:
+            self._slow_at = now
+        for pid in stale:
             self.watch(pid)
-            handle = self._handles.get(pid)
-        figures = _read(pid, handle, detailed)
-        self._cache[(pid, detailed)] = (now, figures)
-        return figures
+            figures = _read(
+                pid, self._handles.get(pid), detailed=detailed, slow=slow, inet=inet, now=now
+            )
+            self._cache[pid] = _Reading(now, detailed, figures)
+            found[pid] = figures
+        return found
 
 
-def _read(pid: int, handle: psutil.Process | None, detailed: bool) -> ProcessFigures:
+def _read(
+    pid: int,
+    handle: _Handle | None,
+    *,
+    detailed: bool,
+    slow: bool,
+    inet: set[int] | None,
+    now: float,
+) -> ProcessFigures:
     if handle is None:
         return ProcessFigures(pid, None, None, None, None, None, None)
-    cpu = rss = uss = threads = fds = connections = None
+    rss = threads = fds = None
+    process = handle.process
     try:
-        with handle.oneshot():
-            cpu = handle.cpu_percent(None)
-            rss = handle.memory_info().rss
-            threads = handle.num_threads()
+        with process.oneshot():
+            if now - handle.cpu_since >= MIN_CPU_WINDOW:
+                handle.cpu_percent = process.cpu_percent(None)
+                handle.cpu_since = now
+            rss = process.memory_info().rss
+            threads = process.num_threads()
             if detailed:
-                fds = handle.num_fds()
-                uss = handle.memory_full_info().uss
-                connections = len(handle.net_connections(kind="inet"))
+                fds = process.num_fds()
+            if slow:
+                handle.uss = process.memory_full_info().uss
+                handle.connections = (
+                    _inet_sockets(pid, inet)
+                    if inet is not None
+                    else len(process.net_connections(kind="inet"))
+                )
     except psutil.Error:
         pass
-    return ProcessFigures(pid, cpu, rss, uss, threads, fds, connections)
+    return ProcessFigures(
+        pid,
+        handle.cpu_percent,
+        rss,
+        handle.uss if detailed else None,
+        threads,
+        fds,
+        handle.connections if detailed else None,
+    )
+
+
+def _inet_inodes() -> set[int]:
+    """Inodes of every TCP and UDP socket (v4 and v6) in this network namespace."""
+    inodes: set[int] = set()
+    for table in _INET_TABLES:
+        try:
+            with open(f"/proc/self/net/{table}", "rb") as handle:
+                lines = handle.read().splitlines()[1:]  # under the header
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split(None, 10)
+            if len(fields) > 9 and fields[9].isdigit():
+                inodes.add(int(fields[9]))
+    inodes.discard(0)  # TIME_WAIT and other sockets no process holds
+    return inodes
+
+
+def _inet_sockets(pid: int, inet: set[int]) -> int | None:
+    """How many of `pid`'s open fds are sockets listed in `inet`."""
+    directory = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return None
+    sockets: set[int] = set()  # a socket on two fds is one connection
+    for name in names:
+        try:
+            target = os.readlink(f"{directory}/{name}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            sockets.add(int(target[8:-1]))
+    return len(sockets & inet)

@@ -18,12 +18,16 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from procbus.bus import Bus
 from procbus.errors import StartupError
 
 WorkerApp = Callable[["WorkerContext"], Any]
+
+COUNTER_NAMES: Final = ("requests", "in_flight", "publishes", "publish_errors", "errors")
+"""What every worker reports: requests served and in flight, publishes handled,
+publishes on which one of its listeners failed, and failed requests."""
 
 
 class Counters:
@@ -31,12 +35,7 @@ class Counters:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: dict[str, int] = {
-            "requests": 0,
-            "in_flight": 0,
-            "publishes": 0,
-            "errors": 0,
-        }
+        self._values: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
 
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
@@ -63,6 +62,19 @@ class WorkerContext:
     counters: Counters = field(default_factory=Counters)
     settings: dict[str, Any] = field(default_factory=dict)
     """Extra settings the master passes to its workers' apps."""
+    ready_event: threading.Event = field(default_factory=threading.Event)
+    """Set by `ready`."""
+    on_ready: Callable[[], None] = field(default=lambda: None, repr=False)
+    """The worker's hook: wakes its loop to report the new state."""
+
+    def ready(self) -> None:
+        """Say that the app serves now (apps whose ``reports_ready`` is true).
+
+        Until then the master counts the worker as starting: a reload waits
+        for it, and an app that fails before this failed to boot.
+        """
+        self.ready_event.set()
+        self.on_ready()
 
     def request_started(self) -> None:
         """Count a request as in flight (hosting servers call this)."""

@@ -148,6 +148,8 @@ class Worker:
         self.stop_requested: int | None = None
         self._app_outcome: BaseException | None = None
         self._app_done = threading.Event()
+        self._reports_ready = False
+        self._running_reported = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- set-up right after fork ----------------------------------------
@@ -232,9 +234,13 @@ class Worker:
             log.error("worker %d failed to boot: %s", spec.worker_id, detail)
             link.state("failed", f"boot: {detail}")
             return ExitCode.BOOT_FAILED
+        ctx.on_ready = self._wake
+        self._reports_ready = bool(getattr(app, "reports_ready", False))
         app_thread = threading.Thread(target=self._run_app, args=(app, ctx), name="app")
         app_thread.start()
-        link.state("running")
+        if not self._reports_ready:
+            ctx.ready()
+        self._report_ready(link, ctx)
 
         code = self._loop(link, ctx)
 
@@ -260,8 +266,16 @@ class Worker:
             self._app_outcome = exc
         finally:
             self._app_done.set()
-            with contextlib.suppress(OSError):
-                os.write(self._wake_w, b"\x00")
+            self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\x00")
+
+    def _report_ready(self, link: WorkerLink, ctx: WorkerContext) -> None:
+        if not self._running_reported and ctx.ready_event.is_set():
+            self._running_reported = True
+            link.state("running")
 
     def _loop(self, link: WorkerLink, ctx: WorkerContext) -> ExitCode:
         spec = self.spec
@@ -277,6 +291,7 @@ class Worker:
                 return ExitCode.OK
             if self._app_done.is_set():
                 return self._app_ended(link)
+            self._report_ready(link, ctx)
             now = time.monotonic()
             if now >= next_beat:
                 if os.getppid() != spec.master_pid:
@@ -309,6 +324,8 @@ class Worker:
             message["channel"], *message["args"], **message["kwargs"]
         )
         ctx.counters.add("publishes")
+        if any(outcome.error is not None for outcome in outcomes):
+            ctx.counters.add("publish_errors")
         link.reply(message["seq"], outcomes)
 
     def _app_ended(self, link: WorkerLink) -> ExitCode:
@@ -317,6 +334,12 @@ class Worker:
             log.warning("worker %d: app returned", self.spec.worker_id)
             link.state("failed", "app returned")
             return ExitCode.APP_RETURNED
+        if not self._running_reported:
+            # Failed before it said it serves: a boot failure (no respawn loop).
+            detail = str(exc) if isinstance(exc, StartupError) else _format(exc)
+            log.error("worker %d failed to boot: %s", self.spec.worker_id, detail)
+            link.state("failed", f"boot: {detail}")
+            return ExitCode.BOOT_FAILED
         detail = _format(exc)
         log.error("worker %d: app failed: %s", self.spec.worker_id, detail)
         link.state("failed", f"app: {detail}")

@@ -80,6 +80,8 @@ DRAIN_PRIORITY: Final = 20
 POLL_INTERVAL: Final = 0.5
 """Longest time the event loop sleeps before it looks at ``ctx.stopping``."""
 CUT_GRACE: Final = 2
+FRESH_GRACE: Final = 2.0
+"""How long a connection accepted before a stop may take to send its request."""
 """How long threads still in the app get after the graceful timeout cut them."""
 
 _current: WorkerContext | None = None
@@ -126,6 +128,7 @@ def wsgi_worker(
             )
             ctx.bus.subscribe("stop", host.stop_accepting, STOP_ACCEPTING_PRIORITY)
             ctx.bus.subscribe("stop", host.wait_drained, DRAIN_PRIORITY)
+            ctx.ready()  # the app is imported and the sockets are served
             try:
                 host.serve(ctx.stopping)
             finally:
@@ -136,6 +139,7 @@ def wsgi_worker(
                 _current = None
 
     main.__qualname__ = main.__name__ = f"wsgi_worker({app!r})"
+    main.reports_ready = True  # type: ignore[attr-defined]
     return main
 
 
@@ -277,6 +281,12 @@ class WaitressHost:
             # their whole answer is in the output buffer.
             with c.requests_lock:
                 idle = not c.requests and c.request is None and not c.total_outbufs_len
+            # A connection accepted just before the stop whose request has
+            # not arrived yet is not idle: its client is sending. Closing it
+            # would lose that request; it gets FRESH_GRACE to arrive.
+            fresh = c.last_activity == c.creation_time
+            if fresh and time.time() - c.creation_time < FRESH_GRACE:
+                idle = False
             if idle:
                 channel.handle_close()
             else:

@@ -1,7 +1,8 @@
 """Run a `procbus.master.Master` from the command line, for the tree tests.
 
     python -m tests.tree.master_main --app tests.tree.apps:echo --workers 3 \\
-        --runtime-dir /tmp/pb-x [--heartbeat 0.2 --timeout 2 ...]
+        --runtime-dir /tmp/pb-x [--heartbeat 0.2 --timeout 2 ...] \\
+        [--ctl tcp://127.0.0.1:PORT --curve-keys DIR]
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from procbus.errors import StartupError
 from procbus.master import Backoff, Master, Supervision, TreeSettings
+from procbus.master.control import ControlSettings
 
 
 def main() -> int:
@@ -30,6 +33,9 @@ def main() -> int:
     parser.add_argument("--max-age", type=float, default=0.0)
     parser.add_argument("--flap-after", type=int, default=3)
     parser.add_argument("--min-uptime", type=float, default=1.0)
+    parser.add_argument("--stats-interval", type=float, default=1.0)
+    parser.add_argument("--ctl", default=None, help="control endpoint (tcp:// needs keys)")
+    parser.add_argument("--curve-keys", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
@@ -38,6 +44,7 @@ def main() -> int:
         workers=args.workers,
         heartbeat_interval=args.heartbeat,
         publish_timeout=args.publish_timeout,
+        stats_interval=args.stats_interval,
         supervision=Supervision(
             timeout=args.timeout,
             boot_timeout=args.boot_timeout,
@@ -51,7 +58,14 @@ def main() -> int:
         ),
     )
     try:
-        master = Master(args.app, name=args.name, runtime_dir=args.runtime_dir, settings=settings)
+        control = ControlSettings.from_config(args.ctl, args.curve_keys)
+        master = Master(
+            args.app,
+            name=args.name,
+            runtime_dir=args.runtime_dir,
+            settings=settings,
+            control=control,
+        )
         return master.run()
     except StartupError as exc:
         print(f"procbus: {exc}", file=sys.stderr)

@@ -456,6 +456,20 @@ def test_worker_that_served_max_requests_is_replaced_then_promoted() -> None:
     assert (promote.kind, promote.slot, promote.worker) == (ActionKind.PROMOTE, 1, replacement)
 
 
+def test_request_jitter_moves_each_workers_limit() -> None:
+    """Steps: max_requests 100, jitter 20; a worker drawn jitter 15 served 110, then 115.
+    Expected: at 110 nothing (its limit is 115); at 115 SPAWN naming max_requests.
+    """
+    policy = Supervision(max_requests=100, max_requests_jitter=20, backoff=BACKOFF)
+    current = worker(1, heartbeat=10.0)
+    current.request_jitter = 15
+    view = pool(slot_with(current), target=1)
+    current.counters["requests"] = 110
+    assert plan(view, now=10.0, policy=policy).actions == []
+    current.counters["requests"] = 115
+    assert only(plan(view, now=10.0, policy=policy)).kind is ActionKind.SPAWN
+
+
 def test_worker_older_than_max_age_is_replaced() -> None:
     """Steps: max_age 100; a running worker forked at 0 beats at 90; plan at 95 and 100.
     Expected: at 95 no action and next check exactly 100 (the recycling time); at 100

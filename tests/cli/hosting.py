@@ -1,0 +1,146 @@
+"""`procbus run` as a subprocess, and a bounded HTTP load against it."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.helpers import wait_until
+from tests.processes import ROOT, MasterProcess, short_tempdir
+
+TEST_OPTIONS = ("--heartbeat-interval", "0.2", "--graceful-timeout", "5", "--boot-timeout", "10")
+
+
+def procbus(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m procbus ARGS`` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "procbus", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        check=False,
+    )
+
+
+class RunProcess(MasterProcess):
+    """``procbus run`` in its own session; `port` is the first TCP port it listens on."""
+
+    def port(self, timeout: float = 15.0) -> int:
+        def found() -> int | None:
+            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.log())
+            return int(match.group(1)) if match else None
+
+        return wait_until(found, timeout)
+
+    def get(self, path: str = "/worker", timeout: float = 5.0) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port(), timeout=timeout)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+
+@contextlib.contextmanager
+def running(
+    *args: str, workers: int | None = 2, wait: bool = True, env: dict[str, str] | None = None
+) -> Iterator[RunProcess]:
+    """``procbus run ARGS`` on a private runtime directory; always stopped and reaped."""
+    directory = short_tempdir()
+    argv = [sys.executable, "-m", "procbus", "run", "--runtime-dir", str(directory / "rt")]
+    if workers is not None:  # None: from the config file
+        argv += ["--workers", str(workers)]
+    argv += [*TEST_OPTIONS, *args]
+    proc = RunProcess(argv, directory / "rt", directory / "run.log", env)
+    try:
+        if wait and workers is not None:
+            proc.wait_answering()
+            if workers:
+                proc.wait_running(workers)
+        yield proc
+    finally:
+        try:
+            proc.stop()
+        finally:
+            if os.environ.get("PROCBUS_KEEP_LOGS"):
+                print(f"log kept in {directory}", file=sys.stderr)
+            else:
+                shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass
+class Load:
+    """Clients sending requests in a loop until stopped; every outcome counted."""
+
+    port: int
+    clients: int = 4
+    limit: float = 60.0
+    """No load runs longer than this, whatever happens."""
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    pids: set[int] = field(default_factory=set)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __enter__(self) -> Load:
+        for _ in range(self.clients):
+            thread = threading.Thread(target=self._client, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)
+
+    def _client(self) -> None:
+        deadline = time.monotonic() + self.limit
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("GET", "/worker")
+                response = conn.getresponse()
+                body = response.read()
+                conn.close()
+            except OSError as exc:
+                with self._lock:
+                    self.failures.append(repr(exc))
+                continue
+            with self._lock:
+                if response.status == 200:
+                    self.ok += 1
+                    match = re.search(rb'"pid": (\d+)', body)
+                    if match:
+                        self.pids.add(int(match.group(1)))
+                else:
+                    self.failures.append(f"HTTP {response.status}")
+
+    def wait_for(self, requests: int, timeout: float = 10.0) -> None:
+        start = self.ok
+        wait_until(lambda: self.ok >= start + requests, timeout)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def lines(text: str) -> Sequence[str]:
+    return [line for line in text.splitlines() if line.strip()]

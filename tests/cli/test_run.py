@@ -1,0 +1,278 @@
+"""`procbus run` end to end: a real master, real workers, real HTTP on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+
+import pytest
+
+from tests.cli.hosting import Load, RunProcess, procbus, running, write
+from tests.helpers import wait_until
+from tests.processes import short_tempdir
+
+pytestmark = pytest.mark.slow
+
+
+# -- refusing to start ---------------------------------------------------------
+
+
+def test_check_prints_the_effective_config_and_where_each_value_came_from(tmp_path) -> None:
+    config = write(tmp_path / "p.toml", "[procbus]\nthreads = 8\n")
+    done = procbus(
+        "run", "--check", "-w", "3", "--config", str(config), env={"PROCBUS_TIMEOUT": "9"}
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {line.split("=")[0].strip(): line for line in done.stdout.splitlines()}
+    assert rows["workers"].endswith("(cli)") and "= 3" in rows["workers"]
+    assert rows["threads"].endswith("(file)") and "= 8" in rows["threads"]
+    assert rows["timeout"].endswith("(env)") and "= 9.0" in rows["timeout"]
+    assert rows["bind"].endswith("(default)")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["-w", "many"], "'many'"),
+        (["--bind", "nowhere"], "'nowhere'"),
+        (["--timeout", "-1"], "'-1'"),
+        (["--log-level", "loud"], "'loud'"),
+        (["--config", "/nonexistent/procbus.toml"], "/nonexistent/procbus.toml"),
+    ],
+)
+def test_bad_configuration_exits_2_with_one_line_naming_the_value(
+    args: list[str], expected: str
+) -> None:
+    done = procbus("run", "--check", *args)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert expected in done.stderr
+
+
+def test_app_that_cannot_be_imported_fails_check_with_exit_1() -> None:
+    done = procbus("run", "--check", "tests.tree.broken_app:app")
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "broken_app" in done.stderr
+
+
+def test_address_in_use_is_one_line_and_exit_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = procbus("run", "-w", "1", "--bind", f"127.0.0.1:{port}")
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"127.0.0.1:{port}" in done.stderr and "in use" in done.stderr
+
+
+def test_app_failing_in_every_worker_stops_the_master_with_exit_1() -> None:
+    with running(
+        "tests.tree.broken_app:app", "--bind", "127.0.0.1:0", "--preload", workers=2, wait=False
+    ) as proc:
+        # --preload imports in the master: refused before any fork.
+        assert proc.proc.wait(20) == 1
+        assert "broken_app cannot be imported" in proc.log()
+    with running("tests.tree.broken_app:app", "--bind", "127.0.0.1:0", wait=False) as proc:
+        # Imported after fork: the workers flap, then the master gives up.
+        assert proc.proc.wait(40) == 1
+        assert "could not boot" in proc.log()
+
+
+def test_second_master_with_the_same_name_is_refused_and_the_first_untouched() -> None:
+    with running("--bind", "127.0.0.1:0", workers=1) as first:
+        done = procbus(
+            "run", "--runtime-dir", str(first.runtime_dir), "-w", "1", "--bind", "127.0.0.1:0"
+        )
+        assert done.returncode == 1
+        assert "already running" in done.stderr
+        assert first.get("/health") == (200, b"ok")
+
+
+# -- serving -------------------------------------------------------------------
+
+
+def test_demo_is_served_by_every_worker_and_term_stops_cleanly(tmp_path) -> None:
+    pidfile = tmp_path / "master.pid"
+    with running("--bind", "127.0.0.1:0", "--pidfile", str(pidfile), workers=3) as proc:
+        assert pidfile.read_text().strip() == str(proc.pid)
+        workers = {w["pid"] for w in proc.workers()}
+        with Load(proc.port(), clients=6) as load:
+            load.wait_for(300)
+        assert not load.failures
+        assert load.pids <= workers and len(load.pids) >= 2
+        status, page = proc.get("/")
+        assert status == 200 and b"procbus demo" in page
+        assert proc.get("/boom")[0] == 500
+        assert proc.get("/health") == (200, b"ok")
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(20) == 0
+    assert not pidfile.exists()
+
+
+def test_generic_worker_runs_without_listening_sockets() -> None:
+    with running("--worker", "tests.tree.apps:echo", workers=2) as proc:
+        reply = proc.call("publish", "whoami")
+        assert sorted(reply["workers"]) == ["1", "2"]
+        assert "listening on" not in proc.log()
+
+
+def test_unix_socket_bind(tmp_path) -> None:
+    path = short_tempdir() / "web.sock"
+    try:
+        with running("--bind", f"unix:{path}", workers=1):
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(path))
+                client.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+                answer = b""
+                while chunk := client.recv(4096):
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"ok")
+    finally:
+        path.unlink(missing_ok=True)
+        path.parent.rmdir()
+
+
+def test_socket_activation_uses_the_systemd_socket(tmp_path) -> None:
+    # A shim that does what systemd does: bind, hand the socket over as fd 3
+    # with LISTEN_FDS=1 and LISTEN_PID = the pid that will run procbus.
+    shim = write(
+        tmp_path / "shim.py",
+        "import os, socket, sys\n"
+        "s = socket.socket()\n"
+        "s.bind(('127.0.0.1', 0))\n"
+        "s.listen()\n"
+        "print('shim bound', s.getsockname()[1], flush=True)\n"
+        "os.dup2(s.fileno(), 3)\n"
+        "os.set_inheritable(3, True)\n"
+        "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()))\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'procbus', *sys.argv[1:]])\n",
+    )
+    directory = short_tempdir()
+    argv = [sys.executable, str(shim), "run", "-w", "1", "--runtime-dir", str(directory / "rt")]
+    proc = RunProcess(argv, directory / "rt", directory / "run.log")
+    try:
+        proc.wait_answering()
+        proc.wait_running(1)
+        bound = re.search(r"shim bound (\d+)", proc.log())
+        assert bound is not None
+        assert proc.port() == int(bound.group(1))
+        assert proc.get("/health") == (200, b"ok")
+    finally:
+        proc.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- reload, restart, signals --------------------------------------------------
+
+
+def test_reload_under_load_loses_no_request_and_serves_new_workers() -> None:
+    with running("--bind", "127.0.0.1:0", workers=2) as proc:
+        before = {w["pid"] for w in proc.workers()}
+        with Load(proc.port(), clients=4) as load:
+            load.wait_for(100)
+            reply = proc.call("reload", timeout=60)
+            load.wait_for(100)
+        assert reply["state"] == "done", reply
+        after = {w["pid"] for w in proc.workers()}
+        assert not before & after
+        assert load.ok > 200
+        assert load.failures == []
+        assert load.pids & after
+
+
+def test_hup_reloads_and_ttin_ttou_scale() -> None:
+    with running("--bind", "127.0.0.1:0", workers=2) as proc:
+        before = {w["pid"] for w in proc.workers()}
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_until(lambda: not before & {w["pid"] for w in proc.workers()}, 30)
+        proc.wait_running(2)
+        os.kill(proc.pid, signal.SIGTTIN)
+        proc.wait_running(3)
+        os.kill(proc.pid, signal.SIGTTOU)
+        proc.wait_running(2)
+
+
+def test_reload_rereads_the_config_and_a_broken_one_aborts_it(tmp_path) -> None:
+    config = write(tmp_path / "p.toml", "[procbus]\nworkers = 2\n")
+    # No --workers on the command line: it would win over the file.
+    directory = short_tempdir()
+    argv = [sys.executable, "-m", "procbus", "run", "--runtime-dir", str(directory / "rt")]
+    argv += ["--config", str(config), "--bind", "127.0.0.1:0", "--heartbeat-interval", "0.2"]
+    proc = RunProcess(argv, directory / "rt", directory / "run.log")
+    try:
+        proc.wait_answering()
+        before = {w["pid"] for w in proc.wait_running(2)}
+        write(config, "[procbus]\nworkers = 'three'\n")
+        reply = proc.request("reload", timeout=30)
+        assert not reply["ok"], reply
+        assert "'three'" in reply["error"]["message"]
+        assert {w["pid"] for w in proc.workers()} == before
+        write(config, "[procbus]\nworkers = 3\n")
+        proc.call("reload", timeout=60)
+        after = proc.wait_running(3)
+        assert not before & {w["pid"] for w in after}
+    finally:
+        proc.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_restart_keeps_pid_port_and_every_connection() -> None:
+    with running("--bind", "127.0.0.1:0", workers=2) as proc:
+        port = proc.port()
+        status = proc.status()
+        generation = status["master"]["generation"]
+        with Load(port, clients=4) as load:
+            load.wait_for(50)
+            proc.call("restart", timeout=60)
+            proc.wait_answering()
+            proc.wait_running(2)
+            load.wait_for(100, timeout=20)
+        assert load.failures == []
+        status = proc.status()
+        assert status["master"]["pid"] == proc.pid
+        assert status["master"]["generation"] == generation + 1
+        assert proc.port() == port
+        assert json.loads(proc.get("/worker")[1])["pid"] in {w["pid"] for w in status["workers"]}
+
+
+def test_upgrade_hands_over_to_a_new_master_without_losing_a_request(tmp_path) -> None:
+    pidfile = tmp_path / "master.pid"
+    with running("--bind", "127.0.0.1:0", "--pidfile", str(pidfile), workers=2) as proc:
+        port = proc.port()
+        generation = proc.status()["master"]["generation"]
+        with Load(port, clients=4) as load:
+            load.wait_for(50)
+            result = proc.call("upgrade", timeout=60)
+            assert proc.proc.wait(20) == 0  # the old master drained and left
+            load.wait_for(100, timeout=20)
+        assert load.failures == []
+        new_pid = result["result"]["new_master"]
+        status = wait_until(lambda: proc.call("status") if pidfile.exists() else None, 10)
+        assert status["master"]["pid"] == new_pid != proc.pid
+        assert status["master"]["generation"] == generation + 1
+        assert pidfile.read_text().strip() == str(new_pid)
+        assert json.loads(proc.get("/worker")[1])["pid"] in {w["pid"] for w in status["workers"]}
+        os.kill(new_pid, signal.SIGTERM)
+        wait_until(lambda: not pidfile.exists(), 20)
+
+
+def test_upgrade_to_a_master_that_cannot_boot_keeps_the_old_one_serving(tmp_path) -> None:
+    config = write(tmp_path / "p.toml", "[procbus]\nworkers = 1\n")
+    with running("--bind", "127.0.0.1:0", "--config", str(config), workers=None) as proc:
+        proc.wait_answering()
+        proc.wait_running(1)
+        before = proc.workers()
+        write(config, '[procbus]\nworkers = 1\napp = "tests.tree.broken_app:app"\n')
+        reply = proc.request("upgrade", timeout=60)
+        assert not reply["ok"], reply
+        assert "keeps serving" in reply["error"]["message"]
+        assert [w["pid"] for w in proc.workers()] == [w["pid"] for w in before]
+        assert proc.get("/health") == (200, b"ok")
+        assert proc.proc.poll() is None
