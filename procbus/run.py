@@ -23,6 +23,7 @@ directory taken, no worker could boot, ...), 2 bad configuration.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import socket
@@ -40,6 +41,8 @@ log = logging.getLogger("procbus.run")
 GENERATION_VARIABLE: Final = "PROCBUS_GENERATION"
 """The master's generation, carried across ``execv`` (restart) and upgrade."""
 LOCK_VARIABLE: Final = "PROCBUS_LOCK_FD"
+ADOPT_VARIABLE: Final = "PROCBUS_ADOPT"
+"""The live workers a master re-executed by ``restart --adopt`` takes over (JSON)."""
 """The runtime directory's lock fd, kept open across ``execv``."""
 
 
@@ -305,6 +308,8 @@ class Host:
         environ = os.environ
         environ[sockets_module.FDS_VARIABLE] = sockets_module.export_fds(self.sockets)
         environ[GENERATION_VARIABLE] = str(master.generation + 1)
+        if master.handover is not None:
+            environ[ADOPT_VARIABLE] = json.dumps(master.handover)
         keep = {sock.fileno() for sock in self.sockets}
         lock_fd = master.runtime.lock_fd
         if lock_fd is not None:
@@ -329,6 +334,18 @@ def _adopt_exec_state(master: Any) -> None:
         if not generation.isdigit():
             raise ConfigError(f"{GENERATION_VARIABLE}={generation!r}: expected a number")
         master.generation = int(generation)
+    adopt = os.environ.pop(ADOPT_VARIABLE, None)
+    if adopt is not None:
+        try:
+            state = json.loads(adopt)
+            workers = [
+                (int(w["id"]), int(w["generation"]), int(w["pid"])) for w in state["workers"]
+            ]
+            int(state["next_seq"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{ADOPT_VARIABLE}: not a worker hand-over ({exc})") from None
+        log.info("adopting %d live workers: %s", len(workers), [pid for _, _, pid in workers])
+        master.adopt(state)
     lock = os.environ.pop(LOCK_VARIABLE, None)
     if lock is not None:
         if not lock.isdigit():

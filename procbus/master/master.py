@@ -154,6 +154,9 @@ class Master:
         """Set when an old master started this one (`upgrade`), until it took over."""
         self.upgraded_to: int | None = None
         """The pid of the master this one handed over to (`upgrade`)."""
+        self.handover: dict[str, Any] | None = None
+        """Set by ``restart --adopt``: the live workers the next master adopts."""
+        self._adopted: dict[str, Any] | None = None
         self.pid = os.getpid()
         self.generation = 1
         self.started_at = time.time()
@@ -188,6 +191,12 @@ class Master:
     def _on_bus_start(self) -> None:
         if self._context is None:
             self.open()
+        if self._adopted is not None:
+            state, self._adopted = self._adopted, None
+            assert self.relay is not None
+            self.relay.seq = int(state["next_seq"]) - 1  # the numbers go on
+            for entry in state["workers"]:
+                self.pool.adopt(int(entry["id"]), int(entry["generation"]), int(entry["pid"]))
         self.pool.activate()
 
     def _on_bus_stop(self) -> None:
@@ -702,15 +711,17 @@ class Master:
         process then comes back with the same pid, argv and listening sockets
         (see ``procbus run``). Only a master driven by `run` can do this.
         """
-        if adopt:
-            raise CommandError(ErrorCode.UNAVAILABLE, "restart --adopt is not implemented yet")
         if not self._running:
             raise CommandError(
                 ErrorCode.UNAVAILABLE, "restart needs a master driven by run() (procbus run)"
             )
 
         def body(job: Job) -> dict[str, Any]:
-            result = reload_jobs.stop_tree(self, job)
+            if adopt:
+                self.handover = self._handover_state()
+                result: dict[str, Any] = {"adopted": len(self.handover["workers"])}
+            else:
+                result = reload_jobs.stop_tree(self, job)
             self.exec_requested = True
             self.request_exit()
             return {**result, "generation": self.generation + 1}
@@ -730,6 +741,20 @@ class Master:
         return self._job(
             "upgrade", lambda job: upgrade_jobs.upgrade_tree(self, job), {}, coalesce=True
         )
+
+    def _handover_state(self) -> dict[str, Any]:
+        """What the re-executed master needs to adopt the live workers."""
+        workers = [
+            {"id": w.id, "generation": w.generation, "pid": w.pid}
+            for slot in self.pool.slots()
+            if (w := slot.current) is not None and w.alive
+        ]
+        assert self.relay is not None
+        return {"workers": workers, "next_seq": self.relay.next_seq}
+
+    def adopt(self, state: dict[str, Any]) -> None:
+        """Before `run`: take over the workers a previous master left (see `restart`)."""
+        self._adopted = state
 
     def take_over_name(self) -> None:
         """A new master whose predecessor exited: take the named directory's
@@ -804,7 +829,9 @@ class Master:
                 while self._jobs and not self._exit_requested:
                     self._jobs.popleft()()
             self.jobs.abort_queued()
-            self.exit()
+            if self.handover is None:
+                self.exit()
+            # else: restart --adopt; the workers live on for the next master
         finally:
             self._running = False
             self.close()

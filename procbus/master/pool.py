@@ -261,6 +261,27 @@ class Pool:
             slot.current = worker
         self._emit("spawn", worker=slot.id, pid=pid, generation=slot.generation, reason=reason)
 
+    def adopt(self, worker_id: int, generation: int, pid: int) -> WorkerProc:
+        """Take over a live worker a previous master forked (``restart --adopt``).
+
+        It counts as starting until its subscription reaches this master's
+        XPUB again (ZeroMQ reconnects it); it already said hello and runs.
+        """
+        slot = self.view.slots.get(worker_id)
+        if slot is None:
+            slot = self.view.slots[worker_id] = WorkerSlot(worker_id)
+        slot.generation = max(slot.generation, generation)
+        worker = WorkerProc(worker_id, generation, pid, self.loop.clock())
+        worker.state = WorkerState.STARTING
+        worker.hello = True
+        worker.bus_state = "running"
+        worker.last_heartbeat = self.loop.clock()
+        self.by_pid[pid] = worker
+        self.by_topic[_topic(worker)] = worker
+        slot.current = worker
+        self._emit("adopt", worker=worker_id, pid=pid, generation=generation)
+        return worker
+
     def _retire(self, worker: WorkerProc, reason: str) -> None:
         """Drain `worker`: SIGTERM now, SIGKILL after the graceful timeout."""
         if worker not in self.view.retired:

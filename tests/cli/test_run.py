@@ -276,3 +276,26 @@ def test_upgrade_to_a_master_that_cannot_boot_keeps_the_old_one_serving(tmp_path
         assert [w["pid"] for w in proc.workers()] == [w["pid"] for w in before]
         assert proc.get("/health") == (200, b"ok")
         assert proc.proc.poll() is None
+
+
+def test_restart_adopt_renews_the_master_and_keeps_every_worker() -> None:
+    with running("--bind", "127.0.0.1:0", workers=2) as proc:
+        before = proc.status()
+        first = proc.call("publish", "demo.message", "before")
+        with Load(proc.port(), clients=4) as load:
+            load.wait_for(50)
+            result = proc.call("restart", adopt=True, timeout=60)
+            assert result["result"]["adopted"] == 2
+            proc.wait_answering()
+            proc.wait_running(2)
+            load.wait_for(100, timeout=20)
+        assert load.failures == []
+        after = proc.status()
+        assert after["master"]["pid"] == before["master"]["pid"]
+        assert after["master"]["generation"] == before["master"]["generation"] + 1
+        assert [w["pid"] for w in after["workers"]] == [w["pid"] for w in before["workers"]]
+        # The publish numbers go on: the workers see no gap and answer.
+        second = proc.call("publish", "demo.message", "after")
+        assert second["seq"] == first["seq"] + 1
+        assert all(w["status"] == "ok" for w in second["workers"].values()), second
+        assert "adopting 2 live workers" in proc.log()
