@@ -16,8 +16,10 @@ touched and the terminal still sees it:
 5. run the `Master` until TERM, INT, QUIT or ``ctl exit``; re-execute the
    process when ``ctl restart`` asked for it.
 
-Exit statuses: 0 stopped normally, 1 could not start (socket in use, runtime
-directory taken, no worker could boot, ...), 2 bad configuration.
+Exit statuses: 0 stopped normally, 1 the app or the runtime failed (the app
+does not boot, another master runs under the name, the runtime directory is
+unusable), 2 usage and configuration errors (bad options or config keys, a bind
+address in use, unresolvable or not bindable).
 """
 
 from __future__ import annotations
@@ -72,9 +74,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"procbus run: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config)
+    # As gunicorn does: APP may live in the current directory, whatever the
+    # entry point (the console script does not put it on sys.path).
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return Host(config, args).run()
-    except (StartupError, ConfigError) as exc:
+    except ConfigError as exc:  # includes addresses that cannot be bound
+        print(f"procbus run: {exc}", file=sys.stderr)
+        return 2
+    except StartupError as exc:
         print(f"procbus run: {exc}", file=sys.stderr)
         return 1
     except ChannelFailures as exc:  # a start listener failed (logged with its traceback)
@@ -175,6 +184,7 @@ class Host:
         self.sockets: list[socket.socket] = []
         self.master: Any = None
         self._booted = False
+        self.boot_error: str | None = None
         self.pidfile: Any = None
 
     def run(self) -> int:
@@ -218,6 +228,8 @@ class Host:
 
         master.successor = Successor.from_environ(os.environ)
         master.reload_config = self.reload_config
+        if master.successor is not None and "WATCHDOG_PID" in os.environ:
+            os.environ["WATCHDOG_PID"] = str(os.getpid())  # the watchdog is ours now
         notifier = Notifier(os.environ)
         master.observers.append(self._observer(notifier))
         pidfile = PIDFile(master.bus, config.pidfile) if config.pidfile else None
@@ -229,11 +241,7 @@ class Host:
             pidfile.subscribe()
         watchdog = notifier.watchdog_interval
         if watchdog:
-
-            def keep_alive() -> None:
-                notifier.watchdog()
-
-            master.loop.call_every(watchdog, keep_alive)
+            master.loop.call_every(watchdog, lambda: self._watchdog(notifier, watchdog))
         try:
             code = master.run()
         finally:
@@ -246,6 +254,8 @@ class Host:
                 pidfile.unsubscribe()
         if master.exec_requested:
             self._reexec(master)
+        if self.boot_error is not None:
+            print(f"procbus run: {self.boot_error}", file=sys.stderr)
         return code
 
     def _observer(self, notifier: Any) -> Callable[[str, dict[str, Any]], None]:
@@ -271,18 +281,46 @@ class Host:
                     self.pidfile.subscribe()
                 notifier.mainpid(master.pid)
                 notifier.ready(f"took over, generation {master.generation}")
-            elif event == "flapping" and not self._booted:
-                # Not one worker could boot: there is nothing to serve, and
-                # nobody is watching a terminal to fix it later. Give up.
-                log.error("worker %s could not boot (%s); stopping", data["worker"], data["error"])
+            elif not self._booted and (
+                event == "flapping"
+                or (event == "exit" and data.get("status") == BOOT_FAILED_STATUS)
+            ):
+                # No worker ever served and one cannot boot (the app does not
+                # import, ...): at start nobody will fix it, so give up at
+                # once instead of forking again. Later, a reload rolls back
+                # and supervision backs off instead.
+                error = str(data.get("error") or "no error reported").removeprefix("boot: ")
+                self.boot_error = f"worker {data['worker']} could not boot: {error}"
+                log.error("%s; stopping", self.boot_error)
                 master.exit_code = 1
                 master.request_exit(fast=True)
             elif event == "job_started" and data.get("kind") == "reload":
                 notifier.reloading()
             elif event == "job_done" and data.get("kind") == "reload":
                 notifier.ready()
+            if event in ("ready", "scale", "job_done", "exit") and self._booted:
+                running = sum(1 for w in master.pool.by_pid.values() if w.state.value == "running")
+                notifier.status(
+                    f"{running} of {master.pool.target} workers running, "
+                    f"generation {master.generation}"
+                )
 
         return observe
+
+    def _watchdog(self, notifier: Any, interval: float) -> None:
+        """Ping systemd's watchdog while the workers heartbeat (or none is wanted).
+
+        A tree whose every worker went silent stops the pings, and systemd
+        restarts the service; one healthy worker is enough to go on.
+        """
+        pool = self.master.pool
+        now = self.master.loop.clock()
+        beating = any(
+            w.last_heartbeat is not None and now - w.last_heartbeat < 2 * interval
+            for w in pool.by_pid.values()
+        )
+        if beating or pool.target == 0:
+            notifier.watchdog()
 
     def reload_config(self) -> None:
         """Re-read the configuration for a reload; raise (abort the reload) if it is bad."""
@@ -320,6 +358,9 @@ class Host:
         logging.shutdown()
         master.bus._do_execv()
 
+
+BOOT_FAILED_STATUS: Final = 12
+"""`procbus.worker.worker.ExitCode.BOOT_FAILED` (not imported: the worker module is heavy)."""
 
 _RESTART_ONLY: Final = frozenset(
     {"bind", "name", "ctl", "runtime_dir", "daemon", "pidfile", "umask", "log_level"}

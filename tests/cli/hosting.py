@@ -89,8 +89,11 @@ class Load:
 
     port: int
     clients: int = 4
+    path: str = "/worker"
     limit: float = 60.0
     """No load runs longer than this, whatever happens."""
+    bodies: set[bytes] = field(default_factory=set)
+    """The first word of every response body."""
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     pids: set[int] = field(default_factory=set)
@@ -115,7 +118,7 @@ class Load:
         while not self._stop.is_set() and time.monotonic() < deadline:
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request("GET", "/worker")
+                conn.request("GET", self.path)
                 response = conn.getresponse()
                 body = response.read()
                 conn.close()
@@ -126,9 +129,10 @@ class Load:
             with self._lock:
                 if response.status == 200:
                     self.ok += 1
-                    match = re.search(rb'"pid": (\d+)', body)
+                    match = re.search(rb'"pid": (\d+)', body) or re.fullmatch(rb"\S+ (\d+)", body)
                     if match:
                         self.pids.add(int(match.group(1)))
+                    self.bodies.add(body.split()[0] if body.split() else b"")
                 else:
                     self.failures.append(f"HTTP {response.status}")
 

@@ -1,0 +1,21 @@
+"""WSGI apps for the hosting tests (imported in the workers, after fork)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+VERSION_FILE = os.environ.get("PROCBUS_TEST_VERSION_FILE")
+# Read once, at import: a reload (fresh import in new workers) serves new code.
+VERSION = open(VERSION_FILE).read().strip() if VERSION_FILE else "none"  # noqa: SIM115
+if VERSION == "broken":
+    raise RuntimeError("version file says broken")
+
+not_callable = 42
+
+
+def versioned(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    body = f"{VERSION} {os.getpid()}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
