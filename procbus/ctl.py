@@ -265,6 +265,10 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
         documents.append({"endpoint": endpoint, **reply})
         if not as_json:
             _print_human(command, endpoint if len(endpoints) > 1 else None, reply, out, err)
+        elif not reply.get("ok"):  # the JSON document goes to stdout, the one line here
+            message = (reply.get("error") or {}).get("message", "failed")
+            prefix = f"[{endpoint}] " if len(endpoints) > 1 else ""
+            print(f"{prefix}procbus ctl {command}: {message}", file=err)
         if rolling and code != EXIT_OK:
             break
     if as_json:

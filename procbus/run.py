@@ -420,6 +420,6 @@ def control_settings(config: Config) -> Any:
     """Who may use the control socket, and where it is."""
     from procbus.master.control import ControlSettings  # noqa: PLC0415
 
-    return ControlSettings(
-        endpoint=config.ctl, admin_uids=config.admin_uids, read_uids=config.read_uids
+    return ControlSettings.from_config(
+        config.ctl, config.curve_keys, config.admin_uids, config.read_uids
     )

@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 from typing import Any
 
@@ -446,3 +447,43 @@ def test_systemd_notifications_through_reload_upgrade_and_stop(tmp_path) -> None
         notify.sock.close()
         os.unlink(notify.path)
         os.rmdir(os.path.dirname(notify.path))
+
+
+def test_tcp_control_with_curve_keys(tmp_path) -> None:
+    keys = tmp_path / "keys"
+    made = procbus("keys", "generate", str(keys), "--client", "ops", "--role", "admin")
+    assert made.returncode == 0, made.stderr
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    with running(
+        "--bind",
+        "127.0.0.1:0",
+        "--ctl",
+        endpoint,
+        "--curve-keys",
+        str(keys),
+        workers=1,
+        wait=False,
+    ) as proc:
+
+        def status() -> subprocess.CompletedProcess[str] | None:
+            done = procbus(
+                "ctl",
+                "--ctl",
+                endpoint,
+                "--curve-keys",
+                str(keys),
+                "--json",
+                "--timeout",
+                "2",
+                "status",
+            )
+            return done if done.returncode == 0 else None
+
+        done = wait_until(status, 20)
+        assert json.loads(done.stdout)["master"]["pid"] == proc.pid
+        keyless = procbus("ctl", "--ctl", endpoint, "--timeout", "1", "ping")
+        assert keyless.returncode == 2
+        assert "CURVE" in keyless.stderr
