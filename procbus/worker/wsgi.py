@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Final
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
-from waitress.task import ThreadedTaskDispatcher
+from waitress.task import ThreadedTaskDispatcher, WSGITask
 
 from procbus.errors import StartupError
 from procbus.worker.apps import WorkerApp, WorkerContext, import_object
@@ -82,6 +82,8 @@ POLL_INTERVAL: Final = 0.5
 CUT_GRACE: Final = 2
 FRESH_GRACE: Final = 2.0
 """How long a connection accepted before a stop may take to send its request."""
+IDLE_GRACE: Final = 0.5
+"""How long an idle keep-alive connection stays open once a drain began."""
 """How long threads still in the app get after the graceful timeout cut them."""
 
 _current: WorkerContext | None = None
@@ -200,11 +202,38 @@ class WaitressHost:
                     raise
                 assert isinstance(server, BaseWSGIServer)  # one socket: no MultiSocketServer
                 server.accepting = True
+                server.channel_class = self._channel_class()
                 self._servers.append(server)
         except BaseException:
             self._close_everything()
             raise
         self._dispatcher.set_thread_count(threads)
+
+    def _channel_class(self) -> type[HTTPChannel]:
+        """Connections whose responses say ``Connection: close`` once a drain began.
+
+        A keep-alive client then opens its next connection to another worker
+        instead of sending its next request into a connection this worker is
+        about to close (a request that would be lost: the classic keep-alive
+        race).
+        """
+        host = self
+
+        class DrainingTask(WSGITask):
+            def build_response_header(self) -> Any:
+                if host.draining:
+                    request: Any = self.request
+                    request.headers["CONNECTION"] = "close"
+                return super().build_response_header()
+
+        class DrainingChannel(HTTPChannel):
+            task_class = DrainingTask
+
+        return DrainingChannel
+
+    @property
+    def draining(self) -> bool:
+        return self._deadline is not None
 
     # -- any thread ----------------------------------------------------------
 
@@ -281,11 +310,14 @@ class WaitressHost:
             # their whole answer is in the output buffer.
             with c.requests_lock:
                 idle = not c.requests and c.request is None and not c.total_outbufs_len
-            # A connection accepted just before the stop whose request has
-            # not arrived yet is not idle: its client is sending. Closing it
-            # would lose that request; it gets FRESH_GRACE to arrive.
+            # A quiet connection may still have a request on its way: one
+            # accepted just before the stop whose request has not arrived, or
+            # a keep-alive one whose client sends its next request right
+            # after the last answer. Closing it would lose that request, so
+            # it gets a grace to arrive (and is answered with "close").
             fresh = c.last_activity == c.creation_time
-            if fresh and time.time() - c.creation_time < FRESH_GRACE:
+            grace = min(FRESH_GRACE if fresh else IDLE_GRACE, self.graceful_timeout)
+            if time.time() - c.last_activity < grace:
                 idle = False
             if idle:
                 channel.handle_close()

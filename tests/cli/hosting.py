@@ -90,6 +90,8 @@ class Load:
     port: int
     clients: int = 4
     path: str = "/worker"
+    keep_alive: bool = False
+    """One connection per client for all its requests (else one per request)."""
     limit: float = 60.0
     """No load runs longer than this, whatever happens."""
     bodies: set[bytes] = field(default_factory=set)
@@ -115,26 +117,39 @@ class Load:
 
     def _client(self) -> None:
         deadline = time.monotonic() + self.limit
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request("GET", self.path)
-                response = conn.getresponse()
-                body = response.read()
+        conn: http.client.HTTPConnection | None = None
+        try:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                try:
+                    conn.request("GET", self.path)
+                    response = conn.getresponse()
+                    body = response.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    with self._lock:
+                        self.failures.append(repr(exc))
+                    conn.close()
+                    conn = None
+                    continue
+                if not self.keep_alive or response.will_close:
+                    conn.close()
+                    conn = None
+                self._record(response.status, body)
+        finally:
+            if conn is not None:
                 conn.close()
-            except OSError as exc:
-                with self._lock:
-                    self.failures.append(repr(exc))
-                continue
-            with self._lock:
-                if response.status == 200:
-                    self.ok += 1
-                    match = re.search(rb'"pid": (\d+)', body) or re.fullmatch(rb"\S+ (\d+)", body)
-                    if match:
-                        self.pids.add(int(match.group(1)))
-                    self.bodies.add(body.split()[0] if body.split() else b"")
-                else:
-                    self.failures.append(f"HTTP {response.status}")
+
+    def _record(self, status: int, body: bytes) -> None:
+        with self._lock:
+            if status != 200:
+                self.failures.append(f"HTTP {status}")
+                return
+            self.ok += 1
+            match = re.search(rb'"pid": (\d+)', body) or re.fullmatch(rb"\S+ (\d+)", body)
+            if match:
+                self.pids.add(int(match.group(1)))
+            self.bodies.add(body.split()[0] if body.split() else b"")
 
     def wait_for(self, requests: int, timeout: float = 10.0) -> None:
         start = self.ok

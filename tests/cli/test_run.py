@@ -224,6 +224,20 @@ def test_reload_under_load_loses_no_request_and_serves_new_workers() -> None:
         assert load.pids & after
 
 
+@pytest.mark.parametrize("command", ["reload", "upgrade"])
+def test_keep_alive_clients_lose_nothing_while_workers_drain(command: str) -> None:
+    with running("--bind", "127.0.0.1:0", workers=2) as proc:
+        with Load(proc.port(), clients=4, keep_alive=True) as load:
+            load.wait_for(100)
+            assert proc.call(command, timeout=60)["state"] == "done"
+            if command == "upgrade":
+                assert proc.proc.wait(20) == 0
+            load.wait_for(100, timeout=20)
+        assert load.failures == []
+        if command == "upgrade":
+            os.kill(proc.call("status")["master"]["pid"], signal.SIGTERM)
+
+
 def test_hup_reloads_and_ttin_ttou_scale() -> None:
     with running("--bind", "127.0.0.1:0", workers=2) as proc:
         before = {w["pid"] for w in proc.workers()}
