@@ -81,6 +81,10 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}%"
 
 
+def count(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
 def _state_colour(column: int) -> Callable[[int, str], str | None]:
     return lambda i, cell: _STATE_COLOURS.get(cell.strip()) if i == column else None
 
@@ -90,7 +94,7 @@ def status(result: dict[str, Any], colour: bool) -> str:
     head = (
         f"master {master['pid']} ({master['name']})  {master['state']}  "
         f"generation {master['generation']}  up {duration(master['uptime'])}  "
-        f"workers {master.get('workers', len(result['workers']))}\n"
+        f"workers {len(result['workers'])}\n"
     )
     rows = [
         [
@@ -136,7 +140,8 @@ def stats(result: dict[str, Any], colour: bool) -> str:
     head = (
         f"master {master['pid']}: cpu {percent(master['cpu_percent'])}  "
         f"rss {size(master['rss'])}  "
-        f"uss {size(master['uss'])}  threads {master['threads']}  fds {master['fds']}  "
+        f"uss {size(master['uss'])}  threads {count(master['threads'])}  "
+        f"fds {count(master['fds'])}  "
         f"publishes {master['publishes']}  late replies {master['late_replies']}  "
         f"dropped {master['dropped_messages']}\n"
     )
@@ -148,13 +153,13 @@ def stats(result: dict[str, Any], colour: bool) -> str:
             percent(w["cpu_percent"]),
             size(w["rss"]),
             size(w["uss"]),
-            str(w["threads"] if w["threads"] is not None else "-"),
-            str(w["fds"] if w["fds"] is not None else "-"),
-            str(w["connections"] if w["connections"] is not None else "-"),
+            count(w["threads"]),
+            count(w["fds"]),
+            count(w["connections"]),
             str(w["counters"].get("requests", 0)),
             str(w["counters"].get("in_flight", 0)),
             str(w["counters"].get("publishes", 0)),
-            str(w["counters"].get("errors", 0)),
+            str(w["counters"].get("errors", 0) + w["counters"].get("publish_errors", 0)),
         ]
         for w in result["workers"]
     ]

@@ -6,10 +6,11 @@ its processes every ``stats_interval``, and draws one frame per sample. It
 never polls the control socket. When it leaves, the master stops sampling.
 
 On a terminal each frame is drawn in place with ANSI escapes (home, clear to
-end of line, clear below; lines cut to the terminal's width), and when stdin is
-a terminal it is in cbreak mode so that ``q`` quits without Enter; the
+end of line, clear below; lines cut to the terminal's size), and when stdin is
+a terminal too it is in cbreak mode so that ``q`` quits without Enter; the
 terminal is restored however top ends. Ctrl-C quits too. When stdout is not a
-terminal each frame is printed as plain text after the previous one.
+terminal each frame is printed as plain text after the previous one (and
+stdin is left alone).
 
 Exit statuses: 0; 1 the master refused or answered nonsense; 2 usage error; 3
 no master answered, or no stats sample came within the timeout.
@@ -22,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -76,6 +75,8 @@ def frame(
     Lines are cut to `width`; with `height`, worker rows that do not fit are
     summed up in a last line.
     """
+    import datetime  # noqa: PLC0415
+
     from procbus import render  # noqa: PLC0415
 
     master = sample["master"]
@@ -188,6 +189,8 @@ class _Screen:
 
     def draw(self, sample: dict[str, Any]) -> None:
         if self.live:
+            import shutil  # noqa: PLC0415
+
             size = shutil.get_terminal_size()
             lines = frame(sample, width=size.columns, height=size.lines - 1)
             self.out.write(
@@ -239,8 +242,10 @@ def run(
     except ControlError as exc:
         print(f"procbus top: {exc.message}", file=err)
         return EXIT_UNREACHABLE if exc.code.value == "unreachable" else EXIT_FAILED
+    live = out.isatty()
+    keyboard = _cbreak(keys) if live else contextlib.nullcontext(None)
     try:
-        with _cbreak(keys) as key_fd, _Screen(out, live=out.isatty()) as screen:
+        with keyboard as key_fd, _Screen(out, live) as screen:
             return _show(endpoint, args, screen, key_fd, err)
     except KeyboardInterrupt:
         return EXIT_OK

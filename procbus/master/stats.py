@@ -14,15 +14,20 @@ cannot be read (or has not been measured yet): never placeholder strings.
   costly and change slowly, so they are refreshed for every process together
   at most every `slow_max_age` seconds and repeated in between: USS walks the
   process's page tables (about 1 ms per worker), and counting connections
-  means reading the kernel's inet tables (``/proc/net/tcp`` and friends),
-  which list every socket of the host: tens of milliseconds on a busy one.
-  psutil reads those tables once per process; on Linux the monitor reads them
-  once per refresh and matches each process's socket inodes against them.
+  means knowing which sockets are inet ones. psutil reads the kernel's whole
+  inet tables (``/proc/net/tcp`` and friends) for every process, and on a busy
+  host those list every socket in TIME_WAIT too: tens of thousands after a load
+  test, 0.1 to 1 s of the master's time per read. On Linux the monitor asks
+  sock_diag once per refresh for the sockets some process holds (the kernel
+  leaves TIME_WAIT out) and matches each process's socket inodes against them,
+  falling back to one read of the ``/proc`` tables where netlink is refused.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -37,6 +42,24 @@ SLOW_MAX_AGE: Final = 5.0
 """Seconds USS and connection counts are repeated before they are measured again."""
 _INET_TABLES: Final = ("tcp", "tcp6", "udp", "udp6")
 """What psutil's ``kind="inet"`` covers."""
+
+# Linux sock_diag (linux/sock_diag.h, linux/inet_diag.h).
+_NETLINK_SOCK_DIAG: Final = 4
+_SOCK_DIAG_BY_FAMILY: Final = 20
+_NLM_F_REQUEST: Final = 0x1
+_NLM_F_DUMP: Final = 0x300
+_NLMSG_ERROR: Final = 2
+_NLMSG_DONE: Final = 3
+_NLMSG_HEADER: Final = struct.Struct("=IHHII")
+_DIAG_REQUEST: Final = struct.Struct("=IHHIIBBBBI48x")
+"""nlmsghdr, then inet_diag_req_v2: family, protocol, ext, pad, states, a zero sockid."""
+_DIAG_INODE_OFFSET: Final = 68
+"""Of ``idiag_inode`` in ``struct inet_diag_msg``."""
+_TCP_SYN_RECV, _TCP_TIME_WAIT, _TCP_NEW_SYN_RECV = 3, 6, 12
+_ALL_STATES: Final = 0xFFFFFFFF
+_TCP_HELD_STATES: Final = _ALL_STATES & ~(
+    (1 << _TCP_SYN_RECV) | (1 << _TCP_TIME_WAIT) | (1 << _TCP_NEW_SYN_RECV)
+)
 _LINUX: Final = sys.platform.startswith("linux")
 
 
@@ -187,7 +210,71 @@ def _read(
 
 
 def _inet_inodes() -> set[int]:
-    """Inodes of every TCP and UDP socket (v4 and v6) in this network namespace."""
+    """Inodes of the TCP and UDP sockets (v4 and v6) held open in this network namespace."""
+    try:
+        return _inet_inodes_from_netlink()
+    except OSError:  # no sock_diag here (an old kernel, a seccomp filter)
+        return _inet_inodes_from_proc()
+
+
+def _inet_inodes_from_netlink() -> set[int]:
+    """Ask the kernel's sock_diag for every TCP and UDP socket but TIME_WAIT and SYN_RECV.
+
+    Those two are the bulk of a busy host's tables (hundreds of thousands after
+    a load test) and no process holds them (their inode is 0); filtered in the
+    kernel, they cost nothing, where ``/proc/net/tcp`` prints every one.
+    """
+    inodes: set[int] = set()
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as diag:
+        diag.settimeout(2.0)  # never expected; a timeout falls back to /proc
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for protocol, states in (
+                (socket.IPPROTO_TCP, _TCP_HELD_STATES),
+                (socket.IPPROTO_UDP, _ALL_STATES),
+            ):
+                request = _DIAG_REQUEST.pack(
+                    _DIAG_REQUEST.size,
+                    _SOCK_DIAG_BY_FAMILY,
+                    _NLM_F_REQUEST | _NLM_F_DUMP,
+                    0,
+                    0,
+                    family,
+                    protocol,
+                    0,
+                    0,
+                    states,
+                )
+                diag.send(request)
+                _read_dump(diag, inodes)
+    inodes.discard(0)
+    return inodes
+
+
+def _read_dump(diag: socket.socket, inodes: set[int]) -> None:
+    """Add the inode of every ``inet_diag_msg`` of one dump to `inodes`."""
+    while True:
+        data = diag.recv(65536)
+        offset = 0
+        while offset + _NLMSG_HEADER.size <= len(data):
+            length, kind, _flags, _seq, _pid = _NLMSG_HEADER.unpack_from(data, offset)
+            if kind == _NLMSG_DONE:
+                return
+            if kind == _NLMSG_ERROR:
+                (code,) = struct.unpack_from("=i", data, offset + _NLMSG_HEADER.size)
+                raise OSError(-code, f"sock_diag: {os.strerror(-code)}")
+            if length < _NLMSG_HEADER.size + _DIAG_INODE_OFFSET + 4:
+                raise OSError(0, "sock_diag: short message")
+            (inode,) = struct.unpack_from(
+                "=I", data, offset + _NLMSG_HEADER.size + _DIAG_INODE_OFFSET
+            )
+            inodes.add(inode)
+            offset += (length + 3) & ~3
+        if not data:
+            return
+
+
+def _inet_inodes_from_proc() -> set[int]:
+    """The same from ``/proc/net/{tcp,tcp6,udp,udp6}`` (every socket of the host)."""
     inodes: set[int] = set()
     for table in _INET_TABLES:
         try:
