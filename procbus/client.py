@@ -171,7 +171,19 @@ class Client:
     def _check_reachable(self) -> None:
         if self.endpoint.startswith("ipc://"):
             path = self.endpoint.removeprefix("ipc://")
-            if not os.path.exists(path):
+            try:
+                os.stat(path)
+            except FileNotFoundError:
                 raise ControlError(
                     ErrorCode.UNREACHABLE, f"no master listens at {self.endpoint} (no socket file)"
-                )
+                ) from None
+            except PermissionError:
+                raise ControlError(
+                    ErrorCode.UNREACHABLE,
+                    f"cannot reach {self.endpoint}: permission denied (the runtime directory "
+                    "is its owner's only)",
+                ) from None
+            except OSError as exc:
+                raise ControlError(
+                    ErrorCode.UNREACHABLE, f"cannot reach {self.endpoint}: {exc.strerror}"
+                ) from None

@@ -11,6 +11,7 @@ This module is imported by the CLI at start-up: it imports nothing heavy.
 from __future__ import annotations
 
 import enum
+import reprlib
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -188,11 +189,12 @@ def parse_signal(value: str | int) -> int:
             return int(signal.Signals[name])
         except KeyError:
             raise CommandError(
-                ErrorCode.BAD_ARGUMENTS, f"unknown signal {value!r} (expected e.g. TERM or 15)"
+                ErrorCode.BAD_ARGUMENTS,
+                f"unknown signal {_short(value)} (expected e.g. TERM or 15)",
             ) from None
     else:
         raise CommandError(
-            ErrorCode.BAD_ARGUMENTS, f"signal must be a name or number, got {value!r}"
+            ErrorCode.BAD_ARGUMENTS, f"signal must be a name or number, got {_short(value)}"
         )
     if number not in signal.valid_signals() or number == 0:
         raise CommandError(ErrorCode.BAD_ARGUMENTS, f"signal {number} is not a valid signal")
@@ -210,16 +212,16 @@ def check_request(
     if not isinstance(command, str) or command not in COMMANDS:
         known = ", ".join(sorted(COMMANDS))
         raise CommandError(
-            ErrorCode.UNKNOWN_COMMAND, f"unknown command {command!r} (known: {known})"
+            ErrorCode.UNKNOWN_COMMAND, f"unknown command {_short(command)} (known: {known})"
         )
     spec = COMMANDS[command]
     if not isinstance(args, list):
         raise CommandError(
-            ErrorCode.BAD_ARGUMENTS, f"{command}: args must be a list, got {args!r}"
+            ErrorCode.BAD_ARGUMENTS, f"{command}: args must be a list, got {_short(args)}"
         )
     if not isinstance(kwargs, dict):
         raise CommandError(
-            ErrorCode.BAD_ARGUMENTS, f"{command}: kwargs must be a map, got {kwargs!r}"
+            ErrorCode.BAD_ARGUMENTS, f"{command}: kwargs must be a map, got {_short(kwargs)}"
         )
     clean_args: list[Any] = []
     rest = list(args)
@@ -240,16 +242,24 @@ def check_request(
     if rest:
         raise CommandError(
             ErrorCode.BAD_ARGUMENTS,
-            f"{command}: unexpected argument {rest[0]!r} (takes {_usage(spec) or 'no arguments'})",
+            f"{command}: unexpected argument {_short(rest[0])} "
+            f"(takes {_usage(spec) or 'no arguments'})",
         )
     options = {option.name: option for option in spec.options}
     clean_kwargs: dict[str, Any] = {}
     for key, value in kwargs.items():
         option = options.get(key)
         if option is None:
-            raise CommandError(ErrorCode.BAD_ARGUMENTS, f"{command}: unknown option {key!r}")
+            raise CommandError(ErrorCode.BAD_ARGUMENTS, f"{command}: unknown option {_short(key)}")
         clean_kwargs[key] = _check_value(command, key, option.kind, option.minimum, value)
     return spec, clean_args, clean_kwargs
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """`repr` of a value to echo in an error, cut to `limit` characters."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = limit
+    return short.repr(value)
 
 
 def _check_value(command: str, name: str, kind: type, minimum: int | None, value: Any) -> Any:
@@ -259,7 +269,7 @@ def _check_value(command: str, name: str, kind: type, minimum: int | None, value
     if not ok:
         raise CommandError(
             ErrorCode.BAD_ARGUMENTS,
-            f"{command}: {name} must be {_kind_name(kind)}, got {value!r}",
+            f"{command}: {name} must be {_kind_name(kind)}, got {_short(value)}",
         )
     if minimum is not None and value < minimum:
         raise CommandError(

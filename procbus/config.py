@@ -374,6 +374,9 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("publish_timeout", _seconds(0, inclusive=False),
             "seconds a tree publish waits for the workers' replies", metavar="SECONDS",
             default=30.0),
+    Setting("stats_interval", _seconds(0, inclusive=False),
+            "seconds between stats events while someone watches them (procbus top)",
+            metavar="SECONDS", default=1.0),
     Setting("max_requests", _integer(0), "recycle a worker after this many requests (0: never)",
             metavar="N", default=0),
     Setting("max_requests_jitter", _integer(0),
@@ -436,6 +439,7 @@ class Config:
     boot_timeout: float
     heartbeat_interval: float
     publish_timeout: float
+    stats_interval: float
     max_requests: int
     max_requests_jitter: int
     max_age: float

@@ -405,6 +405,7 @@ def tree_settings(config: Config) -> Any:
         workers=config.workers,
         heartbeat_interval=config.heartbeat_interval,
         publish_timeout=config.publish_timeout,
+        stats_interval=config.stats_interval,
         supervision=Supervision(
             timeout=config.timeout,
             boot_timeout=config.boot_timeout,
