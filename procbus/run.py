@@ -40,8 +40,6 @@ from procbus.errors import ConfigError, StartupError
 
 log = logging.getLogger("procbus.run")
 
-GENERATION_VARIABLE: Final = "PROCBUS_GENERATION"
-"""The master's generation, carried across ``execv`` (restart) and upgrade."""
 LOCK_VARIABLE: Final = "PROCBUS_LOCK_FD"
 ADOPT_VARIABLE: Final = "PROCBUS_ADOPT"
 """The live workers a master re-executed by ``restart --adopt`` takes over (JSON)."""
@@ -342,10 +340,11 @@ class Host:
     def _reexec(self, master: Any) -> None:
         """Replace this process with a fresh one, keeping sockets and lock (restart)."""
         from procbus.master import sockets as sockets_module  # noqa: PLC0415
+        from procbus.master import upgrade  # noqa: PLC0415
 
         environ = os.environ
         environ[sockets_module.FDS_VARIABLE] = sockets_module.export_fds(self.sockets)
-        environ[GENERATION_VARIABLE] = str(master.generation + 1)
+        environ[upgrade.GENERATION_VARIABLE] = str(master.generation + 1)
         if master.handover is not None:
             environ[ADOPT_VARIABLE] = json.dumps(master.handover)
         keep = {sock.fileno() for sock in self.sockets}
@@ -370,6 +369,8 @@ _RESTART_ONLY: Final = frozenset(
 
 def _adopt_exec_state(master: Any) -> None:
     """Take the generation and the runtime lock a re-executed master handed over."""
+    from procbus.master.upgrade import GENERATION_VARIABLE  # noqa: PLC0415
+
     generation = os.environ.pop(GENERATION_VARIABLE, None)
     if generation is not None:
         if not generation.isdigit():

@@ -1,0 +1,61 @@
+"""`procbus run`'s building blocks, without starting a tree."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from procbus import config as config_module
+from procbus import run
+from procbus.errors import ConfigError
+from procbus.master.sockets import FDS_VARIABLE
+from procbus.worker.worker import ExitCode
+
+
+def load(**cli: object) -> config_module.Config:
+    return config_module.load(cli, environ={})
+
+
+def test_boot_failure_status_matches_the_workers_exit_code() -> None:
+    assert run.BOOT_FAILED_STATUS == ExitCode.BOOT_FAILED
+
+
+def test_sockets_passed_across_exec_win_over_binding() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    try:
+        environ = {FDS_VARIABLE: str(listener.fileno())}
+        (inherited,) = run.listening_sockets(load(bind=["127.0.0.1:1"]), environ)
+        assert inherited.getsockname() == listener.getsockname()
+        assert FDS_VARIABLE not in environ  # taken once: workers do not see it
+        inherited.detach()  # the same fd as `listener`
+    finally:
+        listener.close()
+
+
+def test_generic_worker_binds_only_when_asked() -> None:
+    assert run.listening_sockets(load(worker="tests.tree.apps:echo"), {}) == []
+    (bound,) = run.listening_sockets(load(worker="tests.tree.apps:echo", bind=["127.0.0.1:0"]), {})
+    try:
+        assert bound.getsockname()[0] == "127.0.0.1"
+    finally:
+        bound.close()
+
+
+def test_preload_imports_in_the_master_and_without_it_the_worker_does() -> None:
+    assert run.worker_app(load(worker="tests.tree.apps:echo")) == "tests.tree.apps:echo"
+    assert callable(run.worker_app(load(worker="tests.tree.apps:echo", preload=True)))
+    with pytest.raises(Exception, match="broken_app"):
+        run.worker_app(load(app="tests.tree.broken_app:app", preload=True))
+
+
+def test_bad_handover_state_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    class FakeMaster:
+        generation = 1
+
+    monkeypatch.setitem(os.environ, "PROCBUS_ADOPT", "{not json")
+    with pytest.raises(ConfigError, match="PROCBUS_ADOPT"):
+        run._adopt_exec_state(FakeMaster())
