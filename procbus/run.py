@@ -345,6 +345,7 @@ class Host:
         environ = os.environ
         environ[sockets_module.FDS_VARIABLE] = sockets_module.export_fds(self.sockets)
         environ[upgrade.GENERATION_VARIABLE] = str(master.generation + 1)
+        environ[upgrade.WORKER_GENERATIONS_VARIABLE] = json.dumps(master.slot_generations())
         if master.handover is not None:
             environ[ADOPT_VARIABLE] = json.dumps(master.handover)
         keep = {sock.fileno() for sock in self.sockets}
@@ -369,13 +370,24 @@ _RESTART_ONLY: Final = frozenset(
 
 def _adopt_exec_state(master: Any) -> None:
     """Take the generation and the runtime lock a re-executed master handed over."""
-    from procbus.master.upgrade import GENERATION_VARIABLE  # noqa: PLC0415
+    from procbus.master.upgrade import (  # noqa: PLC0415
+        GENERATION_VARIABLE,
+        WORKER_GENERATIONS_VARIABLE,
+    )
 
     generation = os.environ.pop(GENERATION_VARIABLE, None)
     if generation is not None:
         if not generation.isdigit():
             raise ConfigError(f"{GENERATION_VARIABLE}={generation!r}: expected a number")
         master.generation = int(generation)
+    generations = os.environ.pop(WORKER_GENERATIONS_VARIABLE, None)
+    if generations is not None:
+        try:
+            master.pool.generations = {int(k): int(v) for k, v in json.loads(generations).items()}
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ConfigError(
+                f"{WORKER_GENERATIONS_VARIABLE}: expected {{id: generation}} ({exc})"
+            ) from None
     adopt = os.environ.pop(ADOPT_VARIABLE, None)
     if adopt is not None:
         try:

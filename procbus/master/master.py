@@ -742,6 +742,10 @@ class Master:
             "upgrade", lambda job: upgrade_jobs.upgrade_tree(self, job), {}, coalesce=True
         )
 
+    def slot_generations(self) -> dict[str, int]:
+        """Worker id -> its latest generation, for the next master (JSON keys)."""
+        return {str(slot.id): slot.generation for slot in self.pool.view.slots.values()}
+
     def _handover_state(self) -> dict[str, Any]:
         """What the re-executed master needs to adopt the live workers."""
         workers = [

@@ -77,6 +77,9 @@ class Pool:
         self.on_ready: Callable[[WorkerProc], None] = lambda worker: None
         self.on_gone: Callable[[WorkerProc], None] = lambda worker: None
         self.on_other_child: Callable[[int, int], None] = lambda pid, status: None
+        self.generations: dict[int, int] = {}
+        """Worker id -> last generation a previous master used (restart, upgrade):
+        a new slot goes on from there, so generations never repeat."""
 
     # -- what the rest of the master reads --------------------------------
 
@@ -209,7 +212,9 @@ class Pool:
         worker = action.worker
         if action.kind is ActionKind.SPAWN:
             if slot is None:
-                slot = self.view.slots[action.slot] = WorkerSlot(action.slot)
+                slot = self.view.slots[action.slot] = WorkerSlot(
+                    action.slot, generation=self.generations.get(action.slot, 0)
+                )
             self._fork(slot, action.replace, action.reason)
         elif action.kind is ActionKind.PROMOTE:
             assert slot is not None and worker is not None

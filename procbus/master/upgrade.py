@@ -24,6 +24,7 @@ the subdirectory's endpoints until the next upgrade or restart.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -42,6 +43,9 @@ log = logging.getLogger("procbus.master")
 
 SUCCESSOR_VARIABLE: Final = "PROCBUS_SUCCESSOR"
 GENERATION_VARIABLE: Final = "PROCBUS_GENERATION"
+"""The master's generation, carried across ``execv`` (restart) and upgrade."""
+WORKER_GENERATIONS_VARIABLE: Final = "PROCBUS_WORKER_GENERATIONS"
+"""Worker id -> latest generation (JSON), so that the next master's go on."""
 READY: Final = b"ready\n"
 TAKEOVER_RETRY: Final = 0.05
 """Seconds between attempts at the lock the old master is releasing."""
@@ -139,6 +143,7 @@ def _spawn_successor(master: Master) -> _Handover:
     environ = dict(os.environ)
     environ[sockets_module.FDS_VARIABLE] = sockets_module.export_fds(master.sockets)
     environ[GENERATION_VARIABLE] = str(master.generation + 1)
+    environ[WORKER_GENERATIONS_VARIABLE] = json.dumps(master.slot_generations())
     environ[SUCCESSOR_VARIABLE] = f"{ready_w},{alive_r}"
     executable, argv = master.bus.exec_args()
     master.bus._extend_pythonpath(environ)

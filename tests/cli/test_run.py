@@ -290,6 +290,8 @@ def test_restart_keeps_pid_port_and_every_connection() -> None:
         assert status["master"]["pid"] == proc.pid
         assert status["master"]["generation"] == generation + 1
         assert proc.port() == port
+        # Worker generations go on from the previous master's: none repeats.
+        assert [w["generation"] for w in status["workers"]] == [2, 2]
         assert json.loads(proc.get("/worker")[1])["pid"] in {w["pid"] for w in status["workers"]}
 
 
@@ -308,6 +310,7 @@ def test_upgrade_hands_over_to_a_new_master_without_losing_a_request(tmp_path) -
         status = wait_until(lambda: proc.call("status") if pidfile.exists() else None, 10)
         assert status["master"]["pid"] == new_pid != proc.pid
         assert status["master"]["generation"] == generation + 1
+        assert [w["generation"] for w in status["workers"]] == [2, 2]
         assert pidfile.read_text().strip() == str(new_pid)
         assert json.loads(proc.get("/worker")[1])["pid"] in {w["pid"] for w in status["workers"]}
         os.kill(new_pid, signal.SIGTERM)
