@@ -393,6 +393,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             render=_render_mode),
     Setting("log_level", _choice(LogLevel), "log level: " + ", ".join(LogLevel),
             metavar="LEVEL", default=LogLevel.INFO),
+    Setting("log_file", _path, "append the log (and, with --daemon, stdout and stderr) here",
+            metavar="FILE", default_doc="stderr"),
     Setting("access_log", _boolean, "log every request", flag=True, default=False),
     Setting("admin_uids", _list_of(_integer(0), "a list of uids (integers >= 0)"),
             _UIDS_HELP + ", for every command (root and the owner always are); repeatable",
@@ -449,6 +451,7 @@ class Config:
     group: str | int | None
     umask: int | None
     log_level: LogLevel
+    log_file: Path | None
     access_log: bool
     admin_uids: tuple[int, ...]
     read_uids: tuple[int, ...]

@@ -71,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"procbus run: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(config)
+    try:
+        _setup_logging(config)
+    except ConfigError as exc:
+        print(f"procbus run: {exc}", file=sys.stderr)
+        return 2
     # As gunicorn does: APP may live in the current directory, whatever the
     # entry point (the console script does not put it on sys.path).
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -91,10 +95,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _setup_logging(config: Config) -> None:
     level = getattr(logging, config.log_level.upper())
+    handler: logging.Handler
+    if config.log_file is not None:
+        try:
+            handler = logging.FileHandler(config.log_file)
+        except OSError as exc:
+            raise ConfigError(f"log_file '{config.log_file}': {exc.strerror}") from None
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     logging.basicConfig(
         level=level,
         format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        handlers=[handler],
     )
     # waitress warns on every queued request under load: noise, not news.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
@@ -209,7 +221,9 @@ class Host:
         for sock in self.sockets:
             log.info("listening on %s", sockets_module.describe(sock))
         if config.daemon:
-            Daemonizer.daemonize()
+            # What the app prints (and any crash) goes to the log file, if any.
+            output = str(config.log_file) if config.log_file is not None else "/dev/null"
+            Daemonizer.daemonize(stdout=output, stderr=output)
         if config.umask is not None:
             os.umask(config.umask)
         master = Master(

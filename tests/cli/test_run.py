@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -504,3 +505,29 @@ def test_tcp_control_with_curve_keys(tmp_path) -> None:
         keyless = procbus("ctl", "--ctl", endpoint, "--timeout", "1", "ping")
         assert keyless.returncode == 2
         assert "CURVE" in keyless.stderr
+
+
+def test_daemon_detaches_writes_pidfile_and_logs_to_the_log_file() -> None:
+    directory = short_tempdir()
+    pidfile, logfile = directory / "master.pid", directory / "procbus.log"
+    daemon_pid = None
+    try:
+        done = procbus(
+            "run", "-w", "1", "--bind", "127.0.0.1:0", "--runtime-dir", str(directory / "rt"),
+            "--daemon", "--pidfile", str(pidfile), "--log-file", str(logfile),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        wait_until(pidfile.exists, 10)
+        daemon_pid = int(pidfile.read_text())
+        wait_until(lambda: "ready: 1 workers" in logfile.read_text(), 15)
+        status = procbus("ctl", "--runtime-dir", str(directory / "rt"), "--json", "status")
+        assert json.loads(status.stdout)["master"]["pid"] == daemon_pid
+        os.kill(daemon_pid, signal.SIGTERM)
+        wait_until(lambda: not pidfile.exists(), 20)
+        wait_until(lambda: "Bus EXITED" in logfile.read_text(), 10)
+        daemon_pid = None
+    finally:
+        if daemon_pid is not None:  # the daemon is in a session of its own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(daemon_pid, signal.SIGKILL)
+        shutil.rmtree(directory, ignore_errors=True)
