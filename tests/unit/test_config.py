@@ -570,3 +570,9 @@ def test_help_shows_every_flag_with_its_default_and_variable() -> None:
         if setting.env_var:
             assert setting.env_var in text
     assert "default: number of CPUs" in text
+
+
+def test_the_readme_shows_the_current_settings_table() -> None:
+    """The README's table is `markdown_table()` (regenerate with scripts/config_table.py)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert config.markdown_table().strip() in readme
