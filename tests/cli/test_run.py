@@ -13,6 +13,7 @@ import subprocess
 import sys
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.cli.hosting import Load, RunProcess, procbus, running, write
@@ -531,3 +532,17 @@ def test_daemon_detaches_writes_pidfile_and_logs_to_the_log_file() -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(daemon_pid, signal.SIGKILL)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
+def test_workers_switch_user_and_group_the_master_does_not() -> None:
+    # --preload: here the interpreter's own files are root's only, so the
+    # workers could not import anything more once they are nobody.
+    with running(
+        "--bind", "127.0.0.1:0", "--user", "65534", "--group", "65534", "--preload", workers=1
+    ) as proc:
+        worker = psutil.Process(proc.workers()[0]["pid"])
+        assert worker.uids().real == worker.uids().effective == 65534
+        assert worker.gids().real == 65534
+        assert psutil.Process(proc.pid).uids().real == 0
+        assert proc.get("/health") == (200, b"ok")
