@@ -376,3 +376,19 @@ def test_top_usage_errors_exit_2(nowhere: Path) -> None:
     for args in (["--count", "0"], ["--interval", "x"]):
         done = procbus("top", "--ctl", f"ipc://{nowhere}/ctl", *args)
         assert done.returncode == 2, (args, done.stderr)
+
+
+def test_timeout_bounds_the_publish_and_reports_the_slow_worker(master: MasterProcess) -> None:
+    """Steps: worker 1's listener sleeps 5 s; ``ctl --timeout 1 --json publish hang 1 5``.
+    Expected: exit 1 well before the listener ends; worker 1 ``timeout``, worker 2 ``ok``.
+    """
+    started = time.monotonic()
+    done = ctl(master, "--timeout", "1", "--json", "publish", "hang", "1", "5")
+    assert time.monotonic() - started < 4.5
+    assert done.returncode == 1, done.stderr
+    reply = as_json(done)
+    assert reply["workers"]["1"]["status"] == "timeout"
+    assert reply["workers"]["2"]["status"] == "ok"
+    assert reply["workers"]["2"]["results"] == ["done"]
+    # The tree is fine afterwards (worker 1 answers once its listener is done).
+    wait_until(lambda: ctl(master, "--json", "publish", "whoami").returncode == 0, 15)
