@@ -161,14 +161,16 @@ class WorkerLink:
 
     # -- receiving ---------------------------------------------------------
 
-    def receive_publish(self) -> Message | None:
+    def receive_publish(self, flags: int = 0) -> Message | None:
         """Read one frame from SUB: the publish to handle now, or None.
+
+        With ``flags=zmq.NOBLOCK``, raises ``zmq.Again`` when none is waiting.
 
         Before WELCOME, publishes are held back (a publish may overtake the
         WELCOME, which travels on the other socket); `take_held` returns
         those that turn out to be addressed to this worker.
         """
-        frames = self.sub.recv_multipart()
+        frames = self.sub.recv_multipart(flags)
         if len(frames) != 2:
             log.warning("dropped a publish of %d frames (expected 2)", len(frames))
             return None
@@ -200,9 +202,12 @@ class WorkerLink:
         self.next_seq = seq + 1
         return message
 
-    def receive_command(self) -> Message | None:
-        """Read one message from the master on DEALER (a WELCOME)."""
-        frame = self.dealer.recv()
+    def receive_command(self, flags: int = 0) -> Message | None:
+        """Read one message from the master on DEALER (a WELCOME).
+
+        With ``flags=zmq.NOBLOCK``, raises ``zmq.Again`` when none is waiting.
+        """
+        frame = self.dealer.recv(flags)
         try:
             message = protocol.decode(frame, expect=_FROM_MASTER)
         except ProtocolError as exc:

@@ -304,20 +304,30 @@ class Worker:
                 if source is link.sub:
                     self._handle_publishes(link, ctx)
                 elif source is link.dealer:
-                    while link.dealer.poll(0):
-                        message = link.receive_command()
-                        if message is not None and message.type is MsgType.WELCOME:
-                            for held in link.take_held():
-                                self._answer(link, ctx, held)
+                    self._handle_commands(link, ctx)
                 else:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 512)
 
     def _handle_publishes(self, link: WorkerLink, ctx: WorkerContext) -> None:
-        while link.sub.poll(0) and self.stop_requested is None:
-            message = link.receive_publish()
+        # Everything waiting, without a poll per message (a poll costs a Poller).
+        while self.stop_requested is None:
+            try:
+                message = link.receive_publish(zmq.NOBLOCK)
+            except zmq.Again:
+                return
             if message is not None:
                 self._answer(link, ctx, message)
+
+    def _handle_commands(self, link: WorkerLink, ctx: WorkerContext) -> None:
+        while True:
+            try:
+                message = link.receive_command(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if message is not None and message.type is MsgType.WELCOME:
+                for held in link.take_held():
+                    self._answer(link, ctx, held)
 
     def _answer(self, link: WorkerLink, ctx: WorkerContext, message: Message) -> None:
         outcomes = self.bus.run_listeners(
