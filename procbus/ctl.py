@@ -246,6 +246,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
             as_json=as_json,
             out=out,
             err=err,
+            curve=curve,
         )
 
     from procbus.client import Client, ControlError  # noqa: PLC0415

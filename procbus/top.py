@@ -56,6 +56,12 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         "--count", type=int, metavar="N", help="exit after N frames (plain frames when piped)"
     )
     parser.add_argument(
+        "--curve-keys", metavar="DIR", help="CURVE keys for a tcp:// master (as procbus ctl)"
+    )
+    parser.add_argument(
+        "--curve-client", metavar="NAME", help="which client key pair of --curve-keys to use"
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT,
@@ -230,6 +236,9 @@ def run(
         return EXIT_USAGE
     try:
         control = _control(args)
+        from procbus.ctl import curve_keys  # noqa: PLC0415
+
+        curve = curve_keys(args, [control])
     except CommandError as exc:
         print(f"procbus top: {exc.message}", file=err)
         return EXIT_USAGE
@@ -238,7 +247,7 @@ def run(
     from procbus.watch import events_endpoint  # noqa: PLC0415
 
     try:
-        endpoint = events_endpoint(control, args.timeout)
+        endpoint = events_endpoint(control, args.timeout, curve)
     except ControlError as exc:
         print(f"procbus top: {exc.message}", file=err)
         return EXIT_UNREACHABLE if exc.code.value == "unreachable" else EXIT_FAILED
@@ -246,20 +255,26 @@ def run(
     keyboard = _cbreak(keys) if live else contextlib.nullcontext(None)
     try:
         with keyboard as key_fd, _Screen(out, live) as screen:
-            return _show(endpoint, args, screen, key_fd, err)
+            return _show(endpoint, args, screen, key_fd, err, curve=curve)
     except KeyboardInterrupt:
         return EXIT_OK
 
 
 def _show(
-    endpoint: str, args: argparse.Namespace, screen: _Screen, key_fd: int | None, err: TextIO
+    endpoint: str,
+    args: argparse.Namespace,
+    screen: _Screen,
+    key_fd: int | None,
+    err: TextIO,
+    *,
+    curve: tuple[bytes, bytes, bytes] | None = None,
 ) -> int:
     import zmq  # noqa: PLC0415
 
     from procbus import protocol  # noqa: PLC0415
     from procbus.watch import receive_event, subscribe  # noqa: PLC0415
 
-    context, socket = subscribe(endpoint, protocol.STATS_TOPIC)
+    context, socket = subscribe(endpoint, protocol.STATS_TOPIC, curve)
     poller = zmq.Poller()
     poller.register(socket, zmq.POLLIN)
     if key_fd is not None:

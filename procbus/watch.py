@@ -21,21 +21,39 @@ from procbus.client import Client, ControlError
 from procbus.errors import ProtocolError
 from procbus.protocol import MsgType
 
+Curve = tuple[bytes, bytes, bytes]
+"""(client public key, client secret key, server public key), z85."""
 
-def events_endpoint(control: str, timeout: float) -> str:
-    """Ask the master at `control` where its event stream is."""
-    with Client(control, timeout) as client:
+
+def events_endpoint(control: str, timeout: float, curve: Curve | None = None) -> str:
+    """Ask the master at `control` where its event stream is.
+
+    Through a tcp:// control endpoint, the answer is the master's CURVE-guarded
+    TCP event stream, on the host the caller reached the master by.
+    """
+    with Client(control, timeout, curve=curve) as client:
         status = client.call("status", timeout=timeout)
-    endpoint = status["master"]["endpoints"].get("events")
+    endpoints = status["master"]["endpoints"]
+    if control.startswith("ipc://"):
+        endpoint = endpoints.get("events")
+    else:
+        remote = endpoints.get("events_remote")
+        port = remote.rpartition(":")[2] if isinstance(remote, str) else None
+        endpoint = f"{control.rpartition(':')[0]}:{port}" if port else None
     if not isinstance(endpoint, str):
         raise ControlError("internal", "the master did not say where its events are")
     return endpoint
 
 
-def subscribe(endpoint: str, topic: bytes) -> tuple[zmq.Context[Any], zmq.Socket[bytes]]:
+def subscribe(
+    endpoint: str, topic: bytes, curve: Curve | None = None
+) -> tuple[zmq.Context[Any], zmq.Socket[bytes]]:
     context: zmq.Context[Any] = zmq.Context()
     socket = context.socket(zmq.SUB)
     socket.linger = 0
+    if curve is not None and not endpoint.startswith("ipc://"):
+        socket.curve_publickey, socket.curve_secretkey = curve[0], curve[1]
+        socket.curve_serverkey = curve[2]
     socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
     socket.subscribe(topic)
     socket.connect(endpoint)
@@ -71,10 +89,11 @@ def watch(
     as_json: bool,
     out: TextIO,
     err: TextIO,
+    curve: Curve | None = None,
 ) -> int:
     """Print events until Ctrl-C, `count` events or `duration` seconds."""
     try:
-        endpoint = events_endpoint(control, timeout)
+        endpoint = events_endpoint(control, timeout, curve)
     except ControlError as exc:
         print(f"procbus ctl watch: {exc}", file=err)
         if as_json:
@@ -82,7 +101,7 @@ def watch(
                 json.dumps({"error": {"code": exc.code.value, "message": exc.message}}) + "\n"
             )
         return 3 if exc.code.value == "unreachable" else 1
-    context, socket = subscribe(endpoint, protocol.EVENT_TOPIC)
+    context, socket = subscribe(endpoint, protocol.EVENT_TOPIC, curve)
     deadline = None if duration is None else time.monotonic() + duration
     seen = 0
     try:

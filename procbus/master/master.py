@@ -40,6 +40,7 @@ from procbus.commands import SIGNAL_COMMANDS, CommandError, ErrorCode
 from procbus.errors import ProtocolError, StartupError
 from procbus.master import reload as reload_jobs
 from procbus.master import upgrade as upgrade_jobs
+from procbus.master.auth import CONTROL_DOMAIN
 from procbus.master.control import CONTROL_MAX_MESSAGE, ControlServer, ControlSettings
 from procbus.master.jobs import Job, JobAborted, JobBody, Jobs
 from procbus.master.loop import Clock, EventLoop, Timer
@@ -167,6 +168,9 @@ class Master:
         self._xpub: zmq.Socket[bytes] | None = None
         self._router: zmq.Socket[bytes] | None = None
         self._events: zmq.Socket[bytes] | None = None
+        self._events_remote: zmq.Socket[bytes] | None = None
+        self._stats_wanted: set[zmq.Socket[bytes]] = set()
+        """The event sockets on which somebody subscribed to ``ev.stats``."""
         self._stats_timer: Timer | None = None
         self._control: zmq.Socket[bytes] | None = None
         self._inherited_fds: frozenset[int] = frozenset()
@@ -319,13 +323,49 @@ class Master:
             if endpoint.startswith("ipc://"):
                 os.chmod(endpoint.removeprefix("ipc://"), 0o600)
         self._xpub, self._router, self._events, self._control = sockets
+        remote = self._bind_remote_events(context, control_endpoint)
+        if remote is not None:
+            endpoints["events_remote"] = remote
         self.endpoints = endpoints
         self.relay = Relay(xpub, self.loop)
         self.control = ControlServer(self, control, self.control_settings)
         self.loop.add_reader(xpub, self._on_xpub)
         self.loop.add_reader(router, self._on_router)
-        self.loop.add_reader(events, self._on_events_subscription)
+        self.loop.add_reader(events, lambda: self._on_events_subscription(events))
+        if self._events_remote is not None:
+            remote_events = self._events_remote
+            self.loop.add_reader(
+                remote_events, lambda: self._on_events_subscription(remote_events)
+            )
         self.loop.add_reader(control, self.control.on_readable)
+
+    def _bind_remote_events(self, context: zmq.Context[Any], control: str) -> str | None:
+        """With a tcp:// control endpoint: the event stream over TCP too, CURVE-guarded.
+
+        Same server keys and ZAP domain as the control socket, so the same
+        client keys (either role) may watch. Bound on the control endpoint's
+        host, any free port; clients learn the port from ``status``.
+        """
+        keys = self.control_settings.curve_server
+        if control.startswith("ipc://") or keys is None:
+            return None
+        host = control.removeprefix("tcp://").rpartition(":")[0]
+        sock = context.socket(zmq.XPUB)
+        sock.linger = 0
+        sock.sndhwm = EVENTS_HWM
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
+        sock.curve_server = True
+        sock.curve_publickey, sock.curve_secretkey = keys
+        sock.zap_domain = CONTROL_DOMAIN
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        try:
+            sock.bind(f"tcp://{host}:*")
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            log.error("no event stream over TCP on %s: %s", host, exc)
+            return None
+        self._events_remote = sock
+        return str(sock.getsockopt_string(zmq.LAST_ENDPOINT))
 
     def close(self) -> None:
         """Close the sockets, free the runtime directory, restore signals.
@@ -338,15 +378,16 @@ class Master:
         if self._context is None:
             return
         self.bus.forward = None
+        self._stats_wanted.clear()
         self._stop_stats()
         self.loop.close()
         self.control_settings.close()
-        for sock in (self._xpub, self._router, self._events, self._control):
+        for sock in (self._xpub, self._router, self._events, self._events_remote, self._control):
             if sock is not None:
                 sock.close()
         self._context.term()
         self._context = None
-        self._xpub = self._router = self._events = self._control = None
+        self._xpub = self._router = self._events = self._events_remote = self._control = None
         self.relay = None
         self.control = None
         # A master about to re-execute keeps its lock across the exec, so that
@@ -481,11 +522,14 @@ class Master:
         except TypeError as exc:
             log.error("event %s not sent: %s", event, exc)
             return
-        self._events.send_multipart([protocol.EVENT_TOPIC + event.encode(), frame])
+        topic = protocol.EVENT_TOPIC + event.encode()
+        self._events.send_multipart([topic, frame])
+        if self._events_remote is not None:
+            self._events_remote.send_multipart([topic, frame])
 
     # -- the stats stream ---------------------------------------------------------
 
-    def _on_events_subscription(self) -> None:
+    def _on_events_subscription(self, sock: zmq.Socket[bytes]) -> None:
         """Subscriptions on the event stream: sample stats only while someone wants them.
 
         Without ``XPUB_VERBOSE`` ZeroMQ passes on the first subscription to a
@@ -495,18 +539,20 @@ class Master:
         shorter prefix (``ev.``) receives the samples while someone else asks
         for them, but does not start the sampling.
         """
-        assert self._events is not None
         for _ in range(_BATCH):
             try:
-                frame = self._events.recv(zmq.NOBLOCK)
+                frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
             if frame[1:] != protocol.STATS_TOPIC:
                 continue
             if frame[:1] == b"\x01":
+                self._stats_wanted.add(sock)
                 self._start_stats()
             elif frame[:1] == b"\x00":
-                self._stop_stats()
+                self._stats_wanted.discard(sock)
+                if not self._stats_wanted:
+                    self._stop_stats()
 
     def _start_stats(self) -> None:
         if self._stats_timer is not None:

@@ -18,7 +18,7 @@ import pytest
 
 from tests.cli.hosting import Load, RunProcess, procbus, running, write
 from tests.helpers import wait_until
-from tests.processes import short_tempdir
+from tests.processes import ROOT, short_tempdir
 
 pytestmark = pytest.mark.slow
 
@@ -506,6 +506,31 @@ def test_tcp_control_with_curve_keys(tmp_path) -> None:
         keyless = procbus("ctl", "--ctl", endpoint, "--timeout", "1", "ping")
         assert keyless.returncode == 2
         assert "CURVE" in keyless.stderr
+
+        # The event stream over TCP, with the same keys: watch and top work remotely.
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PROCBUS_CURVE_KEYS": str(keys)}
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "procbus", "ctl", "--ctl", endpoint, "--json", "watch",
+             "--count", "1", "--duration", "20"],
+            stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        )  # fmt: skip
+        try:
+
+            def audited() -> bool:
+                procbus("ctl", "--ctl", endpoint, "--curve-keys", str(keys), "ping")
+                return watcher.poll() is not None
+
+            wait_until(audited, 20)
+            event = json.loads(watcher.communicate(timeout=10)[0])
+            assert event["event"] == "command" and event["command"] == "ping"
+            assert "(ops)" in event["peer"]
+        finally:
+            if watcher.poll() is None:
+                watcher.kill()
+                watcher.wait()
+        top = procbus("top", "--ctl", endpoint, "--curve-keys", str(keys), "--count", "1")
+        assert top.returncode == 0, top.stderr
+        assert str(json.loads(done.stdout)["workers"][0]["pid"]) in top.stdout
 
 
 def test_daemon_detaches_writes_pidfile_and_logs_to_the_log_file() -> None:
