@@ -173,8 +173,9 @@ class PublishTemplate:
         body = {"channel": channel, "args": args, "kwargs": kwargs, "timeout": timeout}
         validate(MsgType.PUBLISH, {"seq": 0, **body})
         self.channel = channel
-        # A msgpack map is its header followed by its key/value pairs.
-        self._rest: bytes = b"".join(pack(key) + pack(value) for key, value in body.items())
+        # A msgpack map is its header (one byte for up to 15 pairs) followed by
+        # its key/value pairs: keep the pairs, the seq pair goes in front.
+        self._rest: bytes = pack(body)[1:]
 
     def frame(self, seq: int) -> bytes:
         return _PUBLISH_HEADER + _SEQ_KEY + pack(seq) + self._rest
@@ -194,10 +195,9 @@ def decode(frame: bytes, expect: frozenset[MsgType] | None = None) -> Message:
     version, raw_type = frame[0], frame[1]
     if version != VERSION:
         raise ProtocolError(f"protocol version {version} is not supported (expected {VERSION})")
-    try:
-        msg_type = MsgType(raw_type)
-    except ValueError:
-        raise ProtocolError(f"unknown message type {raw_type}") from None
+    msg_type = _BY_VALUE.get(raw_type)
+    if msg_type is None:
+        raise ProtocolError(f"unknown message type {raw_type}")
     if expect is not None and msg_type not in expect:
         raise ProtocolError(f"unexpected message type {msg_type.name}")
     body = unpack(frame[2:])
@@ -209,18 +209,18 @@ def decode(frame: bytes, expect: frozenset[MsgType] | None = None) -> Message:
 
 def validate(msg_type: MsgType, body: Mapping[str, Any]) -> None:
     """Check `body` against the schema of `msg_type`; raise `ProtocolError`."""
-    schema = _SCHEMAS[msg_type]
-    for field in body:
-        if field not in schema:
-            raise ProtocolError(f"{msg_type.name} has unknown field {field!r}")
-    for field, (types, required) in schema.items():
+    fields, checks = _COMPILED[msg_type]
+    if not fields.issuperset(body):
+        unknown = next(field for field in body if field not in fields)
+        raise ProtocolError(f"{msg_type.name} has unknown field {unknown!r}")
+    for field, types, required, refuses_bool in checks:
         if field not in body:
             if required:
                 raise ProtocolError(f"{msg_type.name} is missing field {field!r}")
             continue
         value = body[field]
         # bool is an int subclass; a bool where a number is expected is an error.
-        if not isinstance(value, types) or (isinstance(value, bool) and _refuses_bool(types)):
+        if not isinstance(value, types) or (refuses_bool and isinstance(value, bool)):
             raise ProtocolError(
                 f"{msg_type.name} field {field!r} must be {_names(types)}, "
                 f"got {type(value).__name__}"
@@ -246,6 +246,20 @@ def _refuses_bool(types: _Types) -> bool:
 
 def _flat(types: _Types) -> tuple[type, ...]:
     return types if isinstance(types, tuple) else (types,)
+
+
+_COMPILED: Final = {
+    msg_type: (
+        frozenset(schema),
+        tuple(
+            (field, types, required, _refuses_bool(types))
+            for field, (types, required) in schema.items()
+        ),
+    )
+    for msg_type, schema in _SCHEMAS.items()
+}
+"""The schemas ready for `validate` (run for every message, so precomputed)."""
+_BY_VALUE: Final = {int(msg_type): msg_type for msg_type in MsgType}
 
 
 def _names(types: _Types) -> str:

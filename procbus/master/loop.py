@@ -60,7 +60,9 @@ class EventLoop:
         self.clock = clock
         self._poller = zmq.Poller()
         self._handlers: dict[Any, Callable[[], None]] = {}
-        self._timers: list[Timer] = []
+        # (when, order, timer): tuples compare in C, and a timer is pushed
+        # for every publish's deadline.
+        self._timers: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
         self._depth = 0
         self._stopped = False
@@ -88,7 +90,7 @@ class EventLoop:
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         timer = Timer(when, next(self._order), callback)
-        heapq.heappush(self._timers, timer)
+        heapq.heappush(self._timers, (when, timer.order, timer))
         return timer
 
     def call_every(self, interval: float, callback: Callable[[], None]) -> Timer:
@@ -225,19 +227,19 @@ class EventLoop:
             self._forever = self._stopped = False
 
     def _next_timer_delay(self, timeout: float | None) -> float | None:
-        while self._timers and self._timers[0].cancelled:
+        while self._timers and self._timers[0][2].cancelled:
             heapq.heappop(self._timers)
         if self._stopped and self._forever:
             return 0
         if not self._timers:
             return timeout
-        delay = max(0.0, self._timers[0].when - self.clock())
+        delay = max(0.0, self._timers[0][0] - self.clock())
         return delay if timeout is None else min(delay, timeout)
 
     def _run_timers(self) -> None:
         now = self.clock()
-        while self._timers and self._timers[0].when <= now:
-            timer = heapq.heappop(self._timers)
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:
                 timer.callback()
 

@@ -64,6 +64,8 @@ POOL_CHANNELS: Final = frozenset({"start", "stop", "exit"})
 _WORKER_MESSAGES: Final = frozenset(
     {MsgType.HELLO, MsgType.STATE, MsgType.HEARTBEAT, MsgType.REPLY}
 )
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+"""As a plain int: pyzmq combines enum flags per call, which shows in profiles."""
 _BATCH: Final = 1000
 """Messages read from one socket before the loop looks at the others."""
 EVENTS_HWM: Final = 1000
@@ -450,7 +452,7 @@ class Master:
         assert self._router is not None
         for _ in range(_BATCH):
             try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
+                frames = self._router.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 return
             if len(frames) != 2:
