@@ -39,11 +39,12 @@ from procbus.bus import bus as process_bus
 from procbus.commands import SIGNAL_COMMANDS, CommandError, ErrorCode
 from procbus.errors import ProtocolError, StartupError
 from procbus.master import reload as reload_jobs
+from procbus.master import snapshot
 from procbus.master import upgrade as upgrade_jobs
-from procbus.master.auth import CONTROL_DOMAIN
 from procbus.master.control import CONTROL_MAX_MESSAGE, ControlServer, ControlSettings
+from procbus.master.events import EventStream, event_socket
 from procbus.master.jobs import Job, JobAborted, JobBody, Jobs
-from procbus.master.loop import Clock, EventLoop, Timer
+from procbus.master.loop import Clock, EventLoop
 from procbus.master.planner import Supervision, WorkerProc, WorkerState
 from procbus.master.pool import Pool
 from procbus.master.relay import Relay, TreeReply, WorkerResult, WorkerStatus
@@ -51,7 +52,7 @@ from procbus.master.runtime import RuntimeDir
 from procbus.master.stats import ProcessMonitor
 from procbus.master.upgrade import Successor
 from procbus.protocol import MsgType
-from procbus.worker.apps import COUNTER_NAMES, WorkerApp
+from procbus.worker.apps import WorkerApp
 from procbus.worker.worker import WorkerSpec, run_worker
 
 log = logging.getLogger("procbus.master")
@@ -68,8 +69,6 @@ _NOBLOCK: Final = int(zmq.NOBLOCK)
 """As a plain int: pyzmq combines enum flags per call, which shows in profiles."""
 _BATCH: Final = 1000
 """Messages read from one socket before the loop looks at the others."""
-EVENTS_HWM: Final = 1000
-"""Events queued for one slow watcher before it misses some (the master never blocks)."""
 
 MASTER_SIGNALS: Final = (
     signal.SIGTERM,
@@ -170,10 +169,7 @@ class Master:
         self._xpub: zmq.Socket[bytes] | None = None
         self._router: zmq.Socket[bytes] | None = None
         self._events: zmq.Socket[bytes] | None = None
-        self._events_remote: zmq.Socket[bytes] | None = None
-        self._stats_wanted: set[zmq.Socket[bytes]] = set()
-        """The event sockets on which somebody subscribed to ``ev.stats``."""
-        self._stats_timer: Timer | None = None
+        self.event_stream = EventStream(self.loop, self.stats, settings.stats_interval)
         self._control: zmq.Socket[bytes] | None = None
         self._inherited_fds: frozenset[int] = frozenset()
         self._exit_requested = False
@@ -293,8 +289,7 @@ class Master:
         endpoints["control"] = control_endpoint
         xpub = context.socket(zmq.XPUB)
         router = context.socket(zmq.ROUTER)
-        # XPUB, so that the master hears who subscribes (stats only when wanted).
-        events = context.socket(zmq.XPUB)
+        events = event_socket(context)
         control = context.socket(zmq.ROUTER)
         sockets = (xpub, router, events, control)
         for sock in sockets:
@@ -302,7 +297,6 @@ class Master:
             sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
         xpub.sndhwm = 0
         router.rcvhwm = 0
-        events.sndhwm = EVENTS_HWM
         # A reply sent just before the master exits must still leave.
         control.linger = 500
         control.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_MESSAGE)
@@ -325,7 +319,10 @@ class Master:
             if endpoint.startswith("ipc://"):
                 os.chmod(endpoint.removeprefix("ipc://"), 0o600)
         self._xpub, self._router, self._events, self._control = sockets
-        remote = self._bind_remote_events(context, control_endpoint)
+        self.event_stream.attach(events)
+        remote = self.event_stream.bind_remote(
+            context, control_endpoint, self.control_settings.curve_server
+        )
         if remote is not None:
             endpoints["events_remote"] = remote
         self.endpoints = endpoints
@@ -333,41 +330,7 @@ class Master:
         self.control = ControlServer(self, control, self.control_settings)
         self.loop.add_reader(xpub, self._on_xpub)
         self.loop.add_reader(router, self._on_router)
-        self.loop.add_reader(events, lambda: self._on_events_subscription(events))
-        if self._events_remote is not None:
-            remote_events = self._events_remote
-            self.loop.add_reader(
-                remote_events, lambda: self._on_events_subscription(remote_events)
-            )
         self.loop.add_reader(control, self.control.on_readable)
-
-    def _bind_remote_events(self, context: zmq.Context[Any], control: str) -> str | None:
-        """With a tcp:// control endpoint: the event stream over TCP too, CURVE-guarded.
-
-        Same server keys and ZAP domain as the control socket, so the same
-        client keys (either role) may watch. Bound on the control endpoint's
-        host, any free port; clients learn the port from ``status``.
-        """
-        keys = self.control_settings.curve_server
-        if control.startswith("ipc://") or keys is None:
-            return None
-        host = control.removeprefix("tcp://").rpartition(":")[0]
-        sock = context.socket(zmq.XPUB)
-        sock.linger = 0
-        sock.sndhwm = EVENTS_HWM
-        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
-        sock.curve_server = True
-        sock.curve_publickey, sock.curve_secretkey = keys
-        sock.zap_domain = CONTROL_DOMAIN
-        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
-        try:
-            sock.bind(f"tcp://{host}:*")
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            log.error("no event stream over TCP on %s: %s", host, exc)
-            return None
-        self._events_remote = sock
-        return str(sock.getsockopt_string(zmq.LAST_ENDPOINT))
 
     def close(self) -> None:
         """Close the sockets, free the runtime directory, restore signals.
@@ -380,16 +343,15 @@ class Master:
         if self._context is None:
             return
         self.bus.forward = None
-        self._stats_wanted.clear()
-        self._stop_stats()
+        self.event_stream.close()
         self.loop.close()
         self.control_settings.close()
-        for sock in (self._xpub, self._router, self._events, self._events_remote, self._control):
+        for sock in (self._xpub, self._router, self._control):
             if sock is not None:
                 sock.close()
         self._context.term()
         self._context = None
-        self._xpub = self._router = self._events = self._events_remote = self._control = None
+        self._xpub = self._router = self._events = self._control = None
         self.relay = None
         self.control = None
         # A master about to re-execute keeps its lock across the exec, so that
@@ -516,62 +478,7 @@ class Master:
                 observer(event, data)
             except Exception:
                 log.exception("observer %r failed on event %s", observer, event)
-        if self._events is None:
-            return
-        body = {"event": event, "time": time.time(), "data": data}
-        try:
-            frame = protocol.encode(MsgType.EVENT, body)
-        except TypeError as exc:
-            log.error("event %s not sent: %s", event, exc)
-            return
-        topic = protocol.EVENT_TOPIC + event.encode()
-        self._events.send_multipart([topic, frame])
-        if self._events_remote is not None:
-            self._events_remote.send_multipart([topic, frame])
-
-    # -- the stats stream ---------------------------------------------------------
-
-    def _on_events_subscription(self, sock: zmq.Socket[bytes]) -> None:
-        """Subscriptions on the event stream: sample stats only while someone wants them.
-
-        Without ``XPUB_VERBOSE`` ZeroMQ passes on the first subscription to a
-        topic and the unsubscription of its last subscriber (also when that
-        subscriber disconnects), so ``ev.stats`` arriving means "somebody
-        listens" and leaving means "nobody does". A watcher subscribed to a
-        shorter prefix (``ev.``) receives the samples while someone else asks
-        for them, but does not start the sampling.
-        """
-        for _ in range(_BATCH):
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if frame[1:] != protocol.STATS_TOPIC:
-                continue
-            if frame[:1] == b"\x01":
-                self._stats_wanted.add(sock)
-                self._start_stats()
-            elif frame[:1] == b"\x00":
-                self._stats_wanted.discard(sock)
-                if not self._stats_wanted:
-                    self._stop_stats()
-
-    def _start_stats(self) -> None:
-        if self._stats_timer is not None:
-            return
-        log.debug("stats subscriber: sampling every %gs", self.settings.stats_interval)
-        self._emit_stats()  # a new subscriber gets its first sample at once
-        self._stats_timer = self.loop.call_every(self.settings.stats_interval, self._emit_stats)
-
-    def _stop_stats(self) -> None:
-        if self._stats_timer is None:
-            return
-        log.debug("no stats subscriber left: sampling stops")
-        self._stats_timer.cancel()
-        self._stats_timer = None
-
-    def _emit_stats(self) -> None:
-        self.emit("stats", **self.stats())
+        self.event_stream.emit(event, data)
 
     # -- signals ----------------------------------------------------------------
 
@@ -891,88 +798,13 @@ class Master:
         return self.exit_code
 
     def status(self) -> dict[str, Any]:
-        """A snapshot of the master and its workers (plain data)."""
-        now = self.loop.clock()
-        slots = self.pool.slots()
-        sampled = self.monitor.sample_many(s.current.pid for s in slots if s.current)
-        workers = []
-        for slot in slots:
-            worker = slot.current
-            figures = sampled[worker.pid] if worker else None
-            workers.append(
-                {
-                    "id": slot.id,
-                    "pid": worker.pid if worker else None,
-                    "state": (
-                        worker.state.value
-                        if worker
-                        else ("flapping" if slot.flapping else "backoff")
-                    ),
-                    "generation": worker.generation if worker else slot.generation,
-                    "age": now - worker.started_at if worker else None,
-                    "heartbeat_age": (
-                        now - worker.last_heartbeat
-                        if worker and worker.last_heartbeat is not None
-                        else None
-                    ),
-                    "cpu_percent": figures.cpu_percent if figures else None,
-                    "rss": figures.rss if figures else None,
-                    "requests": worker.requests if worker else 0,
-                    "restarts": slot.restarts,
-                    "last_error": slot.last_error,
-                }
-            )
-        self.monitor.keep_only([self.pid, *(w.pid for w in self.pool.by_pid.values())])
-        return {
-            "master": {
-                "pid": self.pid,
-                "name": self.name,
-                "state": self.bus.state.name,
-                "generation": self.generation,
-                "uptime": time.time() - self.started_at,
-                "endpoints": dict(self.endpoints),
-            },
-            "workers": workers,
-        }
+        """A snapshot of the master and its workers (plain data, ``ctl status``)."""
+        return snapshot.status(self)
 
     def stats(self) -> dict[str, Any]:
-        """Process figures and counters of the master and every live worker.
-
-        This is also the body of each ``stats`` event. Worker counters are
-        those of the worker's last heartbeat.
-        """
-        now = self.loop.clock()
-        live = sorted(self.pool.by_pid.values(), key=lambda w: (w.id, w.generation))
-        sampled = self.monitor.sample_many([self.pid, *(w.pid for w in live)], detailed=True)
-        workers = []
-        for worker in live:
-            workers.append(
-                {
-                    "id": worker.id,
-                    "generation": worker.generation,
-                    "state": worker.state.value,
-                    "age": now - worker.started_at,
-                    **sampled[worker.pid].to_dict(),
-                    "counters": {**dict.fromkeys(COUNTER_NAMES, 0), **worker.counters},
-                }
-            )
-        relay = self.relay
-        return {
-            "master": {
-                "name": self.name,
-                "state": self.bus.state.name,
-                "uptime": time.time() - self.started_at,
-                "target_workers": self.pool.target,
-                **sampled[self.pid].to_dict(),
-                "publishes": relay.sent if relay else 0,
-                "in_flight": len(relay.pending) if relay else 0,
-                "late_replies": relay.late_replies if relay else 0,
-                "dropped_messages": self.dropped_messages,
-                "control_requests": self.control.requests if self.control else 0,
-                "bad_control_requests": self.control.bad_requests if self.control else 0,
-            },
-            "workers": workers,
-        }
+        """Process figures and counters of the master and every live worker
+        (``ctl stats`` and each ``stats`` event)."""
+        return snapshot.stats(self)
 
     def __enter__(self) -> Master:
         return self

@@ -1,0 +1,146 @@
+"""The master's event stream: what happens in the tree, for `watch` and `top`.
+
+Events go out on XPUB sockets as ``[b"ev." + name, EVENT frame]``: one bound
+on the runtime directory's ``ipc://`` endpoint, and, when the control
+endpoint is ``tcp://``, one more on the same host (any free port) guarded by
+the same CURVE keys and ZAP domain as the control socket, so that remote
+clients with a key may watch too.
+
+XPUB lets the master hear subscriptions. Periodic ``stats`` samples cost the
+master a psutil pass over every worker, so they are taken only while some
+socket has a subscriber to ``ev.stats``: without ``XPUB_VERBOSE`` ZeroMQ
+passes on the first subscription to a topic and the unsubscription of its
+last subscriber (also when it disconnects). A watcher subscribed to the
+shorter prefix ``ev.`` receives samples while someone else asks for them, but
+does not start the sampling.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import zmq
+
+from procbus import protocol
+from procbus.master.auth import CONTROL_DOMAIN
+from procbus.master.loop import EventLoop, Timer
+from procbus.protocol import MsgType
+
+log = logging.getLogger("procbus.master")
+
+EVENTS_HWM: Final = 1000
+"""Events queued for one slow watcher before it misses some (the master never blocks)."""
+_BATCH: Final = 1000
+
+
+def event_socket(context: zmq.Context[Any]) -> zmq.Socket[bytes]:
+    """A new XPUB for events, with the options every event socket has."""
+    sock: zmq.Socket[bytes] = context.socket(zmq.XPUB)
+    sock.linger = 0
+    sock.sndhwm = EVENTS_HWM
+    sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
+    return sock
+
+
+class EventStream:
+    """The event sockets, and the stats sampling while anyone wants it."""
+
+    def __init__(
+        self, loop: EventLoop, sample: Callable[[], dict[str, Any]], interval: float
+    ) -> None:
+        self.loop = loop
+        self.sample = sample
+        """Returns the ``stats`` event's fields."""
+        self.interval = interval
+        self.sockets: list[zmq.Socket[bytes]] = []
+        self._stats_wanted: set[zmq.Socket[bytes]] = set()
+        self._stats_timer: Timer | None = None
+
+    def attach(self, sock: zmq.Socket[bytes]) -> None:
+        """Send events on `sock` (bound by the caller) and read its subscriptions."""
+        self.sockets.append(sock)
+        self.loop.add_reader(sock, lambda: self._on_subscription(sock))
+
+    def bind_remote(
+        self, context: zmq.Context[Any], control: str, curve_server: tuple[bytes, bytes] | None
+    ) -> str | None:
+        """With a tcp:// `control` endpoint and CURVE keys: the stream over TCP too.
+
+        Bound on the control endpoint's host, any free port; returns the
+        endpoint (clients learn the port through ``status``), or None.
+        """
+        if control.startswith("ipc://") or curve_server is None:
+            return None
+        host = control.removeprefix("tcp://").rpartition(":")[0]
+        sock = event_socket(context)
+        sock.curve_server = True
+        sock.curve_publickey, sock.curve_secretkey = curve_server
+        sock.zap_domain = CONTROL_DOMAIN
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        try:
+            sock.bind(f"tcp://{host}:*")
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            log.error("no event stream over TCP on %s: %s", host, exc)
+            return None
+        self.attach(sock)
+        return str(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    def emit(self, event: str, data: dict[str, Any]) -> None:
+        """Send one event on every socket (dropped, with a log line, if unsendable)."""
+        if not self.sockets:
+            return
+        body = {"event": event, "time": time.time(), "data": data}
+        try:
+            frame = protocol.encode(MsgType.EVENT, body)
+        except TypeError as exc:
+            log.error("event %s not sent: %s", event, exc)
+            return
+        topic = protocol.EVENT_TOPIC + event.encode()
+        for sock in self.sockets:
+            sock.send_multipart([topic, frame])
+
+    def close(self) -> None:
+        """Stop sampling and close the sockets."""
+        self._stats_wanted.clear()
+        self._stop_stats()
+        for sock in self.sockets:
+            self.loop.remove_reader(sock)
+            sock.close()
+        self.sockets.clear()
+
+    def _on_subscription(self, sock: zmq.Socket[bytes]) -> None:
+        for _ in range(_BATCH):
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if frame[1:] != protocol.STATS_TOPIC:
+                continue
+            if frame[:1] == b"\x01":
+                self._stats_wanted.add(sock)
+                self._start_stats()
+            elif frame[:1] == b"\x00":
+                self._stats_wanted.discard(sock)
+                if not self._stats_wanted:
+                    self._stop_stats()
+
+    def _start_stats(self) -> None:
+        if self._stats_timer is not None:
+            return
+        log.debug("stats subscriber: sampling every %gs", self.interval)
+        self._emit_stats()  # a new subscriber gets its first sample at once
+        self._stats_timer = self.loop.call_every(self.interval, self._emit_stats)
+
+    def _stop_stats(self) -> None:
+        if self._stats_timer is None:
+            return
+        log.debug("no stats subscriber left: sampling stops")
+        self._stats_timer.cancel()
+        self._stats_timer = None
+
+    def _emit_stats(self) -> None:
+        self.emit("stats", self.sample())
