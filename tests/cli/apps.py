@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from typing import Any
+
+# A slow boot, as a real app's imports: widens the window of an upgrade.
+time.sleep(float(os.environ.get("PROCBUS_TEST_IMPORT_DELAY", "0")))
 
 VERSION_FILE = os.environ.get("PROCBUS_TEST_VERSION_FILE")
 # Read once, at import: a reload (fresh import in new workers) serves new code.

@@ -571,3 +571,34 @@ def test_workers_switch_user_and_group_the_master_does_not() -> None:
         assert worker.gids().real == 65534
         assert psutil.Process(proc.pid).uids().real == 0
         assert proc.get("/health") == (200, b"ok")
+
+
+def test_old_master_killed_during_an_upgrade_leaves_the_new_one_in_charge(tmp_path) -> None:
+    pidfile = tmp_path / "master.pid"
+    env = {"PROCBUS_TEST_IMPORT_DELAY": "2"}
+    with running(
+        "tests.cli.apps:versioned", "--bind", "127.0.0.1:0", "--pidfile", str(pidfile),
+        workers=1, env=env,
+    ) as proc:  # fmt: skip
+        port = proc.port()
+        workers = {w["pid"] for w in proc.workers()}
+        proc.call("upgrade", wait=False)
+
+        def new_master() -> psutil.Process | None:
+            # The old master's children: its workers, and the new master.
+            children = psutil.Process(proc.pid).children()
+            return next((c for c in children if c.pid not in workers), None)
+
+        successor = wait_until(new_master, 10)
+        os.kill(proc.pid, signal.SIGKILL)  # while the new one still boots its workers
+        assert proc.proc.wait(10) == -signal.SIGKILL
+        # The new master finishes booting, finds the name free and takes it over.
+        wait_until(lambda: pidfile.exists() and int(pidfile.read_text()) == successor.pid, 30)
+        status = proc.call("status")
+        assert status["master"]["pid"] == successor.pid
+        assert [w["state"] for w in status["workers"]] == ["running"]
+        conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+        conn.close()
+        assert proc.get("/")[0] == 200
+        successor.terminate()
+        successor.wait(20)
