@@ -23,3 +23,12 @@ def versioned(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     body = f"{VERSION} {os.getpid()}".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def slow(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """Answers after ``?seconds`` (default 1): a request in flight during a stop."""
+    seconds = float(environ.get("QUERY_STRING", "").partition("=")[2] or 1)
+    time.sleep(seconds)
+    body = f"slept {seconds}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

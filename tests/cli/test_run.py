@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import psutil
@@ -602,3 +604,28 @@ def test_old_master_killed_during_an_upgrade_leaves_the_new_one_in_charge(tmp_pa
         assert proc.get("/")[0] == 200
         successor.terminate()
         successor.wait(20)
+
+
+@pytest.mark.parametrize(
+    ("signum", "completes"), [(signal.SIGTERM, True), (signal.SIGQUIT, False)]
+)
+def test_term_finishes_requests_in_flight_and_quit_does_not(signum: int, completes: bool) -> None:
+    with running("tests.cli.apps:slow", "--bind", "127.0.0.1:0", workers=1) as proc:
+        outcome: list[object] = []
+
+        def slow_request() -> None:
+            try:
+                outcome.append(proc.get("/?seconds=1.5", timeout=10))
+            except (OSError, http.client.HTTPException) as exc:
+                outcome.append(exc)
+
+        client = threading.Thread(target=slow_request)
+        client.start()
+        wait_until(lambda: proc.call("stats")["workers"][0]["counters"]["in_flight"] == 1, 10)
+        os.kill(proc.pid, signum)
+        assert proc.proc.wait(20) == 0
+        client.join(15)
+        if completes:
+            assert outcome == [(200, b"slept 1.5")]
+        else:
+            assert outcome and not isinstance(outcome[0], tuple), outcome
