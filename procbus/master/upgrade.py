@@ -85,7 +85,6 @@ def upgrade_tree(master: Master, job: Job) -> dict[str, Any]:
         master.loop.remove_reader(handover.ready_fd)
         os.close(handover.ready_fd)
     if not handover.ready:
-        os.close(handover.alive_fd)
         reason = (
             f"the new master (pid {handover.pid}) exited with status {handover.exit_status} "
             "before it was ready"
@@ -93,6 +92,8 @@ def upgrade_tree(master: Master, job: Job) -> dict[str, Any]:
             else f"the new master (pid {handover.pid}) was not ready within {limit:g}s"
         )
         _abandon(master, handover)
+        # Only now: to the new master, end of file means "the name is yours".
+        os.close(handover.alive_fd)
         master.pool.on_other_child = previous_hook
         raise JobFailed(reason + "; this master keeps serving")
     job.progress("new master ready; draining the old workers", pid=handover.pid)
