@@ -271,6 +271,8 @@ class Host:
         return code
 
     def _observer(self, notifier: Any) -> Callable[[str, dict[str, Any]], None]:
+        from procbus.worker.worker import ExitCode  # noqa: PLC0415 - loaded with Master
+
         master = self.master
 
         def observe(event: str, data: dict[str, Any]) -> None:
@@ -295,7 +297,7 @@ class Host:
                 notifier.ready(f"took over, generation {master.generation}")
             elif not self._booted and (
                 event == "flapping"
-                or (event == "exit" and data.get("status") == BOOT_FAILED_STATUS)
+                or (event == "exit" and data.get("status") == ExitCode.BOOT_FAILED)
             ):
                 # No worker ever served and one cannot boot (the app does not
                 # import, ...): at start nobody will fix it, so give up at
@@ -342,9 +344,7 @@ class Host:
         for name in sorted(set(changes) & _RESTART_ONLY):
             log.warning("%s changed in the configuration: takes effect on restart", name)
         master.app = worker_app(new)
-        settings = tree_settings(new)
-        master.settings = settings
-        master.pool.policy = settings.supervision
+        master.apply_settings(tree_settings(new))
         if new.workers != self.config.workers:
             master.scale(new.workers)
         self.config = new
@@ -373,11 +373,21 @@ class Host:
         master.bus._do_execv()
 
 
-BOOT_FAILED_STATUS: Final = 12
-"""`procbus.worker.worker.ExitCode.BOOT_FAILED` (not imported: the worker module is heavy)."""
-
 _RESTART_ONLY: Final = frozenset(
-    {"bind", "name", "ctl", "runtime_dir", "daemon", "pidfile", "umask", "log_level"}
+    {
+        "bind",
+        "name",
+        "ctl",
+        "runtime_dir",
+        "daemon",
+        "pidfile",
+        "umask",
+        "log_level",
+        "log_file",
+        "curve_keys",
+        "admin_uids",
+        "read_uids",
+    }
 )
 """Settings a reload cannot apply: they belong to the master itself."""
 

@@ -143,6 +143,29 @@ def python_client(port: int, deadline: float, max_requests: int, close: bool, ou
         os.close(out_fd)
 
 
+def fork_child(body: Callable[[int], None], children: list[int]) -> int:
+    """Fork a child running ``body(write_fd)``, then exiting (1 if it raised).
+
+    The child's pid is appended to `children` (the caller reaps them); the
+    read end of the pipe is returned.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_fd)
+            body(write_fd)
+            code = 0
+        except BaseException as exc:
+            print(f"child {os.getpid()} failed: {exc!r}", file=sys.stderr)
+        finally:
+            os._exit(code)
+    children.append(pid)
+    os.close(write_fd)
+    return read_fd
+
+
 def load_python(
     port: int,
     connections: int,
@@ -156,19 +179,11 @@ def load_python(
     deadline = time.monotonic() + duration
     started = time.perf_counter()
     for _ in range(connections):
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(read_fd)
-                python_client(port, deadline, max_requests, close, write_fd)
-                code = 0
-            finally:
-                os._exit(code)
-        children.append(pid)
-        os.close(write_fd)
-        readers.append(read_fd)
+        readers.append(
+            fork_child(
+                lambda out: python_client(port, deadline, max_requests, close, out), children
+            )
+        )
     latencies = array.array("d")
     for fd in readers:
         chunks = []
@@ -288,25 +303,15 @@ def bench_server(
     workers: list[int] = []
     clients: list[int] = []
     try:
+
+        def serve(out: int) -> None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            worker_main(name, listener, args.threads, out)
+
         for _ in range(args.workers):
-            read_fd, write_fd = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    os.close(read_fd)
-                    signal.signal(signal.SIGINT, signal.SIG_IGN)
-                    worker_main(name, listener, args.threads, write_fd)
-                    code = 0
-                except BaseException as exc:
-                    print(f"{name} worker failed: {exc!r}", file=sys.stderr)
-                finally:
-                    os._exit(code)
-            workers.append(pid)
-            os.close(write_fd)
-            with os.fdopen(read_fd, "rb") as ready:
+            with os.fdopen(fork_child(serve, workers), "rb") as ready:
                 if ready.read(1) != b"r":
-                    raise RuntimeError(f"{name} worker {pid} did not start")
+                    raise RuntimeError(f"{name} worker {workers[-1]} did not start")
         load_python(  # warm-up
             port,
             args.connections,

@@ -176,8 +176,21 @@ def running_master(
     )
     if "ctl" in options:
         master.endpoint, master.curve = str(options["ctl"]), curve
+    with supervised(master, runtime_dir, workers if wait else None) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def supervised(
+    master: MasterProcess, directory: Path, workers: int | None
+) -> Iterator[MasterProcess]:
+    """Wait for `master` (unless `workers` is None), then always stop and reap it.
+
+    `directory` (its runtime directory and log) is removed afterwards, unless
+    ``PROCBUS_KEEP_LOGS`` is set.
+    """
     try:
-        if wait:
+        if workers is not None:
             master.wait_answering()
             if workers:
                 master.wait_running(workers)
@@ -187,9 +200,9 @@ def running_master(
             master.stop()
         finally:
             if os.environ.get("PROCBUS_KEEP_LOGS"):
-                print(f"master log kept in {runtime_dir}", file=sys.stderr)
+                print(f"master log kept in {directory}", file=sys.stderr)
             else:
-                shutil.rmtree(runtime_dir, ignore_errors=True)
+                shutil.rmtree(directory, ignore_errors=True)
 
 
 def wait_seconds(seconds: float) -> None:

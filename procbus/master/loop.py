@@ -26,7 +26,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -36,14 +36,13 @@ Clock = Callable[[], float]
 Pollable = zmq.Socket[bytes] | int
 
 
-@dataclass(order=True)
+@dataclass(eq=False)
 class Timer:
     """A callback scheduled at `when` on the loop's clock; `cancel()` it."""
 
     when: float
-    order: int
-    callback: Callable[[], None] = field(compare=False)
-    cancelled: bool = field(default=False, compare=False)
+    callback: Callable[[], None]
+    cancelled: bool = False
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -89,14 +88,14 @@ class EventLoop:
         return self.call_at(self.clock() + delay, callback)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(when, next(self._order), callback)
-        heapq.heappush(self._timers, (when, timer.order, timer))
+        timer = Timer(when, callback)
+        heapq.heappush(self._timers, (when, next(self._order), timer))
         return timer
 
     def call_every(self, interval: float, callback: Callable[[], None]) -> Timer:
         """Run `callback` every `interval` seconds; the returned timer's
         `cancel()` stops the series."""
-        handle = Timer(self.clock() + interval, -1, callback)
+        handle = Timer(self.clock() + interval, callback)
 
         def tick() -> None:
             if handle.cancelled:

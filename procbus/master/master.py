@@ -608,6 +608,18 @@ class Master:
             )
         return self.relay.send(template, targets, timeout, reply, on_done)
 
+    def apply_settings(self, settings: TreeSettings) -> None:
+        """New settings for a running tree (a reload re-read the config).
+
+        Deadlines and limits apply at once, the stats interval when sampling
+        next starts, heartbeats to the workers forked from now on. The worker
+        count is left to the caller (`scale`): a count set at runtime outlives
+        a reload.
+        """
+        self.settings = settings
+        self.pool.policy = settings.supervision
+        self.event_stream.interval = settings.stats_interval
+
     def scale(self, workers: int) -> None:
         """Run `workers` workers: fork the missing ones, drain the extra ones."""
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:

@@ -151,7 +151,12 @@ def _spawn_successor(master: Master) -> _Handover:
     keep = [ready_w, alive_r, *(sock.fileno() for sock in master.sockets)]
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        for fd in (ready_r, ready_w, alive_r, alive_w):
+            os.close(fd)
+        raise
     if pid == 0:  # pragma: no cover - replaced by exec at once
         try:
             for fd in keep:

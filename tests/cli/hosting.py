@@ -6,7 +6,6 @@ import contextlib
 import http.client
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.helpers import wait_until
-from tests.processes import ROOT, MasterProcess, short_tempdir
+from tests.processes import ROOT, MasterProcess, short_tempdir, supervised
 
 TEST_OPTIONS = ("--heartbeat-interval", "0.2", "--graceful-timeout", "5", "--boot-timeout", "10")
 
@@ -67,20 +66,8 @@ def running(
         argv += ["--workers", str(workers)]
     argv += [*TEST_OPTIONS, *args]
     proc = RunProcess(argv, directory / "rt", directory / "run.log", env)
-    try:
-        if wait and workers is not None:
-            proc.wait_answering()
-            if workers:
-                proc.wait_running(workers)
-        yield proc
-    finally:
-        try:
-            proc.stop()
-        finally:
-            if os.environ.get("PROCBUS_KEEP_LOGS"):
-                print(f"log kept in {directory}", file=sys.stderr)
-            else:
-                shutil.rmtree(directory, ignore_errors=True)
+    with supervised(proc, directory, workers if wait else None) as started:
+        yield started
 
 
 @dataclass

@@ -20,7 +20,7 @@ import pytest
 
 from tests.cli.hosting import Load, RunProcess, procbus, running, write
 from tests.helpers import wait_until
-from tests.processes import ROOT, short_tempdir
+from tests.processes import ROOT, short_tempdir, supervised
 
 pytestmark = pytest.mark.slow
 
@@ -197,17 +197,13 @@ def test_socket_activation_uses_the_systemd_socket(tmp_path) -> None:
     )
     directory = short_tempdir()
     argv = [sys.executable, str(shim), "run", "-w", "1", "--runtime-dir", str(directory / "rt")]
-    proc = RunProcess(argv, directory / "rt", directory / "run.log")
-    try:
-        proc.wait_answering()
-        proc.wait_running(1)
+    with supervised(
+        RunProcess(argv, directory / "rt", directory / "run.log"), directory, 1
+    ) as proc:
         bound = re.search(r"shim bound (\d+)", proc.log())
         assert bound is not None
         assert proc.port() == int(bound.group(1))
         assert proc.get("/health") == (200, b"ok")
-    finally:
-        proc.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 # -- reload, restart, signals --------------------------------------------------
@@ -256,12 +252,8 @@ def test_hup_reloads_and_ttin_ttou_scale() -> None:
 
 def test_reload_rereads_the_config_and_a_broken_one_aborts_it(tmp_path) -> None:
     config = write(tmp_path / "p.toml", "[procbus]\nworkers = 2\n")
-    # No --workers on the command line: it would win over the file.
-    directory = short_tempdir()
-    argv = [sys.executable, "-m", "procbus", "run", "--runtime-dir", str(directory / "rt")]
-    argv += ["--config", str(config), "--bind", "127.0.0.1:0", "--heartbeat-interval", "0.2"]
-    proc = RunProcess(argv, directory / "rt", directory / "run.log")
-    try:
+    # No --workers on the command line (workers=None): it would win over the file.
+    with running("--config", str(config), "--bind", "127.0.0.1:0", workers=None) as proc:
         proc.wait_answering()
         before = {w["pid"] for w in proc.wait_running(2)}
         write(config, "[procbus]\nworkers = 'three'\n")
@@ -273,9 +265,6 @@ def test_reload_rereads_the_config_and_a_broken_one_aborts_it(tmp_path) -> None:
         proc.call("reload", timeout=60)
         after = proc.wait_running(3)
         assert not before & {w["pid"] for w in after}
-    finally:
-        proc.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_restart_keeps_pid_port_and_every_connection() -> None:

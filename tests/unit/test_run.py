@@ -11,15 +11,10 @@ from procbus import config as config_module
 from procbus import run
 from procbus.errors import ConfigError
 from procbus.master.sockets import FDS_VARIABLE
-from procbus.worker.worker import ExitCode
 
 
 def load(**cli: object) -> config_module.Config:
     return config_module.load(cli, environ={})
-
-
-def test_boot_failure_status_matches_the_workers_exit_code() -> None:
-    assert run.BOOT_FAILED_STATUS == ExitCode.BOOT_FAILED
 
 
 def test_sockets_passed_across_exec_win_over_binding() -> None:
