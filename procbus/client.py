@@ -169,21 +169,31 @@ class Client:
         return reply.get("result")
 
     def _check_reachable(self) -> None:
-        if self.endpoint.startswith("ipc://"):
-            path = self.endpoint.removeprefix("ipc://")
-            try:
-                os.stat(path)
-            except FileNotFoundError:
-                raise ControlError(
-                    ErrorCode.UNREACHABLE, f"no master listens at {self.endpoint} (no socket file)"
-                ) from None
-            except PermissionError:
-                raise ControlError(
-                    ErrorCode.UNREACHABLE,
-                    f"cannot reach {self.endpoint}: permission denied (the runtime directory "
-                    "is its owner's only)",
-                ) from None
-            except OSError as exc:
-                raise ControlError(
-                    ErrorCode.UNREACHABLE, f"cannot reach {self.endpoint}: {exc.strerror}"
-                ) from None
+        if not self.endpoint.startswith("ipc://"):
+            return
+        path = self.endpoint.removeprefix("ipc://")
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            raise ControlError(
+                ErrorCode.UNREACHABLE, f"no master listens at {self.endpoint} (no socket file)"
+            ) from None
+        except PermissionError:
+            raise ControlError(
+                ErrorCode.UNREACHABLE,
+                f"cannot reach {self.endpoint}: permission denied (the runtime directory "
+                "is its owner's only)",
+            ) from None
+        except OSError as exc:
+            raise ControlError(
+                ErrorCode.UNREACHABLE, f"cannot reach {self.endpoint}: {exc.strerror}"
+            ) from None
+        from procbus.master.runtime import check_endpoint  # noqa: PLC0415
+        from procbus.privatedir import UnsafeDirectory  # noqa: PLC0415
+
+        try:
+            check_endpoint(self.endpoint)
+        except UnsafeDirectory as exc:
+            raise ControlError(
+                ErrorCode.UNREACHABLE, f"not connecting to {self.endpoint}: {exc}"
+            ) from None

@@ -130,21 +130,80 @@ def pack(obj: Any) -> bytes:
         raise TypeError(f"{type(obj).__name__} value is not serializable: {exc}") from exc
 
 
-def unpack(data: bytes) -> Any:
-    """Decode one msgpack object; raise `ProtocolError` on anything malformed."""
+@dataclass(frozen=True)
+class Limits:
+    """How much a decoded message may hold, whatever its size in bytes.
+
+    msgpack is compact: one byte is an empty map, which costs about 64 bytes
+    of memory once decoded. So every receiver bounds what it decodes, not only
+    the frame size: `elements` counts every container plus every item and
+    key/value pair in it (a byte of input can cost at most one element), and
+    `depth` bounds nesting (the master's own code, and a caller's, may walk a
+    value recursively). A frame that exceeds either raises `ProtocolError`.
+    """
+
+    elements: int
+    depth: int
+
+
+CONTROL_LIMITS: Final = Limits(elements=1 << 16, depth=32)
+"""A control request (at most 1 MiB) from a peer that may mean harm."""
+WORKER_LIMITS: Final = Limits(elements=1 << 18, depth=64)
+"""What workers send the master (a buggy app, not a malicious one)."""
+DEFAULT_LIMITS: Final = Limits(elements=1 << 20, depth=64)
+"""Everything else: what a master sends its workers and clients."""
+
+
+def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Decode one msgpack object; raise `ProtocolError` on anything malformed or too big."""
     if len(data) > MAX_MESSAGE_SIZE:
         raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
+    budget = limits.elements
+    containers = 0
+
+    def count(container: Any) -> Any:
+        # Called by msgpack for every array and map, once its items are in.
+        nonlocal budget, containers
+        containers += 1
+        budget -= 1 + len(container)
+        if budget < 0:
+            raise ProtocolError(f"message holds more than {limits.elements} elements")
+        return container
+
     try:
-        return msgpack.unpackb(
+        value = msgpack.unpackb(
             data,
             raw=False,
             strict_map_key=False,
             ext_hook=_refuse_ext,
+            list_hook=count,
+            object_hook=count,
         )
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises many types for bad input
         raise ProtocolError(f"malformed msgpack body: {type(exc).__name__}: {exc}") from exc
+    # Nesting is at most the number of containers: walk only when it could be too deep.
+    if containers > limits.depth and nesting(value) > limits.depth:
+        raise ProtocolError(f"message is nested more than {limits.depth} levels deep")
+    return value
+
+
+def nesting(value: Any) -> int:
+    """How deeply containers nest in `value` (0 for a scalar); iterative, no recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            level += 1
+            stack.extend((child, level) for child in item)
+            stack.extend((child, level) for child in item.values())
+        elif isinstance(item, list | tuple):
+            level += 1
+            stack.extend((child, level) for child in item)
+        deepest = max(deepest, level)
+    return deepest
 
 
 def encode(msg_type: MsgType, body: Mapping[str, Any]) -> bytes:
@@ -185,10 +244,13 @@ _PUBLISH_HEADER: Final = bytes((VERSION, MsgType.PUBLISH, 0x85))  # fixmap of 5 
 _SEQ_KEY: Final[bytes] = msgpack.packb("seq")
 
 
-def decode(frame: bytes, expect: frozenset[MsgType] | None = None) -> Message:
+def decode(
+    frame: bytes, expect: frozenset[MsgType] | None = None, limits: Limits = DEFAULT_LIMITS
+) -> Message:
     """Decode and validate one frame; raise `ProtocolError` if it is malformed.
 
-    With `expect`, a message of any other type is refused too.
+    With `expect`, a message of any other type is refused too; `limits` bound
+    what the body may hold (see `Limits`).
     """
     if len(frame) < 2:
         raise ProtocolError(f"frame of {len(frame)} bytes is shorter than the header")
@@ -200,7 +262,7 @@ def decode(frame: bytes, expect: frozenset[MsgType] | None = None) -> Message:
         raise ProtocolError(f"unknown message type {raw_type}")
     if expect is not None and msg_type not in expect:
         raise ProtocolError(f"unexpected message type {msg_type.name}")
-    body = unpack(frame[2:])
+    body = unpack(frame[2:], limits)
     if not isinstance(body, dict):
         raise ProtocolError(f"{msg_type.name} body must be a map, got {type(body).__name__}")
     validate(msg_type, body)

@@ -131,31 +131,7 @@ def worker_app(config: Config) -> Any:
             access_log=config.access_log,
             graceful_timeout=config.graceful_timeout,
         )
-    if config.user is not None or config.group is not None:
-        app = _dropping_privileges(app, config.user, config.group)
     return app
-
-
-def _dropping_privileges(app: Any, user: str | int | None, group: str | int | None) -> Any:
-    """Wrap `app` so that the worker switches user and group before it runs."""
-    from procbus.bus import Bus  # noqa: PLC0415
-    from procbus.plugins.process import DropPrivileges  # noqa: PLC0415
-    from procbus.worker.apps import WorkerContext, load_app  # noqa: PLC0415
-
-    # Resolve the names now, in the master: a typo fails the start, not each worker.
-    plugin = DropPrivileges(Bus(), uid=user, gid=group)
-
-    def main(ctx: WorkerContext) -> None:
-        plugin.bus = ctx.bus
-        plugin.start()
-        inner = load_app(app)
-        if not getattr(inner, "reports_ready", False):
-            ctx.ready()
-        inner(ctx)
-
-    main.__qualname__ = main.__name__ = getattr(app, "__name__", str(app))
-    main.reports_ready = True  # type: ignore[attr-defined]
-    return main
 
 
 def check_app(config: Config) -> None:
@@ -196,6 +172,7 @@ class Host:
         self._booted = False
         self.boot_error: str | None = None
         self.pidfile: Any = None
+        self.credentials: Any = None
 
     def run(self) -> int:
         config = self.config
@@ -204,6 +181,7 @@ class Host:
             sys.stdout.write(config_module.describe(config))
             return 0
         app = worker_app(config)
+        self.credentials = worker_credentials(config)  # unknown names fail before binding
         self.sockets = listening_sockets(config)
         try:
             return self._serve(app)
@@ -233,6 +211,7 @@ class Host:
             settings=tree_settings(config),
             sockets=self.sockets,
             control=control_settings(config),
+            credentials=self.credentials,
         )
         self.master = master
         _adopt_exec_state(master)
@@ -387,6 +366,8 @@ _RESTART_ONLY: Final = frozenset(
         "curve_keys",
         "admin_uids",
         "read_uids",
+        "user",
+        "group",
     }
 )
 """Settings a reload cannot apply: they belong to the master itself."""
@@ -452,6 +433,13 @@ def tree_settings(config: Config) -> Any:
             max_age=config.max_age,
         ),
     )
+
+
+def worker_credentials(config: Config) -> Any:
+    """Who the workers run as (`Credentials`), or None; `ConfigError` for unknown names."""
+    from procbus.worker.credentials import Credentials  # noqa: PLC0415
+
+    return Credentials.resolve(config.user, config.group)
 
 
 def control_settings(config: Config) -> Any:

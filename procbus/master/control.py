@@ -11,10 +11,17 @@ ends — the loop keeps serving everyone else meanwhile.
 Who may do what: on ``ipc://`` the caller's uid comes from the socket's peer
 credentials (``SO_PEERCRED``, which ZeroMQ reports as the ``Peer-Address``
 of each message); the master's own uid and root are admins, and the config may
-list more admin and read-only uids. On TCP the CURVE authenticator
-(`procbus.master.auth`, on the same loop) stamps each message with the client
-key's id, whose role is configured with the key (`procbus.keys`).
-Every command is written to the event stream with who asked.
+list more admin and read-only uids (nobody else gets past the ZAP handler,
+`procbus.master.auth`). On TCP the CURVE authenticator (the same handler, on
+the same loop) stamps each message with the client key's id, whose role is
+configured with the key (`procbus.keys`).
+
+A peer may mean harm, so what it sends costs the master no more than it must:
+decoding is bounded (`procbus.protocol.CONTROL_LIMITS`), the loop serves the
+workers' sockets before this one and reads requests for at most
+`TURN_BUDGET` seconds per turn, and nothing a request holds is turned into
+text. Every command is written to the event stream with who asked, whether it
+was allowed and, for ``publish``, the channel: never argument values.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from procbus import keys, protocol
 from procbus._version import __version__
 from procbus.commands import COMMANDS, CommandError, ErrorCode, Role, check_request, parse_signal
 from procbus.errors import ConfigError, ProtocolError, StartupError
-from procbus.master.auth import CurveGuard, Denial
+from procbus.master.auth import LOCAL_DOMAIN, ZapHandler, describe_peer, peer_uid
 from procbus.master.jobs import Job, JobState
 from procbus.master.relay import TreeReply
 from procbus.protocol import MsgType
@@ -45,7 +52,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("procbus.control")
 
 _BATCH: Final = 200
+TURN_BUDGET: Final = 0.01
+"""Seconds of control requests per loop turn, at most (then the others' turn)."""
 CONTROL_MAX_MESSAGE: Final = 1024 * 1024
+AUDIT_TEXT: Final = 80
+"""Characters of a command or channel name kept in an audit event."""
 _REPLY_MARGIN: Final = 0.25
 """Seconds kept from a request's timeout for the reply to travel back."""
 
@@ -106,8 +117,6 @@ class ControlSettings:
     """CURVE client key id -> the client's name, for audit lines."""
     curve_server: tuple[bytes, bytes] | None = field(default=None, repr=False)
     """The master's CURVE (public, secret) key, z85 (TCP only)."""
-    guard: CurveGuard | None = field(default=None, init=False, repr=False, compare=False)
-    """Set up by `secure` on a TCP endpoint: registered with the loop by `ControlServer`."""
 
     @classmethod
     def from_config(
@@ -140,9 +149,14 @@ class ControlSettings:
             curve_server=(server.public, server.secret),
         )
 
-    def secure(self, socket: zmq.Socket[bytes], context: zmq.Context[Any]) -> None:
+    def local_uids(self) -> set[int]:
+        """The uids that may connect to the ipc:// control and event sockets."""
+        return {os.getuid(), 0, *self.admin_uids, *self.read_uids}
+
+    def secure(self, socket: zmq.Socket[bytes], zap: ZapHandler) -> None:
         """Configure authentication on the control socket before it binds."""
         if _is_ipc(self.endpoint):
+            zap.allow_uids(socket, LOCAL_DOMAIN, self.local_uids())
             return
         if self.curve_server is None:
             raise StartupError(
@@ -151,15 +165,9 @@ class ControlSettings:
             )
         public, secret = self.curve_server
         try:
-            self.guard = CurveGuard(context, socket, public, secret, self.key_roles)
+            zap.allow_curve_keys(socket, public, secret, self.key_roles)
         except zmq.ZMQError as exc:
             raise StartupError(f"cannot set up CURVE on {self.endpoint}: {exc}") from None
-
-    def close(self) -> None:
-        """Release what `secure` set up."""
-        if self.guard is not None:
-            self.guard.close()
-            self.guard = None
 
 
 def _is_ipc(endpoint: str | None) -> bool:
@@ -178,10 +186,6 @@ class ControlServer:
         self.read_uids = set(settings.read_uids)
         self.key_roles = dict(settings.key_roles)
         self.key_names = dict(settings.key_names)
-        if settings.guard is not None:
-            settings.guard.on_denied = self._denied
-            for source, callback in settings.guard.readers():
-                master.loop.add_reader(source, callback)
         self.requests = 0
         self.bad_requests = 0
         self._throttle = _Throttle()
@@ -202,6 +206,7 @@ class ControlServer:
     # -- reading ----------------------------------------------------------
 
     def on_readable(self) -> None:
+        deadline = time.monotonic() + TURN_BUDGET
         for _ in range(_BATCH):
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -209,6 +214,8 @@ class ControlServer:
                 return
             self.requests += 1
             self._receive(frames)
+            if time.monotonic() >= deadline:
+                return  # the rest wait for the next turn: the workers go first
 
     def _receive(self, frames: list[zmq.Frame]) -> None:
         # DEALER clients send [identity, body]; REQ clients [identity, b"", body].
@@ -220,7 +227,9 @@ class ControlServer:
         peer = self._peer(last)
         try:
             message = protocol.decode(
-                bytes(last.buffer), expect=frozenset({MsgType.CONTROL_REQUEST})
+                bytes(last.buffer),
+                expect=frozenset({MsgType.CONTROL_REQUEST}),
+                limits=protocol.CONTROL_LIMITS,
             )
         except ProtocolError as exc:
             self._bad(envelope, _salvage_id(bytes(last.buffer)), str(exc))
@@ -254,24 +263,20 @@ class ControlServer:
                 self.key_roles.get(str(user_id)), f"key {user_id}" + (f" ({name})" if name else "")
             )
         try:
-            address = frame.get("Peer-Address")
+            address = str(frame.get("Peer-Address"))
         except zmq.ZMQError:
             address = ""
         # ipc: "host:uid:gid:pid" from SO_PEERCRED.
-        parts = str(address).rsplit(":", 3)
-        if len(parts) == 4 and parts[1].isdigit():
-            uid, pid = int(parts[1]), parts[3]
+        uid = peer_uid(address)
+        if uid is not None:
             if uid in self.admin_uids:
                 role: Role | None = Role.ADMIN
             elif uid in self.read_uids:
                 role = Role.READ
             else:
                 role = None
-            return Peer(role, f"uid {uid} pid {pid}")
-        return Peer(None, f"unauthenticated peer {address!r}")
-
-    def _denied(self, denial: Denial) -> None:
-        self.master.emit("auth_denied", **denial.to_dict())
+            return Peer(role, describe_peer(address))
+        return Peer(None, f"unauthenticated peer {address[:AUDIT_TEXT]!r}")
 
     # -- dispatching ------------------------------------------------------
 
@@ -308,18 +313,20 @@ class ControlServer:
             self._error(request, exc.code, exc.message)
         except Exception as exc:
             log.exception("control command %s failed", request.command)
-            self._error(request, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            self._error(request, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"[:500])
 
     def _audit(self, request: Request, *, allowed: bool, reason: str | None = None) -> None:
-        self.master.emit(
-            "command",
-            command=request.command,
-            args=[str(a)[:80] for a in request.args],
-            peer=request.peer.description,
-            role=request.peer.role.value if request.peer.role else None,
-            allowed=allowed,
-            reason=reason if reason else (None if allowed else "forbidden"),
-        )
+        """Who asked for what: never argument values (a read peer may be watching)."""
+        fields: dict[str, Any] = {
+            "command": request.command[:AUDIT_TEXT],
+            "peer": request.peer.description,
+            "role": request.peer.role.value if request.peer.role else None,
+            "allowed": allowed,
+            "reason": reason if reason else (None if allowed else "forbidden"),
+        }
+        if request.command == "publish" and request.args and isinstance(request.args[0], str):
+            fields["channel"] = request.args[0][:AUDIT_TEXT]
+        self.master.emit("command", **fields)
 
     # -- replying ---------------------------------------------------------
 
@@ -391,13 +398,16 @@ class ControlServer:
 
     def _publish(self, request: Request) -> None:
         channel, *args = request.args
-        self.master.publish_async(
-            channel,
-            args,
-            request.kwargs.get("kw", {}),
-            timeout=self._publish_timeout(request),
-            on_done=self._reply_tree(request),
-        )
+        try:
+            self.master.publish_async(
+                channel,
+                args,
+                request.kwargs.get("kw", {}),
+                timeout=self._publish_timeout(request),
+                on_done=self._reply_tree(request),
+            )
+        except TypeError as exc:  # an argument the wire cannot carry
+            raise CommandError(ErrorCode.BAD_ARGUMENTS, f"publish: {exc}"[:500]) from None
 
     def _graceful(self, request: Request) -> None:
         self.master.publish_async(
@@ -459,7 +469,7 @@ class ControlServer:
 def _salvage_id(frame: bytes) -> str:
     """The id of a request that failed validation, when one can be read."""
     try:
-        body = protocol.unpack(frame[2:])
+        body = protocol.unpack(frame[2:], protocol.CONTROL_LIMITS)
     except ProtocolError:
         return ""
     request_id = body.get("id") if isinstance(body, dict) else None

@@ -20,19 +20,30 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import zmq
 
 from procbus import protocol
-from procbus.master.auth import CONTROL_DOMAIN
 from procbus.master.loop import EventLoop, Timer
 from procbus.protocol import MsgType
 
+if TYPE_CHECKING:
+    from procbus.master.auth import ZapHandler
+    from procbus.master.control import ControlSettings
+
 log = logging.getLogger("procbus.master")
 
-EVENTS_HWM: Final = 1000
+EVENTS_HWM: Final = 128
 """Events queued for one slow watcher before it misses some (the master never blocks)."""
+MAX_EVENT_SIZE: Final = 128 * 1024
+"""Bytes of one encoded event, at most: with `EVENTS_HWM`, a watcher that stops
+reading makes the master hold at most 16 MiB for it."""
+MAX_FIELD_TEXT: Final = 2048
+"""Characters of a text field kept when an event is too big (a long traceback)."""
+SUBSCRIPTION_MAX_SIZE: Final = 4096
+"""Bytes of a message a watcher may send: a subscription (``ev.`` and a name) or a
+handshake command (a CURVE INITIATE is about 300 bytes)."""
 _BATCH: Final = 1000
 
 
@@ -41,7 +52,7 @@ def event_socket(context: zmq.Context[Any]) -> zmq.Socket[bytes]:
     sock: zmq.Socket[bytes] = context.socket(zmq.XPUB)
     sock.linger = 0
     sock.sndhwm = EVENTS_HWM
-    sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
+    sock.setsockopt(zmq.MAXMSGSIZE, SUBSCRIPTION_MAX_SIZE)
     return sock
 
 
@@ -65,22 +76,21 @@ class EventStream:
         self.loop.add_reader(sock, lambda: self._on_subscription(sock))
 
     def bind_remote(
-        self, context: zmq.Context[Any], control: str, curve_server: tuple[bytes, bytes] | None
+        self, context: zmq.Context[Any], control: str, zap: ZapHandler, settings: ControlSettings
     ) -> str | None:
         """With a tcp:// `control` endpoint and CURVE keys: the stream over TCP too.
 
-        Bound on the control endpoint's host, any free port; returns the
-        endpoint (clients learn the port through ``status``), or None.
+        Bound on the control endpoint's host, any free port, for the same
+        client keys; returns the endpoint (clients learn the port through
+        ``status``), or None.
         """
-        if control.startswith("ipc://") or curve_server is None:
+        if control.startswith("ipc://") or settings.curve_server is None:
             return None
         host = control.removeprefix("tcp://").rpartition(":")[0]
         sock = event_socket(context)
-        sock.curve_server = True
-        sock.curve_publickey, sock.curve_secretkey = curve_server
-        sock.zap_domain = CONTROL_DOMAIN
-        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        public, secret = settings.curve_server
         try:
+            zap.allow_curve_keys(sock, public, secret, settings.key_roles)
             sock.bind(f"tcp://{host}:*")
         except zmq.ZMQError as exc:
             sock.close(0)
@@ -96,8 +106,14 @@ class EventStream:
         body = {"event": event, "time": time.time(), "data": data}
         try:
             frame = protocol.encode(MsgType.EVENT, body)
+            if len(frame) > MAX_EVENT_SIZE:
+                body["data"] = _shortened(data)
+                frame = protocol.encode(MsgType.EVENT, body)
         except TypeError as exc:
             log.error("event %s not sent: %s", event, exc)
+            return
+        if len(frame) > MAX_EVENT_SIZE:
+            log.error("event %s not sent: %d bytes (limit %d)", event, len(frame), MAX_EVENT_SIZE)
             return
         topic = protocol.EVENT_TOPIC + event.encode()
         for sock in self.sockets:
@@ -144,3 +160,13 @@ class EventStream:
 
     def _emit_stats(self) -> None:
         self.emit("stats", self.sample())
+
+
+def _shortened(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with long text fields cut, and a mark that it was."""
+    short: dict[str, Any] = {}
+    for key, value in data.items():
+        long_text = isinstance(value, str) and len(value) > MAX_FIELD_TEXT
+        short[key] = value[:MAX_FIELD_TEXT] + "…" if long_text else value
+    short["truncated"] = True
+    return short

@@ -59,6 +59,7 @@ class EventLoop:
         self.clock = clock
         self._poller = zmq.Poller()
         self._handlers: dict[Any, Callable[[], None]] = {}
+        self._priorities: dict[Any, int] = {}
         # (when, order, timer): tuples compare in C, and a timer is pushed
         # for every publish's deadline.
         self._timers: list[tuple[float, int, Timer]] = []
@@ -74,12 +75,20 @@ class EventLoop:
 
     # -- registration ----------------------------------------------------
 
-    def add_reader(self, source: Pollable, callback: Callable[[], None]) -> None:
-        """Call `callback` whenever `source` (a socket or an fd) is readable."""
+    def add_reader(
+        self, source: Pollable, callback: Callable[[], None], *, priority: int = 0
+    ) -> None:
+        """Call `callback` whenever `source` (a socket or an fd) is readable.
+
+        When several sources are ready at once, lower `priority` values are
+        served first.
+        """
         self._handlers[source] = callback
+        self._priorities[source] = priority
         self._poller.register(source, zmq.POLLIN)
 
     def remove_reader(self, source: Pollable) -> None:
+        self._priorities.pop(source, None)
         if self._handlers.pop(source, None) is not None:
             self._poller.unregister(source)
 
@@ -190,6 +199,8 @@ class EventLoop:
                 if exc.errno != errno.EINTR:
                     raise
                 events = []
+            if len(events) > 1:
+                events.sort(key=lambda event: self._priorities.get(event[0], 0))
             for source, _ in events:
                 handler = self._handlers.get(source)
                 if handler is not None:

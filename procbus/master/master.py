@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -41,18 +42,21 @@ from procbus.errors import ProtocolError, StartupError
 from procbus.master import reload as reload_jobs
 from procbus.master import snapshot
 from procbus.master import upgrade as upgrade_jobs
+from procbus.master.auth import LOCAL_DOMAIN, WORKERS_DOMAIN, Denial, ZapHandler
 from procbus.master.control import CONTROL_MAX_MESSAGE, ControlServer, ControlSettings
 from procbus.master.events import EventStream, event_socket
 from procbus.master.jobs import Job, JobAborted, JobBody, Jobs
-from procbus.master.loop import Clock, EventLoop
+from procbus.master.loop import Clock, EventLoop, Timer
 from procbus.master.planner import Supervision, WorkerProc, WorkerState
 from procbus.master.pool import Pool
 from procbus.master.relay import Relay, TreeReply, WorkerResult, WorkerStatus
 from procbus.master.runtime import RuntimeDir
 from procbus.master.stats import ProcessMonitor
 from procbus.master.upgrade import Successor
+from procbus.privatedir import traverse_problem
 from procbus.protocol import MsgType
 from procbus.worker.apps import WorkerApp
+from procbus.worker.credentials import Credentials
 from procbus.worker.worker import WorkerSpec, run_worker
 
 log = logging.getLogger("procbus.master")
@@ -69,6 +73,21 @@ _NOBLOCK: Final = int(zmq.NOBLOCK)
 """As a plain int: pyzmq combines enum flags per call, which shows in profiles."""
 _BATCH: Final = 1000
 """Messages read from one socket before the loop looks at the others."""
+FD_RESERVE: Final = 8
+"""Descriptors the master keeps open for its workers: a worker closes them
+first thing after fork, so that it can start even when a flood of
+connections used up every descriptor the master may have."""
+RUNTIME_CHECK_INTERVAL: Final = 2.0
+"""Seconds between checks that the runtime directory and its sockets are still there."""
+WORKER_RCVHWM: Final = 10_000
+"""Messages queued from one worker before ZeroMQ stops reading its pipe (the
+worker then holds the rest): a runaway worker cannot fill the master's memory."""
+_WORKER_PRIORITY: Final = 0
+_AUTH_PRIORITY: Final = 1
+_CONTROL_PRIORITY: Final = 2
+"""The loop serves ready sockets in this order: the workers' replies and
+heartbeats first, so that no flood of control requests makes a healthy worker
+look silent."""
 
 MASTER_SIGNALS: Final = (
     signal.SIGTERM,
@@ -109,6 +128,7 @@ class Master:
         sockets: Sequence[Any] = (),
         app_settings: dict[str, Any] | None = None,
         control: ControlSettings | None = None,
+        credentials: Credentials | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         settings = settings or TreeSettings()
@@ -125,6 +145,8 @@ class Master:
         self.sockets = list(sockets)
         self.app_settings = dict(app_settings or {})
         self.control_settings = control or ControlSettings()
+        self.credentials = credentials
+        """Who the workers run as (``--user``/``--group``); None: as the master."""
         self.runtime = RuntimeDir.for_name(
             name, Path(runtime_dir) if runtime_dir is not None else None
         )
@@ -166,6 +188,9 @@ class Master:
         self.dropped_messages = 0
         self.exit_code = 0
         self._context: zmq.Context[Any] | None = None
+        self._zap: ZapHandler | None = None
+        self._fd_reserve: list[int] = []
+        self._runtime_timer: Timer | None = None
         self._xpub: zmq.Socket[bytes] | None = None
         self._router: zmq.Socket[bytes] | None = None
         self._events: zmq.Socket[bytes] | None = None
@@ -264,50 +289,74 @@ class Master:
         """Take the runtime directory and bind the endpoints (once)."""
         if self._context is not None:
             return
+        raise_fd_limit()
         self._inherited_fds = frozenset(_open_fds())
         self.monitor.watch(self.pid)
         if self.successor is not None and not self.successor.took_over:
             # The named directory is the old master's until it exits.
-            self.runtime = RuntimeDir(self.home.path / f"next-{self.pid}")
-        self.runtime.acquire()
+            self.runtime = self.home.child(f"next-{self.pid}")
+        self.runtime.acquire(shared=self._shared())
         try:
+            self._check_workers_can_connect()
             self._bind()
         except BaseException:
-            self.runtime.release()
+            self.runtime.release(remove=self.runtime is not self.home)
             raise
+        self._reserve_fds()
         self.bus.forward = self._forward
         self.loop.install_signals([signal.SIGCHLD], self._on_signal)
+        self._runtime_timer = self.loop.call_every(RUNTIME_CHECK_INTERVAL, self._check_runtime)
         log.info("master %d (%s) listening in %s", self.pid, self.name, self.runtime.path)
+
+    def _shared(self) -> bool:
+        """Whether other uids must reach sockets in the runtime directory."""
+        control = self.control_settings
+        return bool(control.admin_uids or control.read_uids) or (
+            self.credentials is not None and self.credentials.differs_from_current()
+        )
+
+    def _check_workers_can_connect(self) -> None:
+        """Workers that switch user must be able to enter the runtime directory."""
+        credentials = self.credentials
+        if credentials is None or not credentials.differs_from_current():
+            return
+        uid = os.getuid() if credentials.uid is None else credentials.uid
+        problem = traverse_problem(self.runtime.path, uid, credentials.groups())
+        if problem is not None:
+            raise StartupError(
+                f"workers running as {credentials.describe()} cannot reach the runtime "
+                f"directory: {problem}"
+            )
+
+    def _worker_uids(self) -> set[int]:
+        uids = {os.getuid(), 0}
+        if self.credentials is not None and self.credentials.uid is not None:
+            uids.add(self.credentials.uid)
+        return uids
 
     def _bind(self) -> None:
         endpoints = self.runtime.endpoints()
         context: zmq.Context[Any] = zmq.Context()
         self._context = context
+        zap = ZapHandler(context)
         control_endpoint = self.control_settings.endpoint or endpoints["control"]
         if self.runtime is not self.home:
             control_endpoint = endpoints["control"]  # the configured one is still taken
         endpoints["control"] = control_endpoint
-        xpub = context.socket(zmq.XPUB)
-        router = context.socket(zmq.ROUTER)
-        events = event_socket(context)
-        control = context.socket(zmq.ROUTER)
-        sockets = (xpub, router, events, control)
-        for sock in sockets:
-            sock.linger = 0
-            sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
-        xpub.sndhwm = 0
-        router.rcvhwm = 0
-        # A reply sent just before the master exits must still leave.
-        control.linger = 500
-        control.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_MESSAGE)
+        xpub, router, events, control = sockets = _master_sockets(context)
         try:
-            self.control_settings.secure(control, context)
+            zap.allow_uids(xpub, WORKERS_DOMAIN, self._worker_uids())
+            zap.allow_uids(router, WORKERS_DOMAIN, self._worker_uids())
+            zap.allow_uids(events, LOCAL_DOMAIN, self.control_settings.local_uids())
+            self.control_settings.secure(control, zap)
             xpub.bind(endpoints["publish"])
             router.bind(endpoints["replies"])
             events.bind(endpoints["events"])
             control.bind(control_endpoint)
-        except (zmq.ZMQError, StartupError) as exc:
-            self.control_settings.close()
+            self.runtime.verify()
+            self._set_socket_modes(control_endpoint)
+        except (zmq.ZMQError, StartupError, OSError) as exc:
+            zap.close()
             for sock in sockets:
                 sock.close(0)
             context.term()
@@ -315,22 +364,105 @@ class Master:
             if isinstance(exc, StartupError):
                 raise
             raise StartupError(f"cannot bind the master's endpoints: {exc}") from None
-        for endpoint in endpoints.values():
-            if endpoint.startswith("ipc://"):
-                os.chmod(endpoint.removeprefix("ipc://"), 0o600)
+        self._zap = zap
         self._xpub, self._router, self._events, self._control = sockets
         self.event_stream.attach(events)
-        remote = self.event_stream.bind_remote(
-            context, control_endpoint, self.control_settings.curve_server
-        )
+        settings = self.control_settings
+        remote = self.event_stream.bind_remote(context, control_endpoint, zap, settings)
         if remote is not None:
             endpoints["events_remote"] = remote
         self.endpoints = endpoints
         self.relay = Relay(xpub, self.loop)
         self.control = ControlServer(self, control, self.control_settings)
-        self.loop.add_reader(xpub, self._on_xpub)
-        self.loop.add_reader(router, self._on_router)
-        self.loop.add_reader(control, self.control.on_readable)
+        zap.on_denied = self._auth_denied
+        for source, callback in zap.readers():
+            self.loop.add_reader(source, callback, priority=_AUTH_PRIORITY)
+        self.loop.add_reader(xpub, self._on_xpub, priority=_WORKER_PRIORITY)
+        self.loop.add_reader(router, self._on_router, priority=_WORKER_PRIORITY)
+        self.loop.add_reader(control, self.control.on_readable, priority=_CONTROL_PRIORITY)
+
+    def _set_socket_modes(
+        self,
+        control_endpoint: str,
+        runtime: RuntimeDir | None = None,
+        roles: Sequence[str] = ("events", "publish", "replies"),
+    ) -> None:
+        """What the kernel enforces, as far as a mode can say it (the ZAP handler does the rest).
+
+        The control and event sockets are the owner's only, or anyone's when
+        other uids are listed (the ZAP handler then admits only those). The
+        worker sockets are the owner's, and the workers' group's when they run
+        as another user or group.
+        """
+        runtime = runtime or self.runtime
+        control = self.control_settings
+        local = 0o666 if (control.admin_uids or control.read_uids) else 0o600
+        if control_endpoint == runtime.endpoint("control"):
+            runtime.chmod("control", local)
+        elif control_endpoint.startswith("ipc://"):
+            os.chmod(control_endpoint.removeprefix("ipc://"), local)
+        credentials = self.credentials
+        for role in roles:
+            if role == "events":
+                runtime.chmod(role, local)
+            elif credentials is not None and credentials.differs_from_current():
+                runtime.chmod(role, 0o660, group=credentials.gid)
+            else:
+                runtime.chmod(role, 0o600)
+
+    def _reserve_fds(self) -> None:
+        while len(self._fd_reserve) < FD_RESERVE:
+            try:
+                self._fd_reserve.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                return
+
+    def _auth_denied(self, denial: Denial) -> None:
+        self.emit("auth_denied", **denial.to_dict())
+
+    def _check_runtime(self) -> None:
+        """A tmp cleaner (or an operator) removed the runtime directory or a socket in it:
+        make it again, with the same checks, and bind the endpoints there again.
+
+        The sockets stay bound where they were (connections made before go
+        on); binding the same path again adds a listener at the new file.
+        """
+        if self._context is None or self.runtime.intact():
+            return
+        path = self.runtime.path
+        log.error("runtime directory %s or a socket in it is gone: making it again", path)
+        try:
+            if not (self.runtime.dir is not None and self.runtime.dir.intact()):
+                self.runtime.release()
+                self.runtime.acquire(shared=self._shared())
+            self._rebind_missing()
+        except (StartupError, zmq.ZMQError, OSError) as exc:
+            log.error("cannot make the runtime directory %s again: %s", path, exc)
+            self.emit("runtime_lost", path=str(path), error=str(exc))
+            return
+        self.emit("runtime_restored", path=str(path))
+
+    def _rebind_missing(self) -> None:
+        assert self.runtime.dir is not None
+        by_role = {
+            "publish": self._xpub,
+            "replies": self._router,
+            "events": self._events,
+            "control": self._control,
+        }
+        for role, sock in by_role.items():
+            endpoint = self.runtime.endpoint(role)
+            if sock is None or self.endpoints.get(role) != endpoint:
+                continue
+            filename = endpoint.rsplit("/", 1)[1]
+            try:
+                os.stat(filename, dir_fd=self.runtime.dir.fd, follow_symlinks=False)
+                continue
+            except FileNotFoundError:
+                pass
+            sock.bind(endpoint)
+        self.runtime.verify()
+        self._set_socket_modes(self.endpoints["control"])
 
     def close(self) -> None:
         """Close the sockets, free the runtime directory, restore signals.
@@ -343,9 +475,14 @@ class Master:
         if self._context is None:
             return
         self.bus.forward = None
+        if self._runtime_timer is not None:
+            self._runtime_timer.cancel()
+            self._runtime_timer = None
         self.event_stream.close()
         self.loop.close()
-        self.control_settings.close()
+        if self._zap is not None:
+            self._zap.close()
+            self._zap = None
         for sock in (self._xpub, self._router, self._control):
             if sock is not None:
                 sock.close()
@@ -354,15 +491,15 @@ class Master:
         self._xpub = self._router = self._events = self._control = None
         self.relay = None
         self.control = None
+        for fd in self._fd_reserve:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fd_reserve.clear()
         # A master about to re-execute keeps its lock across the exec, so that
         # no other master can take the name in between.
-        self.runtime.release(keep_lock=self.exec_requested)
-        if self.runtime is not self.home:
-            if self.home.lock_fd is not None:  # taken over: the name is ours
-                self.home.release(keep_lock=self.exec_requested)
-            with contextlib.suppress(OSError):
-                (self.runtime.path / "master.lock").unlink()
-                self.runtime.path.rmdir()
+        self.runtime.release(keep_lock=self.exec_requested, remove=self.runtime is not self.home)
+        if self.runtime is not self.home and self.home.lock_fd is not None:
+            self.home.release(keep_lock=self.exec_requested)  # taken over: the name is ours
         log.info("master %d closed", self.pid)
 
     # -- fork -----------------------------------------------------------------
@@ -379,17 +516,20 @@ class Master:
             welcome_timeout=self.settings.supervision.boot_timeout,
             graceful_timeout=self.settings.supervision.graceful_timeout,
             sockets=self.sockets,
-            close_fds=self._master_only_fds(),
+            close_fds=[*self._fd_reserve, *self._master_only_fds()],
             keep_fds=[s.fileno() for s in self.sockets],
             inherited_ok_fds=self._inherited_fds,
             app_settings=self.app_settings,
+            credentials=self.credentials,
+            runtime_dir=self.runtime.path,
+            runtime_identity=self.runtime.identity,
         )
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         pid = os.fork()
         if pid == 0:  # the worker
             run_worker(spec)
-        self.monitor.watch(pid)  # CPU percent is measured from the fork on
+        self.monitor.watch(pid)  # CPU percent is measured from the fork on (never raises)
         return pid
 
     def _master_only_fds(self) -> list[int]:
@@ -422,7 +562,9 @@ class Master:
                 continue
             identity, frame = frames
             try:
-                message = protocol.decode(frame, expect=_WORKER_MESSAGES)
+                message = protocol.decode(
+                    frame, expect=_WORKER_MESSAGES, limits=protocol.WORKER_LIMITS
+                )
             except ProtocolError as exc:
                 self._drop(identity, str(exc))
                 continue
@@ -733,18 +875,17 @@ class Master:
         Raise `StartupError` while the lock is still held."""
         if self.runtime is self.home or self._control is None or self._events is None:
             return
-        self.home.acquire()
+        self.home.acquire(shared=self._shared())
         endpoints = self.home.endpoints()
         control_endpoint = self.control_settings.endpoint or endpoints["control"]
         try:
             self._control.bind(control_endpoint)
             self._events.bind(endpoints["events"])
-        except zmq.ZMQError as exc:
+            self.home.verify()
+        except (zmq.ZMQError, StartupError) as exc:
             log.error("cannot bind %s after the upgrade: %s", control_endpoint, exc)
-        for endpoint in (control_endpoint, endpoints["events"]):
-            if endpoint.startswith("ipc://"):
-                with contextlib.suppress(OSError):
-                    os.chmod(endpoint.removeprefix("ipc://"), 0o600)
+        with contextlib.suppress(OSError):
+            self._set_socket_modes(control_endpoint, self.home, roles=("events",))
         self.endpoints = {
             **self.endpoints,
             "control": control_endpoint,
@@ -824,6 +965,43 @@ class Master:
     def __exit__(self, *exc: object) -> None:
         self.exit()
         self.close()
+
+
+def _master_sockets(
+    context: zmq.Context[Any],
+) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes], zmq.Socket[bytes], zmq.Socket[bytes]]:
+    """The XPUB and ROUTER the workers connect to, the event XPUB and the control ROUTER."""
+    xpub = context.socket(zmq.XPUB)
+    router = context.socket(zmq.ROUTER)
+    events = event_socket(context)
+    control = context.socket(zmq.ROUTER)
+    for sock in (xpub, router, control):
+        sock.linger = 0
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
+    xpub.sndhwm = 0
+    # Every subscription is passed on, repeats too: a worker that connects
+    # again (adopted, moved) proves its subscription again.
+    xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
+    router.rcvhwm = WORKER_RCVHWM
+    # A reply sent just before the master exits must still leave.
+    control.linger = 500
+    control.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_MESSAGE)
+    return xpub, router, events, control
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft limit on open files to the hard limit (as servers do).
+
+    The master holds a descriptor per connection, and a flood of half-open
+    TCP connections to a remote control endpoint should run into the hard
+    limit, not into a low soft default.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.debug("open files limit left as it is: %s", exc)
 
 
 def _open_fds() -> list[int]:

@@ -118,7 +118,7 @@ class ProcessMonitor:
         try:
             process = psutil.Process(pid)
             process.cpu_percent(None)
-        except psutil.Error:
+        except (psutil.Error, OSError):  # gone, or out of file descriptors: no figures
             return
         self._handles[pid] = _Handle(process, self.clock())
 
@@ -154,7 +154,10 @@ class ProcessMonitor:
             else:
                 stale.append(pid)
         slow = detailed and (self._slow_at is None or now - self._slow_at >= self.slow_max_age)
-        inet = _inet_inodes() if slow and _LINUX and stale else None
+        try:
+            inet = _inet_inodes() if slow and _LINUX and stale else None
+        except OSError:  # out of file descriptors
+            inet = None
         if slow and stale:
             self._slow_at = now
         for pid in stale:
@@ -196,7 +199,7 @@ def _read(
                     if inet is not None
                     else len(process.net_connections(kind="inet"))
                 )
-    except psutil.Error:
+    except (psutil.Error, OSError):  # gone, or out of file descriptors: figures missing
         pass
     return ProcessFigures(
         pid,

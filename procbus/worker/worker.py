@@ -29,6 +29,7 @@ import time
 import traceback
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NoReturn
 
 import zmq
@@ -36,8 +37,10 @@ import zmq
 from procbus.bus import Bus, states
 from procbus.bus import bus as process_bus
 from procbus.errors import StartupError
+from procbus.privatedir import DirectoryId
 from procbus.protocol import Message, MsgType
 from procbus.worker.apps import WorkerApp, WorkerContext, load_app
+from procbus.worker.credentials import Credentials
 from procbus.worker.link import WorkerLink
 
 log = logging.getLogger("procbus.worker")
@@ -84,6 +87,12 @@ class WorkerSpec:
     inherited_ok_fds: Collection[int] = ()
     """Fds that existed before the master started; left alone."""
     app_settings: dict[str, Any] = field(default_factory=dict)
+    credentials: Credentials | None = None
+    """Who to become before anything else (``--user``/``--group``)."""
+    runtime_dir: Path | None = None
+    runtime_identity: DirectoryId | None = None
+    """The master's runtime directory as it checked it: the worker connects only
+    if the path still leads there."""
 
 
 def run_worker(spec: WorkerSpec) -> NoReturn:
@@ -201,6 +210,11 @@ class Worker:
         if os.getppid() != spec.master_pid:
             return ExitCode.ORPHANED
         self._install_signals()
+        try:
+            self._become_worker()
+        except (OSError, StartupError) as exc:
+            log.error("worker %d cannot start: %s", spec.worker_id, exc)
+            return ExitCode.BOOT_FAILED
         context: zmq.Context[Any] = zmq.Context()
         link = WorkerLink(
             context,
@@ -214,6 +228,23 @@ class Worker:
         finally:
             link.close(linger=1000)
             context.term()
+
+    def _become_worker(self) -> None:
+        """Drop privileges, then check the runtime directory, before any connection."""
+        spec = self.spec
+        if spec.credentials is not None:
+            spec.credentials.apply()
+        if spec.runtime_dir is not None and spec.runtime_identity is not None:
+            try:
+                found = DirectoryId.of(os.lstat(spec.runtime_dir))
+            except OSError as exc:
+                raise StartupError(
+                    f"runtime directory '{spec.runtime_dir}': {exc.strerror or exc}"
+                ) from None
+            if found != spec.runtime_identity:
+                raise StartupError(
+                    f"runtime directory '{spec.runtime_dir}' is not the master's any more"
+                )
 
     def _serve(self, link: WorkerLink) -> ExitCode:
         spec = self.spec

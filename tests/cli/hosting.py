@@ -57,10 +57,20 @@ class RunProcess(MasterProcess):
 
 @contextlib.contextmanager
 def running(
-    *args: str, workers: int | None = 2, wait: bool = True, env: dict[str, str] | None = None
+    *args: str,
+    workers: int | None = 2,
+    wait: bool = True,
+    env: dict[str, str] | None = None,
+    directory_mode: int | None = None,
 ) -> Iterator[RunProcess]:
-    """``procbus run ARGS`` on a private runtime directory; always stopped and reaped."""
+    """``procbus run ARGS`` on a private runtime directory; always stopped and reaped.
+
+    `directory_mode`: the mode of the temporary directory that holds the
+    runtime directory (0700 unless given: 0711 lets other uids enter it).
+    """
     directory = short_tempdir()
+    if directory_mode is not None:
+        directory.chmod(directory_mode)
     argv = [sys.executable, "-m", "procbus", "run", "--runtime-dir", str(directory / "rt")]
     if workers is not None:  # None: from the config file
         argv += ["--workers", str(workers)]

@@ -513,7 +513,7 @@ def test_tcp_control_with_curve_keys(tmp_path) -> None:
 
             wait_until(audited, 20)
             event = json.loads(watcher.communicate(timeout=10)[0])
-            assert event["event"] == "command" and event["command"] == "ping"
+            assert event["event"] == "command" and event["command"] == "ping", event
             assert "(ops)" in event["peer"]
         finally:
             if watcher.poll() is None:
@@ -555,8 +555,9 @@ def test_workers_switch_user_and_group_the_master_does_not() -> None:
     # --preload: here the interpreter's own files are root's only, so the
     # workers could not import anything more once they are nobody.
     with running(
-        "--bind", "127.0.0.1:0", "--user", "65534", "--group", "65534", "--preload", workers=1
-    ) as proc:
+        "--bind", "127.0.0.1:0", "--user", "65534", "--group", "65534", "--preload", workers=1,
+        directory_mode=0o711,
+    ) as proc:  # fmt: skip
         worker = psutil.Process(proc.workers()[0]["pid"])
         assert worker.uids().real == worker.uids().effective == 65534
         assert worker.gids().real == 65534

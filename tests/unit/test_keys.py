@@ -18,7 +18,7 @@ import zmq
 from procbus import cli, keys
 from procbus.commands import Role
 from procbus.errors import ConfigError, StartupError
-from procbus.master.auth import QUIET_PERIOD, CurveGuard, Denial
+from procbus.master.auth import QUIET_PERIOD, Denial, ZapHandler
 from procbus.master.control import ControlSettings
 from procbus.master.loop import EventLoop
 from tests.helpers import wait_until
@@ -217,7 +217,7 @@ def test_tcp_control_socket_without_keys_is_refused() -> None:
 
 
 class GuardBench:
-    """A CURVE ROUTER on 127.0.0.1 with its `CurveGuard` on an `EventLoop`, and clients."""
+    """A CURVE ROUTER on 127.0.0.1 guarded by a `ZapHandler` on an `EventLoop`, and clients."""
 
     def __init__(self, directory: Path) -> None:
         self.now = 0.0
@@ -228,13 +228,12 @@ class GuardBench:
         self.loop = EventLoop()
         self.server = keys.load_server(directory)
         self.router = self.socket(zmq.ROUTER)
-        self.guard = CurveGuard(
-            self.context,
+        self.guard = ZapHandler(self.context, clock=lambda: self.now)
+        self.guard.allow_curve_keys(
             self.router,
             self.server.public,
             self.server.secret,
             {client.key_id: client.role for client in self.server.clients},
-            clock=lambda: self.now,
         )
         self.denials: list[Denial] = []
         self.guard.on_denied = self.denials.append
