@@ -122,6 +122,29 @@ def _refuse_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(f"msgpack extension type {code} is not allowed")
 
 
+_TIMESTAMP_EXT: Final = -1
+"""The extension type msgpack decodes itself (into ``msgpack.Timestamp``)
+before any ``ext_hook`` could see it; no ``timestamp=`` option refuses it."""
+
+
+def _refused_ext_error(data: bytes) -> ProtocolError:
+    """The error for a body that holds an extension with a payload.
+
+    `unpack` has msgpack refuse such a body (``max_ext_len=0``), and msgpack's
+    error names only a length. This cold path decodes the body again with
+    payloads allowed, to name a type it holds: the first extension other than
+    a Timestamp reaches `_refuse_ext`; if none does, the body held a Timestamp.
+    """
+    timestamp = ProtocolError(f"msgpack extension type {_TIMESTAMP_EXT} is not allowed")
+    try:
+        msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
+    except ProtocolError as exc:
+        return exc
+    except Exception:  # a Timestamp of a bad length, or a fault after the Timestamp
+        return timestamp
+    return timestamp
+
+
 def pack(obj: Any) -> bytes:
     """Encode `obj` as msgpack; raise ``TypeError`` if it is not serializable."""
     try:
@@ -135,14 +158,22 @@ def unpack(data: bytes) -> Any:
     if len(data) > MAX_MESSAGE_SIZE:
         raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
     try:
+        # max_ext_len=0: msgpack itself refuses every extension with a payload, the
+        # Timestamp it would otherwise decode without asking ext_hook included, at no
+        # cost per object. ext_hook still refuses the empty ones.
         return msgpack.unpackb(
             data,
             raw=False,
             strict_map_key=False,
             ext_hook=_refuse_ext,
+            max_ext_len=0,
         )
     except ProtocolError:
         raise
+    except ValueError as exc:
+        if "max_ext_len" in str(exc):
+            raise _refused_ext_error(data) from None
+        raise ProtocolError(f"malformed msgpack body: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:  # msgpack raises many types for bad input
         raise ProtocolError(f"malformed msgpack body: {type(exc).__name__}: {exc}") from exc
 
