@@ -230,14 +230,14 @@ def run(
 ) -> int:
     """Run a parsed ``procbus top`` command line; return the exit status."""
     from procbus.commands import CommandError  # noqa: PLC0415
+    from procbus.ctl import check_count, check_seconds, curve_keys  # noqa: PLC0415
 
-    if args.timeout <= 0 or args.interval < 0 or (args.count is not None and args.count < 1):
-        print("procbus top: --timeout and --count must be > 0, --interval >= 0", file=err)
-        return EXIT_USAGE
     try:
+        check_seconds("--timeout", args.timeout)
+        check_seconds("--interval", args.interval, zero=True)
+        if args.count is not None:
+            check_count("--count", args.count)
         control = _control(args)
-        from procbus.ctl import curve_keys  # noqa: PLC0415
-
         curve = curve_keys(args, [control])
     except CommandError as exc:
         print(f"procbus top: {exc.message}", file=err)
