@@ -300,9 +300,11 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
         if not as_json:
             _print_human(command, endpoint if len(endpoints) > 1 else None, reply, out, err)
         elif not reply.get("ok"):  # the JSON document goes to stdout, the one line here
+            from procbus.render import printable  # noqa: PLC0415
+
             message = (reply.get("error") or {}).get("message", "failed")
             prefix = f"[{endpoint}] " if len(endpoints) > 1 else ""
-            print(f"{prefix}procbus ctl {command}: {message}", file=err)
+            print(printable(f"{prefix}procbus ctl {command}: {message}"), file=err)
         if rolling and code != EXIT_OK:
             break
     if as_json:
@@ -362,7 +364,8 @@ def _print_human(
     colour = out.isatty() and os.environ.get("NO_COLOR") is None
     if not reply.get("ok"):
         error = reply.get("error") or {}
-        print(f"{prefix}procbus ctl {command}: {error.get('message', 'failed')}", file=err)
+        line = f"{prefix}procbus ctl {command}: {error.get('message', 'failed')}"
+        print(render.printable(line), file=err)
         if reply.get("result") is not None:
             out.write(render.render(command, reply["result"], colour))
         return

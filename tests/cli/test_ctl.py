@@ -157,6 +157,27 @@ def test_publish_json_shape_and_arguments_parsed_as_json_literals(
         ]
 
 
+def test_peer_text_reaches_the_terminal_escaped_and_json_intact(master: MasterProcess) -> None:
+    """What the master sends back is printed on the operator's terminal.
+
+    Steps: ``ctl publish CHANNEL`` where the channel (echoed in the reply) holds
+    ESC [2J, a CSI (0x9b), a CR and a newline, in human form and with ``--json``.
+    Expected: the human output shows them escaped and holds no control character
+    but line breaks; the JSON document escapes them too and parses back to the
+    same channel.
+    """
+    hostile = "x\x1b[2Jy\x9bz\rw\nv"
+    controls = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+    human = ctl(master, "publish", hostile)
+    assert human.returncode == 0, human.stderr
+    assert not controls.search(human.stdout)
+    assert human.stdout.startswith("x\\x1b[2Jy\\x9bz\\rw\\nv (seq ")
+    done = ctl(master, "--json", "publish", hostile)
+    assert done.returncode == 0, done.stderr
+    assert not controls.search(done.stdout)
+    assert as_json(done)["channel"] == hostile
+
+
 def test_double_dash_passes_a_negative_number(master: MasterProcess) -> None:
     """Steps: ``ctl --json publish echo -- -5``. Expected: every worker got the int -5."""
     done = ctl(master, "--json", "publish", "echo", "--", "-5")
