@@ -20,7 +20,7 @@ the next and publish on the channel named after the transition::
 
 Built-in channels are ``start``, ``stop``, ``exit``, ``graceful``, ``log`` and
 ``main``; any other string is a custom channel. Listeners run in priority order
-(lower first, default 50 or the callback's ``priority`` attribute); where wspbus
+(lower first, default 50 or the callback's int ``priority`` attribute); where wspbus
 leaves the order of equal priorities open, procbus runs them in subscription
 order. Every listener runs even when others fail; failures are logged and raised
 together as `ChannelFailures`. ``KeyboardInterrupt`` and ``SystemExit``
@@ -49,7 +49,7 @@ import traceback as _traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar, overload
+from typing import Any, Final, TypeGuard, TypeVar, overload
 
 __all__ = ["Bus", "ChannelFailures", "ListenerOutcome", "State", "bus", "states"]
 
@@ -162,11 +162,27 @@ def _check_channel(channel: object) -> str:
     return channel
 
 
-def _check_priority(priority: object) -> int:
+def _is_priority(priority: object) -> TypeGuard[int]:
     # bool is an int subclass, but True as a priority is a bug, not a number.
-    if not isinstance(priority, int) or isinstance(priority, bool):
+    return isinstance(priority, int) and not isinstance(priority, bool)
+
+
+def _check_priority(priority: object) -> int:
+    if not _is_priority(priority):
         raise TypeError(f"priority must be an int, got {priority!r} ({type(priority).__name__})")
     return priority
+
+
+def _attribute_priority(callback: Listener) -> int:
+    """The callback's ``priority`` attribute if it is an int, else the default.
+
+    wspbus reads ``getattr(callback, "priority", 50)``. An attribute that is
+    not an int is not a priority someone chose (a ``MagicMock`` has every
+    attribute), so it means the default; only an explicit ``priority=`` is
+    checked strictly.
+    """
+    priority = getattr(callback, "priority", DEFAULT_PRIORITY)
+    return priority if _is_priority(priority) else DEFAULT_PRIORITY
 
 
 class Bus:
@@ -229,8 +245,10 @@ class Bus:
 
         With no `callback`, return a decorator that subscribes the function it
         decorates. The priority defaults to the callback's ``priority``
-        attribute, else 50; lower priorities run first, equal ones in the order
-        they were subscribed. Subscribing again only updates the priority.
+        attribute when that is an int, else 50; lower priorities run first,
+        equal ones in the order they were subscribed. Subscribing again only
+        updates the priority. An explicit `priority` that is not an int raises
+        ``TypeError``.
         """
         _check_channel(channel)
         if priority is not None:
@@ -240,7 +258,7 @@ class Bus:
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
         if priority is None:
-            priority = _check_priority(getattr(callback, "priority", DEFAULT_PRIORITY))
+            priority = _attribute_priority(callback)
         with self._lock:
             self.listeners.setdefault(channel, set()).add(callback)
             key = (channel, callback)
@@ -267,7 +285,7 @@ class Bus:
             # its default priority and runs after those subscribed before it.
             for callback in found:
                 if (channel, callback) not in self._priorities:
-                    priority = getattr(callback, "priority", DEFAULT_PRIORITY)
+                    priority = _attribute_priority(callback)
                     self._priorities[(channel, callback)] = (priority, next(self._order))
             found.sort(key=lambda cb: self._priorities[(channel, cb)])
             return found

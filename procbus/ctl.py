@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -152,6 +153,28 @@ def _parse_pairs(pairs: Sequence[str]) -> dict[str, Any]:
     return result
 
 
+def check_seconds(flag: str, value: float, *, zero: bool = False) -> float:
+    """`value` of option `flag` if it is a finite number of seconds > 0 (>= 0 with `zero`).
+
+    argparse's ``float`` takes ``inf`` and ``nan``: as a deadline the one
+    overflows and the other never comes, so both are usage errors, like a
+    negative number. Raises `CommandError` (``bad_arguments``) naming the value.
+    """
+    if math.isfinite(value) and (value > 0 or (zero and value == 0)):
+        return value
+    raise CommandError(
+        ErrorCode.BAD_ARGUMENTS,
+        f"{flag} must be a finite number of seconds {'>=' if zero else '>'} 0, got {value:g}",
+    )
+
+
+def check_count(flag: str, value: int) -> int:
+    """`value` of option `flag` if it is > 0; else `CommandError` naming it."""
+    if value > 0:
+        return value
+    raise CommandError(ErrorCode.BAD_ARGUMENTS, f"{flag} must be a whole number > 0, got {value}")
+
+
 def _option(args: argparse.Namespace, name: str, default: Any) -> Any:
     return getattr(args, name, default)
 
@@ -216,6 +239,21 @@ def curve_keys(
         raise CommandError(ErrorCode.BAD_ARGUMENTS, f"--curve-keys: {exc}") from None
 
 
+def _checked_numbers(args: argparse.Namespace, command: str) -> float:
+    """The timeout (``--timeout`` or the command's default), and watch's
+    ``--duration`` and ``--count``, checked; `CommandError` on a bad one."""
+    if command == "watch":
+        if args.duration is not None:
+            check_seconds("--duration", args.duration)
+        if args.count is not None:
+            check_count("--count", args.count)
+    timeout = _option(args, "timeout", None)
+    if timeout is None:
+        spec = COMMANDS.get(command)
+        return DEFAULT_JOB_TIMEOUT if spec is not None and spec.job else DEFAULT_TIMEOUT
+    return check_seconds("--timeout", timeout)
+
+
 def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run a parsed ``procbus ctl`` command line; return the exit status."""
     as_json = bool(_option(args, "json", False))
@@ -225,16 +263,11 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     try:
         if command != "watch":
             command, positional, options = request_from_args(args)
+        timeout = _checked_numbers(args, command)
         endpoints = targets(args)
         curve = curve_keys(args, endpoints)
     except CommandError as exc:
         return _usage_error(exc.message, as_json, out, err)
-    spec = COMMANDS.get(command)
-    timeout = _option(args, "timeout", None)
-    if timeout is None:
-        timeout = DEFAULT_JOB_TIMEOUT if spec is not None and spec.job else DEFAULT_TIMEOUT
-    if timeout <= 0:
-        return _usage_error(f"--timeout must be > 0, got {timeout:g}", as_json, out, err)
     if command == "watch":
         from procbus.watch import watch  # noqa: PLC0415
 
@@ -267,9 +300,11 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
         if not as_json:
             _print_human(command, endpoint if len(endpoints) > 1 else None, reply, out, err)
         elif not reply.get("ok"):  # the JSON document goes to stdout, the one line here
+            from procbus.render import printable  # noqa: PLC0415
+
             message = (reply.get("error") or {}).get("message", "failed")
             prefix = f"[{endpoint}] " if len(endpoints) > 1 else ""
-            print(f"{prefix}procbus ctl {command}: {message}", file=err)
+            print(printable(f"{prefix}procbus ctl {command}: {message}"), file=err)
         if rolling and code != EXIT_OK:
             break
     if as_json:
@@ -329,7 +364,8 @@ def _print_human(
     colour = out.isatty() and os.environ.get("NO_COLOR") is None
     if not reply.get("ok"):
         error = reply.get("error") or {}
-        print(f"{prefix}procbus ctl {command}: {error.get('message', 'failed')}", file=err)
+        line = f"{prefix}procbus ctl {command}: {error.get('message', 'failed')}"
+        print(render.printable(line), file=err)
         if reply.get("result") is not None:
             out.write(render.render(command, reply["result"], colour))
         return

@@ -122,6 +122,37 @@ def _refuse_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(f"msgpack extension type {code} is not allowed")
 
 
+_TIMESTAMP_EXT: Final = -1
+"""The extension type msgpack decodes itself (into ``msgpack.Timestamp``)
+before any ``ext_hook`` could see it; no ``timestamp=`` option refuses it."""
+
+
+def _refused_ext_error(data: bytes, limits: Limits) -> ProtocolError:
+    """The error for a body that holds an extension with a payload.
+
+    `unpack` has msgpack refuse such a body (``max_ext_len=0``), and msgpack's
+    error names only a length. This cold path decodes the body again with
+    payloads allowed, to name a type it holds: the first extension other than
+    a Timestamp reaches `_refuse_ext`; if none does, the body held a Timestamp.
+    """
+    timestamp = ProtocolError(f"msgpack extension type {_TIMESTAMP_EXT} is not allowed")
+    budget = _Budget(limits)
+    try:
+        msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            ext_hook=_refuse_ext,
+            list_hook=budget,
+            object_hook=budget,
+        )
+    except ProtocolError as exc:
+        return exc
+    except Exception:  # a Timestamp of a bad length, or a fault after the Timestamp
+        return timestamp
+    return timestamp
+
+
 def pack(obj: Any) -> bytes:
     """Encode `obj` as msgpack; raise ``TypeError`` if it is not serializable."""
     try:
@@ -154,23 +185,34 @@ DEFAULT_LIMITS: Final = Limits(elements=1 << 20, depth=64)
 """Everything else: what a master sends its workers and clients."""
 
 
+class _Budget:
+    """msgpack's list and object hook: counts what a message holds against `Limits`."""
+
+    __slots__ = ("containers", "left", "limit")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limit = limits.elements
+        self.left = limits.elements
+        self.containers = 0
+
+    def __call__(self, container: Any) -> Any:
+        # Called for every array and map, once its items are in.
+        self.containers += 1
+        self.left -= 1 + len(container)
+        if self.left < 0:
+            raise ProtocolError(f"message holds more than {self.limit} elements")
+        return container
+
+
 def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
     """Decode one msgpack object; raise `ProtocolError` on anything malformed or too big."""
     if len(data) > MAX_MESSAGE_SIZE:
         raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
-    budget = limits.elements
-    containers = 0
-
-    def count(container: Any) -> Any:
-        # Called by msgpack for every array and map, once its items are in.
-        nonlocal budget, containers
-        containers += 1
-        budget -= 1 + len(container)
-        if budget < 0:
-            raise ProtocolError(f"message holds more than {limits.elements} elements")
-        return container
-
+    count = _Budget(limits)
     try:
+        # max_ext_len=0: msgpack itself refuses every extension with a payload, the
+        # Timestamp it would otherwise decode without asking ext_hook included, at no
+        # cost per object. ext_hook still refuses the empty ones.
         value = msgpack.unpackb(
             data,
             raw=False,
@@ -178,13 +220,18 @@ def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
             ext_hook=_refuse_ext,
             list_hook=count,
             object_hook=count,
+            max_ext_len=0,
         )
     except ProtocolError:
         raise
+    except ValueError as exc:
+        if "max_ext_len" in str(exc):
+            raise _refused_ext_error(data, limits) from None
+        raise ProtocolError(f"malformed msgpack body: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:  # msgpack raises many types for bad input
         raise ProtocolError(f"malformed msgpack body: {type(exc).__name__}: {exc}") from exc
     # Nesting is at most the number of containers: walk only when it could be too deep.
-    if containers > limits.depth and nesting(value) > limits.depth:
+    if count.containers > limits.depth and nesting(value) > limits.depth:
         raise ProtocolError(f"message is nested more than {limits.depth} levels deep")
     return value
 

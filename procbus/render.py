@@ -1,13 +1,42 @@
 """Human output of ``procbus ctl``: aligned tables, colour only on a terminal.
 
 Control handlers return plain data; this module is the only place that turns
-it into text for people. ``--json`` bypasses it entirely.
+it into text for people. ``--json`` bypasses it entirely: ``json.dumps``
+escapes C0 controls, and C1 ones with everything else beyond ASCII.
+
+Much of that data is another process's text: a worker's last error, a
+listener's result, a channel, an event field. `printable` escapes the control
+characters in it, so that none of it can move the cursor, clear the screen or
+retitle the operator's terminal; every line of human output (here, in
+``ctl watch`` and in ``procbus top``) goes through it before procbus adds its
+own colours and line breaks.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
+
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""C0 controls, DEL and C1 controls (0x9b alone starts a CSI on many terminals)."""
+_NAMED: Final = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def printable(text: str) -> str:
+    """`text` with each control character escaped: ``\\n``, ``\\t``, ``\\r``, else ``\\xNN``.
+
+    A field is one cell on one line, so line breaks and tabs are escaped too.
+    Backslashes are left as they are: the result is for reading, not for
+    parsing back, and escaping twice changes nothing.
+    """
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or f"\\x{ord(char):02x}"
+
 
 _COLOURS = {"green": "32", "red": "31", "yellow": "33", "dim": "2", "bold": "1"}
 _STATE_COLOURS = {
@@ -39,7 +68,12 @@ def table(
     colour_of: Callable[[int, str], str | None] | None = None,
     colour: bool = False,
 ) -> str:
-    """Left-aligned columns separated by two spaces (colour does not shift them)."""
+    """Left-aligned columns separated by two spaces (colour does not shift them).
+
+    Cells are escaped (`printable`) before they are measured, so a cell is one
+    line and the columns line up whatever a peer put in it.
+    """
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):
@@ -91,10 +125,10 @@ def _state_colour(column: int) -> Callable[[int, str], str | None]:
 
 def status(result: dict[str, Any], colour: bool) -> str:
     master = result["master"]
-    head = (
+    head = printable(
         f"master {master['pid']} ({master['name']})  {master['state']}  "
         f"generation {master['generation']}  up {duration(master['uptime'])}  "
-        f"workers {len(result['workers'])}\n"
+        f"workers {len(result['workers'])}"
     )
     rows = [
         [
@@ -125,7 +159,7 @@ def status(result: dict[str, Any], colour: bool) -> str:
         "RESTARTS",
         "LAST ERROR",
     ]
-    return head + table(headers, rows, _state_colour(2), colour)
+    return head + "\n" + table(headers, rows, _state_colour(2), colour)
 
 
 def _first_line(text: str | None, width: int = 60) -> str:
@@ -137,13 +171,13 @@ def _first_line(text: str | None, width: int = 60) -> str:
 
 def stats(result: dict[str, Any], colour: bool) -> str:
     master = result["master"]
-    head = (
+    head = printable(
         f"master {master['pid']}: cpu {percent(master['cpu_percent'])}  "
         f"rss {size(master['rss'])}  "
         f"uss {size(master['uss'])}  threads {count(master['threads'])}  "
         f"fds {count(master['fds'])}  "
         f"publishes {master['publishes']}  late replies {master['late_replies']}  "
-        f"dropped {master['dropped_messages']}\n"
+        f"dropped {master['dropped_messages']}"
     )
     rows = [
         [
@@ -178,13 +212,14 @@ def stats(result: dict[str, Any], colour: bool) -> str:
         "PUBS",
         "ERRS",
     ]
-    return head + table(headers, rows, _state_colour(2), colour)
+    return head + "\n" + table(headers, rows, _state_colour(2), colour)
 
 
 def tree_reply(result: dict[str, Any], colour: bool) -> str:
     lines = [f"{result['channel']} (seq {result['seq']}): master {_short(result['master'])}"]
     for error in result.get("master_errors", []):
         lines.append("  master error: " + error)
+    lines = [printable(line) for line in lines]
     rows = []
     for worker_id, answer in result["workers"].items():
         detail = _short(answer["results"])
@@ -211,23 +246,23 @@ def _short(value: Any, width: int = 100) -> str:
 
 
 def job(result: dict[str, Any], colour: bool) -> str:
-    state = paint(result["state"], _STATE_COLOURS.get(result["state"]), colour)
-    text = f"{result['job']} {state}"
+    state = paint(printable(str(result["state"])), _STATE_COLOURS.get(result["state"]), colour)
+    text = f"{printable(str(result['job']))} {state}"
     if result.get("error"):
-        text += f": {result['error']}"
+        text += f": {printable(str(result['error']))}"
+    details: list[str] = []
     outcome = result.get("result")
     if isinstance(outcome, dict):
         if "replaced" in outcome:
-            for entry in outcome["replaced"]:
-                text += (
-                    f"\n  worker {entry['worker']} -> pid {entry['pid']}"
-                    f" generation {entry['generation']}"
-                )
+            details.extend(
+                f"worker {entry['worker']} -> pid {entry['pid']} generation {entry['generation']}"
+                for entry in outcome["replaced"]
+            )
         elif "running" in outcome:
-            text += f"\n  {outcome['running']} of {outcome['workers']} workers running"
+            details.append(f"{outcome['running']} of {outcome['workers']} workers running")
         else:
-            text += "\n  " + ", ".join(f"{k} {v}" for k, v in outcome.items())
-    return text + "\n"
+            details.append(", ".join(f"{k} {v}" for k, v in outcome.items()))
+    return "".join([text, *(f"\n  {printable(line)}" for line in details), "\n"])
 
 
 def jobs(result: dict[str, Any], colour: bool) -> str:
@@ -263,12 +298,16 @@ def render(command: str, result: Any, colour: bool = False) -> str:
         return jobs(result, colour)
     if isinstance(result, dict) and "job" in result:
         return job(result, colour)
+    return printable(_line(command, result)) + "\n"
+
+
+def _line(command: str, result: Any) -> str:
     if command == "ping":
-        return f"pong from master {result['pid']} (generation {result['generation']})\n"
+        return f"pong from master {result['pid']} (generation {result['generation']})"
     if command == "version":
-        return f"procbus {result['procbus']} (protocol {result['protocol']})\n"
+        return f"procbus {result['procbus']} (protocol {result['protocol']})"
     if command == "kill":
-        return f"sent {result['signal']} to worker {result['worker']} (pid {result['pid']})\n"
+        return f"sent {result['signal']} to worker {result['worker']} (pid {result['pid']})"
     if command == "exit":
-        return f"master {result['pid']} is exiting\n"
-    return f"{result}\n"
+        return f"master {result['pid']} is exiting"
+    return str(result)

@@ -192,7 +192,7 @@ class Host:
     def _serve(self, app: Any) -> int:
         from procbus.master import Master  # noqa: PLC0415
         from procbus.master import sockets as sockets_module  # noqa: PLC0415
-        from procbus.master.systemd import Notifier  # noqa: PLC0415
+        from procbus.master.systemd import WATCHDOG_PID_VARIABLE, Notifier  # noqa: PLC0415
         from procbus.plugins.process import Daemonizer, PIDFile  # noqa: PLC0415
 
         config = self.config
@@ -219,8 +219,8 @@ class Host:
 
         master.successor = Successor.from_environ(os.environ)
         master.reload_config = self.reload_config
-        if master.successor is not None and "WATCHDOG_PID" in os.environ:
-            os.environ["WATCHDOG_PID"] = str(os.getpid())  # the watchdog is ours now
+        if master.successor is not None and WATCHDOG_PID_VARIABLE in os.environ:
+            os.environ[WATCHDOG_PID_VARIABLE] = str(os.getpid())  # the watchdog is ours now
         notifier = Notifier(os.environ)
         master.observers.append(self._observer(notifier))
         pidfile = PIDFile(master.bus, config.pidfile) if config.pidfile else None

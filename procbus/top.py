@@ -108,7 +108,7 @@ def frame(
     ]
     rows = [_row(w) for w in workers]
     table = render.table(_HEADERS, rows).splitlines() if rows else ["no workers"]
-    lines = head + table
+    lines = [render.printable(line) for line in head] + table
     if height is not None and len(lines) > height:
         keep = max(len(head) + 1, height - 1)
         hidden = len(lines) - keep
@@ -230,14 +230,14 @@ def run(
 ) -> int:
     """Run a parsed ``procbus top`` command line; return the exit status."""
     from procbus.commands import CommandError  # noqa: PLC0415
+    from procbus.ctl import check_count, check_seconds, curve_keys  # noqa: PLC0415
 
-    if args.timeout <= 0 or args.interval < 0 or (args.count is not None and args.count < 1):
-        print("procbus top: --timeout and --count must be > 0, --interval >= 0", file=err)
-        return EXIT_USAGE
     try:
+        check_seconds("--timeout", args.timeout)
+        check_seconds("--interval", args.interval, zero=True)
+        if args.count is not None:
+            check_count("--count", args.count)
         control = _control(args)
-        from procbus.ctl import curve_keys  # noqa: PLC0415
-
         curve = curve_keys(args, [control])
     except CommandError as exc:
         print(f"procbus top: {exc.message}", file=err)
@@ -249,7 +249,9 @@ def run(
     try:
         endpoint = events_endpoint(control, args.timeout, curve)
     except ControlError as exc:
-        print(f"procbus top: {exc.message}", file=err)
+        from procbus.render import printable  # noqa: PLC0415
+
+        print(f"procbus top: {printable(exc.message)}", file=err)
         return EXIT_UNREACHABLE if exc.code.value == "unreachable" else EXIT_FAILED
     live = out.isatty()
     keyboard = _cbreak(keys) if live else contextlib.nullcontext(None)
@@ -271,7 +273,7 @@ def _show(
 ) -> int:
     import zmq  # noqa: PLC0415
 
-    from procbus import protocol  # noqa: PLC0415
+    from procbus import protocol, render  # noqa: PLC0415
     from procbus.watch import receive_event, subscribe  # noqa: PLC0415
 
     context, socket = subscribe(endpoint, protocol.STATS_TOPIC, curve)
@@ -287,7 +289,7 @@ def _show(
             ready = dict(poller.poll(max(1, int(left * 1000)))) if left > 0 else {}
             if not ready:
                 print(
-                    f"procbus top: no stats from the master at {endpoint} "
+                    f"procbus top: no stats from the master at {render.printable(endpoint)} "
                     f"within {args.timeout:g}s",
                     file=err,
                 )

@@ -20,6 +20,7 @@ from procbus import protocol
 from procbus.client import Client, ControlError
 from procbus.errors import ProtocolError
 from procbus.protocol import MsgType
+from procbus.render import printable
 
 Curve = tuple[bytes, bytes, bytes]
 """(client public key, client secret key, server public key), z85."""
@@ -73,11 +74,12 @@ def receive_event(socket: zmq.Socket[bytes], timeout_ms: int) -> dict[str, Any] 
 
 
 def format_event(event: dict[str, Any]) -> str:
+    """One line for a human: time, event name, ``key=value`` fields (escaped)."""
     stamp = datetime.datetime.fromtimestamp(event["time"]).strftime("%H:%M:%S.%f")[:-3]
     fields = " ".join(
         f"{k}={v}" for k, v in event.items() if k not in ("event", "time") and v is not None
     )
-    return f"{stamp} {event['event']:<12} {fields}"
+    return f"{stamp} {printable(event['event']):<12} {printable(fields)}"
 
 
 def watch(
@@ -95,7 +97,7 @@ def watch(
     try:
         endpoint = events_endpoint(control, timeout, curve)
     except ControlError as exc:
-        print(f"procbus ctl watch: {exc}", file=err)
+        print(f"procbus ctl watch: {printable(str(exc))}", file=err)
         if as_json:
             out.write(
                 json.dumps({"error": {"code": exc.code.value, "message": exc.message}}) + "\n"

@@ -161,18 +161,20 @@ def running_master(
     workers: int = 2,
     wait: bool = True,
     curve: tuple[bytes, bytes, bytes] | None = None,
+    env: dict[str, str] | None = None,
     **options: Any,
 ) -> Iterator[MasterProcess]:
     """A master with `workers` workers of `app`; always stopped and reaped.
 
     With a ``ctl`` option (a tcp:// endpoint), the harness talks to it with
-    the client keys `curve`.
+    the client keys `curve`. `env` is added to the master's environment.
     """
     runtime_dir = short_tempdir()
     master = MasterProcess(
         master_argv(app, runtime_dir / "rt", workers, **options),
         runtime_dir / "rt",
         runtime_dir / "master.log",
+        env,
     )
     if "ctl" in options:
         master.endpoint, master.curve = str(options["ctl"]), curve

@@ -12,9 +12,12 @@ Notifying is best effort: the socket is non-blocking, and a send that fails
 worked in between; it never raises, because the master must not die when
 systemd cannot listen. Without ``NOTIFY_SOCKET`` every method does nothing.
 
-The variables are read, never unset: a master re-exec'd in place keeps its pid
-and must notify again, and an upgraded master with a new pid first sends
-``MAINPID=`` from the old one (the unit needs ``NotifyAccess=all`` for that).
+The master reads the variables and never unsets them: a master re-exec'd in
+place keeps its pid and must notify again, and an upgraded master with a new
+pid first sends ``MAINPID=`` from the old one (the unit needs
+``NotifyAccess=all`` for that). A worker drops them right after fork
+(`forget_in_worker`): only the master speaks for the service, and with
+``NotifyAccess=all`` anything in a worker that calls ``sd_notify`` would too.
 """
 
 from __future__ import annotations
@@ -24,13 +27,17 @@ import os
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from types import TracebackType
 from typing import Final
 
 log = logging.getLogger("procbus.master")
 
 NOTIFY_VARIABLE: Final = "NOTIFY_SOCKET"
+WATCHDOG_USEC_VARIABLE: Final = "WATCHDOG_USEC"
+WATCHDOG_PID_VARIABLE: Final = "WATCHDOG_PID"
+MASTER_ONLY_VARIABLES: Final = (NOTIFY_VARIABLE, WATCHDOG_USEC_VARIABLE, WATCHDOG_PID_VARIABLE)
+"""What systemd tells the main process; a worker must not act on them."""
 _NUMBER = re.compile(r"[0-9]+")
 
 
@@ -44,8 +51,8 @@ class Notifier:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._target = environ.get(NOTIFY_VARIABLE) or None
         self._address = _socket_address(self._target)
-        self._watchdog_usec = _number(environ, "WATCHDOG_USEC")
-        self._watchdog_pid = _number(environ, "WATCHDOG_PID")
+        self._watchdog_usec = _number(environ, WATCHDOG_USEC_VARIABLE)
+        self._watchdog_pid = _number(environ, WATCHDOG_PID_VARIABLE)
         self._failing = False
         self._sock: socket.socket | None = None
         if self._address is None:
@@ -140,6 +147,16 @@ class Notifier:
             self._failing = False
             log.info("notifying systemd on %s works again", self._target)
         return True
+
+
+def forget_in_worker(environ: MutableMapping[str, str]) -> None:
+    """Remove `MASTER_ONLY_VARIABLES` from a forked worker's `environ`.
+
+    Given ``os.environ`` this unsets them in the process (``unsetenv``), so
+    neither C code in the worker nor a process it starts sees them either.
+    """
+    for name in MASTER_ONLY_VARIABLES:
+        environ.pop(name, None)
 
 
 def _socket_address(target: str | None) -> str | None:

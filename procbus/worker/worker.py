@@ -2,11 +2,12 @@
 
 Right after fork the worker drops everything it inherited that belongs to the
 master (signal handlers and wake-up fd, ZeroMQ sockets and their fds, the
-master's listeners on `procbus.bus`), arranges to die with the master, makes
-its own ZeroMQ context and link, says hello, imports and starts its app, and
-then runs its own small loop in the main thread: publishes from the master run
-the worker's listeners there, heartbeats leave on time, and signals arrive
-through a wake-up fd. The app itself runs in a second thread.
+master's listeners on `procbus.bus`, systemd's notify variables), arranges to
+die with the master, makes its own ZeroMQ context and link, says hello, imports
+and starts its app, and then runs its own small loop in the main thread:
+publishes from the master run the worker's listeners there, heartbeats leave on
+time, and signals arrive through a wake-up fd. The app itself runs in a second
+thread.
 
 Exit statuses are part of the contract with the master (`ExitCode`): a worker
 that cannot boot says so, so that the master backs off instead of forking in a
@@ -37,6 +38,7 @@ import zmq
 from procbus.bus import Bus, states
 from procbus.bus import bus as process_bus
 from procbus.errors import StartupError
+from procbus.master.systemd import forget_in_worker
 from procbus.privatedir import DirectoryId
 from procbus.protocol import Message, MsgType
 from procbus.worker.apps import WorkerApp, WorkerContext, load_app
@@ -178,6 +180,7 @@ class Worker:
         ):
             signal.signal(signum, signal.SIG_DFL)
         _close_master_fds(self.spec)
+        forget_in_worker(os.environ)
         _set_parent_death_signal(signal.SIGTERM)
         # A stack dump on SIGABRT (the master's timeout kill) and on crashes.
         faulthandler.enable(all_threads=True)

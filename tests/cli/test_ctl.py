@@ -6,6 +6,7 @@ contract (0 ok, 1 failed in the tree, 2 usage error, 3 master unreachable).
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -20,6 +21,8 @@ from typing import Any
 import pytest
 import zmq
 
+from procbus import cli, top
+from procbus import ctl as ctl_command
 from tests.cli.hosting import procbus
 from tests.helpers import wait_until
 from tests.processes import ROOT, MasterProcess, running_master, short_tempdir
@@ -154,6 +157,27 @@ def test_publish_json_shape_and_arguments_parsed_as_json_literals(
         ]
 
 
+def test_peer_text_reaches_the_terminal_escaped_and_json_intact(master: MasterProcess) -> None:
+    """What the master sends back is printed on the operator's terminal.
+
+    Steps: ``ctl publish CHANNEL`` where the channel (echoed in the reply) holds
+    ESC [2J, a CSI (0x9b), a CR and a newline, in human form and with ``--json``.
+    Expected: the human output shows them escaped and holds no control character
+    but line breaks; the JSON document escapes them too and parses back to the
+    same channel.
+    """
+    hostile = "x\x1b[2Jy\x9bz\rw\nv"
+    controls = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+    human = ctl(master, "publish", hostile)
+    assert human.returncode == 0, human.stderr
+    assert not controls.search(human.stdout)
+    assert human.stdout.startswith("x\\x1b[2Jy\\x9bz\\rw\\nv (seq ")
+    done = ctl(master, "--json", "publish", hostile)
+    assert done.returncode == 0, done.stderr
+    assert not controls.search(done.stdout)
+    assert as_json(done)["channel"] == hostile
+
+
 def test_double_dash_passes_a_negative_number(master: MasterProcess) -> None:
     """Steps: ``ctl --json publish echo -- -5``. Expected: every worker got the int -5."""
     done = ctl(master, "--json", "publish", "echo", "--", "-5")
@@ -243,6 +267,73 @@ def test_usage_errors_exit_2_without_any_master(args: list[str], nowhere: Path) 
     done = procbus("ctl", "--runtime-dir", str(nowhere), *args)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.strip()
+
+
+def run_in_process(*argv: str) -> tuple[int, str, str]:
+    """Parse and run ``procbus ARGV`` (ctl or top) here; (status, stdout, stderr)."""
+    args = cli.build_parser().parse_args(argv)
+    out, err = io.StringIO(), io.StringIO()
+    runner = ctl_command.run if args.command == "ctl" else top.run
+    return runner(args, out, err), out.getvalue(), err.getvalue()
+
+
+SECONDS = "finite number of seconds > 0"
+BAD_NUMBERS = [  # argv, the option, the value named, what is expected
+    (["ctl", "--timeout", "inf", "status"], "--timeout", "inf", SECONDS),
+    (["ctl", "--timeout", "nan", "ping"], "--timeout", "nan", SECONDS),
+    (["ctl", "--timeout", "-1", "status"], "--timeout", "-1", SECONDS),
+    (["ctl", "--timeout", "0", "reload"], "--timeout", "0", SECONDS),
+    (["ctl", "watch", "--timeout", "inf"], "--timeout", "inf", SECONDS),
+    (["ctl", "watch", "--duration", "nan"], "--duration", "nan", SECONDS),
+    (["ctl", "watch", "--duration", "inf"], "--duration", "inf", SECONDS),
+    (["ctl", "watch", "--duration", "0"], "--duration", "0", SECONDS),
+    (["ctl", "watch", "--count", "0"], "--count", "0", "whole number > 0"),
+    (["ctl", "watch", "--count", "-2"], "--count", "-2", "whole number > 0"),
+    (["top", "--timeout", "inf"], "--timeout", "inf", SECONDS),
+    (["top", "--timeout", "nan"], "--timeout", "nan", SECONDS),
+    (["top", "--timeout", "0"], "--timeout", "0", SECONDS),
+    (["top", "--interval", "nan"], "--interval", "nan", "finite number of seconds >= 0"),
+    (["top", "--interval", "inf"], "--interval", "inf", "finite number of seconds >= 0"),
+    (["top", "--interval", "-1"], "--interval", "-1", "finite number of seconds >= 0"),
+    (["top", "--count", "0"], "--count", "0", "whole number > 0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "value", "expected"),
+    BAD_NUMBERS,
+    ids=[" ".join(case[0]) for case in BAD_NUMBERS],
+)
+def test_bad_seconds_and_counts_are_one_line_usage_errors(
+    argv: list[str], flag: str, value: str, expected: str, nowhere: Path
+) -> None:
+    """An infinite or NaN timeout became an infinite deadline (an OverflowError, or a
+    wait forever); a zero or negative one, or a count below 1, is no better.
+
+    Steps: run ``procbus ctl``/``top`` in-process with each bad value, pointed at a
+    runtime directory where no master runs.
+    Expected: exit 2 at once, before connecting, with one line on stderr naming
+    the option, the value and what is expected; nothing on stdout.
+    """
+    where = ["--runtime-dir", str(nowhere)]
+    status, out, err = run_in_process(argv[0], *where, *argv[1:])
+    assert status == 2
+    assert out == ""
+    (line,) = err.splitlines()
+    assert f"{flag} must be a {expected}, got {value}" in line
+
+
+def test_bad_timeout_with_json_is_a_json_usage_error(nowhere: Path) -> None:
+    """Steps: ``ctl --json --timeout inf status`` in-process.
+    Expected: exit 2, one line on stderr, and a bad_arguments error document on stdout."""
+    status, out, err = run_in_process(
+        "ctl", "--runtime-dir", str(nowhere), "--json", "--timeout", "inf", "status"
+    )
+    assert status == 2
+    assert len(err.splitlines()) == 1
+    error = json.loads(out)["error"]
+    assert error["code"] == "bad_arguments"
+    assert "--timeout" in error["message"] and "inf" in error["message"]
 
 
 def test_missing_endpoint_exits_3_with_one_line_and_a_json_error(nowhere: Path) -> None:

@@ -8,6 +8,13 @@ from typing import Any
 
 from procbus.worker.apps import WorkerContext
 
+SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def systemd_environment() -> dict[str, str | None]:
+    """This process's view of the variables systemd gives a service's main process."""
+    return {name: os.environ.get(name) for name in SYSTEMD_VARIABLES}
+
 
 def echo(ctx: WorkerContext) -> None:
     """A worker whose listeners exercise every outcome of a tree publish."""
@@ -36,6 +43,8 @@ def echo(ctx: WorkerContext) -> None:
         if ctx.worker_id == worker:
             os._exit(7)
         return "alive"
+
+    bus.subscribe("systemd_environment", systemd_environment)
 
     @bus.subscribe("unserializable")
     def unserializable() -> object:

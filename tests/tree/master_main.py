@@ -15,6 +15,7 @@ from pathlib import Path
 from procbus.errors import StartupError
 from procbus.master import Backoff, Master, Supervision, TreeSettings
 from procbus.master.control import ControlSettings
+from tests.tree.apps import systemd_environment
 
 
 def main() -> int:
@@ -66,6 +67,8 @@ def main() -> int:
             settings=settings,
             control=control,
         )
+        # The master's side of a publish, beside the workers' (see tests.tree.apps).
+        master.bus.subscribe("systemd_environment", systemd_environment)
         return master.run()
     except StartupError as exc:
         print(f"procbus: {exc}", file=sys.stderr)

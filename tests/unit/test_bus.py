@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import MagicMock
 
 import pytest
 
@@ -196,15 +197,51 @@ def test_subscribe_rejects_bad_input_naming_the_value(
     assert str(info.value) == message
 
 
-def test_bad_priority_attribute_is_rejected(bus: Bus) -> None:
-    """A callback whose ``priority`` attribute is not an int is refused."""
+def test_mock_callback_subscribes_at_the_default_priority(bus: Bus) -> None:
+    """wspbus reads ``getattr(callback, "priority", 50)``; a MagicMock has every
+    attribute, its ``priority`` a MagicMock, and must subscribe as it does there.
 
-    def listener() -> None:
-        pass
+    Steps: subscribe a listener at 10, one at the default, a MagicMock, one at 60;
+    publish with an argument.
+    Expected: no TypeError; the mock is called once with the argument, at the
+    default priority 50 (after the default listener subscribed before it).
+    """
+    calls: list[str] = []
+    mock = MagicMock(side_effect=lambda value: calls.append(f"mock {value}"))
+    bus.subscribe("ch", lambda value: calls.append("p10"), priority=10)
+    bus.subscribe("ch", lambda value: calls.append("default50"))
+    assert bus.subscribe("ch", mock) is mock
+    bus.subscribe("ch", lambda value: calls.append("p60"), priority=60)
+    bus.publish("ch", 7)
+    mock.assert_called_once_with(7)
+    assert calls == ["p10", "default50", "mock 7", "p60"]
 
-    listener.priority = "high"  # type: ignore[attr-defined]
-    with pytest.raises(TypeError, match="priority must be an int, got 'high'"):
-        bus.subscribe("ch", listener)
+
+@pytest.mark.parametrize("attribute", ["high", 1.5, True, None, MagicMock()])
+def test_priority_attribute_that_is_not_an_int_means_the_default(
+    bus: Bus, attribute: object
+) -> None:
+    """Steps: a listener whose ``priority`` attribute is not an int (a str, a float,
+    a bool, None, a mock) subscribed between listeners at 49 and 51, once through
+    subscribe and once added to the listener set directly.
+    Expected: both run at priority 50, between the two; nothing raises.
+    """
+    calls: list[str] = []
+
+    def odd() -> None:
+        calls.append("odd")
+
+    def direct() -> None:
+        calls.append("direct")
+
+    odd.priority = attribute  # type: ignore[attr-defined]
+    direct.priority = attribute  # type: ignore[attr-defined]
+    bus.subscribe("ch", lambda: calls.append("p51"), priority=51)
+    bus.subscribe("ch", odd)
+    bus.subscribe("ch", lambda: calls.append("p49"), priority=49)
+    bus.listeners["ch"].add(direct)
+    bus.publish("ch")
+    assert calls == ["p49", "odd", "direct", "p51"]
 
 
 # -- errors -------------------------------------------------------------------

@@ -86,6 +86,46 @@ def test_malformed_frames_raise_protocol_error(frame: bytes, error: str) -> None
     assert str(info.value).startswith(error)
 
 
+def timestamp_publish(nest: Any) -> bytes:
+    """A PUBLISH frame whose arguments hold `nest` (packed as msgpack itself would)."""
+    body = {"seq": 1, "channel": "c", "args": [nest], "kwargs": {}, "timeout": 1.0}
+    return bytes((1, MsgType.PUBLISH)) + msgpack.packb(body, use_bin_type=True)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(
+            bytes((1, 5)) + msgpack.packb({"counters": msgpack.Timestamp(1, 0)}), id="ts32-field"
+        ),
+        pytest.param(timestamp_publish([msgpack.Timestamp(2**33, 5)]), id="ts64-nested-list"),
+        pytest.param(timestamp_publish([[msgpack.Timestamp(-1, 5)]]), id="ts96-nested-twice"),
+        pytest.param(timestamp_publish({"k": msgpack.Timestamp(1, 0)}), id="ts32-in-map"),
+    ],
+)
+def test_timestamp_extension_is_refused_naming_its_type(frame: bytes) -> None:
+    """msgpack decodes its Timestamp extension (type -1) itself; it is refused all the same.
+
+    Steps: decode a frame whose body holds a Timestamp as a field, inside a
+    list, a list of lists or a map (the 32, 64 and 96-bit encodings).
+    Expected: ProtocolError naming extension type -1, as for any other type.
+    """
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(frame)
+    assert str(info.value).startswith("msgpack extension type -1 is not allowed")
+
+
+def test_first_refused_extension_is_named_when_a_timestamp_follows() -> None:
+    """With another extension type before a Timestamp, that first type is named.
+
+    Steps: decode a PUBLISH whose arguments are ExtType(7) then a Timestamp.
+    Expected: ProtocolError naming type 7.
+    """
+    frame = timestamp_publish([msgpack.ExtType(7, b"abc"), msgpack.Timestamp(1, 0)])
+    with pytest.raises(ProtocolError, match=r"^msgpack extension type 7 is not allowed"):
+        protocol.decode(frame)
+
+
 def test_oversized_frame_is_refused_before_unpacking() -> None:
     """A body above MAX_MESSAGE_SIZE is refused by size."""
     frame = bytes((1, 5)) + b"\x00" * (protocol.MAX_MESSAGE_SIZE + 1)

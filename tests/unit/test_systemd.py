@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from procbus.master.systemd import Notifier
+from procbus.master.systemd import Notifier, forget_in_worker
 
 
 class FakeSystemd:
@@ -254,3 +254,23 @@ def test_full_systemd_queue_does_not_block(notifier: Notifier, systemd: FakeSyst
     assert results[0]
     assert not results[-1]
     assert systemd.receive() == "WATCHDOG=1"
+
+
+def test_worker_forgets_the_notify_and_watchdog_variables_and_nothing_else() -> None:
+    """Apply forget_in_worker to an environment with the three systemd variables
+    and others; then to one that has none of them.
+
+    Expected: NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID are gone, every
+    other variable is untouched, and a missing variable is no error.
+    """
+    environ = {
+        "NOTIFY_SOCKET": "/run/systemd/notify",
+        "WATCHDOG_USEC": "30000000",
+        "WATCHDOG_PID": "42",
+        "LANG": "C.UTF-8",
+        "PATH": "/usr/bin",
+    }
+    forget_in_worker(environ)
+    assert environ == {"LANG": "C.UTF-8", "PATH": "/usr/bin"}
+    forget_in_worker(environ)
+    assert environ == {"LANG": "C.UTF-8", "PATH": "/usr/bin"}

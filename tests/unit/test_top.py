@@ -94,3 +94,25 @@ def test_keyboard_is_left_alone_when_not_a_terminal() -> None:
     """Steps: enter cbreak mode on a stream that is not a terminal. Expected: no fd."""
     with top._cbreak(io.StringIO()) as fd:
         assert fd is None
+
+
+def test_frame_escapes_control_characters_from_the_sample() -> None:
+    """A stats sample is another process's data; top draws it on the operator's
+    terminal.
+
+    Steps: render a sample whose master name and state and a worker's state hold
+    ESC [2J, a CSI (0x9b) and a CR, for a 60-column terminal.
+    Expected: every one escaped (\\x1b, \\x9b, \\r); no line holds a control
+    character; lines still fit the width.
+    """
+    hostile = sample(worker(1, state="run\x1b[2J\x9b\r"))
+    hostile["master"]["name"] = "web\x1b]0;owned\x07"
+    hostile["master"]["state"] = "\x9b2J"
+    for lines in (top.frame(hostile), top.frame(hostile, width=60, height=20)):
+        assert not [
+            line for line in lines if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in line)
+        ]
+    lines = top.frame(hostile)
+    assert lines[0].startswith("procbus top - master 42 (web\\x1b]0;owned\\x07) \\x9b2J  up")
+    assert rows(lines)[0][2] == "run\\x1b[2J\\x9b\\r"
+    assert all(len(line) <= 60 for line in top.frame(hostile, width=60))

@@ -1,0 +1,180 @@
+"""Human output of ``procbus ctl``: peer-supplied text never reaches the terminal raw.
+
+A worker's error, a listener's result, a channel or an event field is text
+from another process; an ESC (or CSI, 0x9b) in it could repaint or hijack the
+operator's terminal. Every control character comes out escaped; the colour
+codes procbus adds itself still work.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from procbus import render
+from procbus.watch import format_event
+
+HOSTILE = "a\x1b[2Jb\x9bc\rd\ne\tf\x7fg\x00h"
+"""Clear screen, CSI, carriage return, newline, tab, DEL and NUL between letters."""
+HOSTILE_SHOWN = "a\\x1b[2Jb\\x9bc\\rd\\ne\\tf\\x7fg\\x00h"
+
+_OUR_COLOURS = re.compile(r"\x1b\[(?:32|31|33|2|1|0)m")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def raw_controls(text: str) -> list[str]:
+    """Control characters in `text` other than line breaks and procbus's colours."""
+    return _CONTROL.findall(_OUR_COLOURS.sub("", text).replace("\n", ""))
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("\x1b[2J", "\\x1b[2J"),
+        ("\x9b31m", "\\x9b31m"),
+        ("\r", "\\r"),
+        ("\n", "\\n"),
+        ("\t", "\\t"),
+        ("\x7f", "\\x7f"),
+        ("\x00\x07\x08", "\\x00\\x07\\x08"),
+        ("\x80\x85\x9f", "\\x80\\x85\\x9f"),
+        (HOSTILE, HOSTILE_SHOWN),
+        ("plain text, ünïcödé ✓ and a \\ backslash", "plain text, ünïcödé ✓ and a \\ backslash"),
+        ("", ""),
+    ],
+)
+def test_printable_escapes_every_control_character(text: str, shown: str) -> None:
+    """Steps: printable() on C0 controls, DEL, C1 controls and plain text.
+    Expected: each control shown as \\n, \\t, \\r or \\xNN; everything else as is;
+    applying it twice changes nothing more."""
+    assert render.printable(text) == shown
+    assert render.printable(shown) == shown
+
+
+def status_result(**worker: Any) -> dict[str, Any]:
+    return {
+        "master": {
+            "pid": 42,
+            "name": "web",
+            "state": "STARTED",
+            "generation": 1,
+            "uptime": 10.0,
+            "endpoints": {},
+        },
+        "workers": [
+            {
+                "id": 1,
+                "pid": 1001,
+                "state": "running",
+                "generation": 1,
+                "age": 5.0,
+                "heartbeat_age": 0.1,
+                "cpu_percent": 0.5,
+                "rss": 1024,
+                "requests": 3,
+                "restarts": 0,
+                "last_error": None,
+                **worker,
+            }
+        ],
+    }
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_status_escapes_a_workers_last_error(colour: bool) -> None:
+    """Steps: render status whose worker's last_error holds ESC [2J, a CSI and a tab
+    on its first line, with colour off and on.
+    Expected: the error's first line shows escaped; no raw control character but
+    procbus's own colour codes; with colour on, the running state is still green."""
+    error = "boom\x1b[2J\x9bx\ty\nsecond line"
+    text = render.render("status", status_result(last_error=error), colour)
+    assert "boom\\x1b[2J\\x9bx\\ty" in text
+    assert raw_controls(text) == []
+    assert ("\x1b[32mrunning" in text) is colour
+
+
+def test_status_escapes_master_fields_and_keeps_the_columns_aligned() -> None:
+    """Steps: render status where the master's name and a worker's state hold escapes.
+    Expected: both escaped; the header and the row still line up column for column
+    (widths count the escaped text)."""
+    result = status_result(state="run\x1bning")
+    result["master"]["name"] = "w\x1b]0;owned\x07eb"
+    text = render.render("status", result, colour=False)
+    assert "(w\\x1b]0;owned\\x07eb)" in text
+    assert raw_controls(text) == []
+    header, row = text.splitlines()[1:3]
+    assert row.index("run\\x1bning") == header.index("STATE")
+    assert row.index("1 ", row.index("run\\x1bning")) == header.index("GEN")
+
+
+def test_publish_reply_escapes_channel_results_and_errors() -> None:
+    """Steps: render a publish reply whose channel, master error, a worker's result
+    and another worker's error message and listener hold control characters,
+    colour on.
+    Expected: every one escaped; only procbus's colours remain (ok green, error red)."""
+    result = {
+        "channel": "ch\x1b[2J",
+        "seq": 3,
+        "master": [HOSTILE],
+        "master_errors": ["ValueError: " + HOSTILE],
+        "workers": {
+            "1": {"pid": 1001, "status": "ok", "results": [HOSTILE], "errors": []},
+            "2": {
+                "pid": 1002,
+                "status": "error",
+                "results": [],
+                "errors": [
+                    {"type": "E\x9b", "message": HOSTILE, "listener": "l\r", "traceback": "t"}
+                ],
+            },
+        },
+    }
+    text = render.render("publish", result, colour=True)
+    assert raw_controls(text) == []
+    assert "ch\\x1b[2J (seq 3)" in text
+    assert "master error: ValueError: " + HOSTILE_SHOWN in text
+    assert "E\\x9b: " + HOSTILE_SHOWN + " (l\\r)" in text
+    assert "\x1b[32mok" in text and "\x1b[31merror" in text
+
+
+def test_job_and_plain_results_escape_what_the_master_sent() -> None:
+    """Steps: render a failed job whose error and outcome hold escapes, a jobs
+    listing, and a result of a command without its own rendering.
+    Expected: all escaped; the job's state keeps its colour."""
+    job = {
+        "job": "reload\x1b[2J",
+        "state": "failed",
+        "error": HOSTILE,
+        "result": {"note\x1b": "v\x9b"},
+    }
+    text = render.render("reload", job, colour=True)
+    assert raw_controls(text) == []
+    assert text.startswith("reload\\x1b[2J \x1b[31mfailed\x1b[0m: " + HOSTILE_SHOWN)
+    assert "note\\x1b v\\x9b" in text
+    listing = {
+        "jobs": [
+            {
+                "job": "j\x1b",
+                "state": "failed",
+                "created": 1.0,
+                "started": 1.0,
+                "finished": 2.0,
+                "error": "e\x9b",
+            }
+        ]
+    }
+    assert raw_controls(render.render("jobs", listing, colour=True)) == []
+    assert render.render("whatever", "x\x1b[2Jy") == "x\\x1b[2Jy\n"
+
+
+def test_watch_line_escapes_event_fields() -> None:
+    """Steps: format an event whose name and fields hold ESC [2J, a CSI and a CR.
+    Expected: one line, every control character escaped, the fields all there."""
+    line = format_event(
+        {"event": "exit\x1b", "time": 1_700_000_000.0, "error": "\x1b[2J", "b": "\x9b", "c": "\r"}
+    )
+    assert raw_controls(line) == [] and "\n" not in line
+    assert "exit\\x1b" in line
+    assert "error=\\x1b[2J b=\\x9b c=\\r" in line
