@@ -191,18 +191,48 @@ def _check_private(path: Path) -> None:
         )
 
 
+def _check_trusted(path: Path) -> None:
+    """`path` may decide who controls the master: only its owner or root may change it."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+    owners = {0, os.getuid()}
+    if info.st_uid not in owners:
+        raise ConfigError(
+            f"{path}: belongs to uid {info.st_uid}, not to uid {os.getuid()} or root; "
+            "another user could add a key"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"{path}: writable by other users (mode {mode:04o}); another user could add a key"
+        )
+
+
 def load_server(directory: Path) -> ServerKeys:
-    """The master's key pair and the allowed clients, or `ConfigError`."""
+    """The master's key pair and the allowed clients, or `ConfigError`.
+
+    The directory, ``clients/``, each role folder and each key file must
+    belong to the master's uid or root and be writable by nobody else:
+    whoever can write there chooses who may control the master.
+    """
     path = directory / (SERVER + SECRET_SUFFIX)
     public, secret = _load(path, secret=True)
     _check_private(path)
+    for trusted in (directory, path):
+        _check_trusted(trusted)
     assert secret is not None
     clients: dict[str, ClientKey] = {}
+    if (directory / CLIENTS).is_dir():
+        _check_trusted(directory / CLIENTS)
     for role in Role:
         folder = directory / CLIENTS / role.value
         if not folder.is_dir():
             continue
+        _check_trusted(folder)
         for key_file in sorted(folder.glob("*" + PUBLIC_SUFFIX)):
+            _check_trusted(key_file)
             key_id = _load(key_file, secret=False)[0].decode("ascii")
             client = ClientKey(key_file.name.removesuffix(PUBLIC_SUFFIX), role, key_id)
             if key_id in clients and clients[key_id].role is not role:

@@ -42,6 +42,9 @@ from typing import Final
 from procbus.errors import StartupError
 
 _OPEN_DIR: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_LOOK_AT_DIR: Final = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+"""For directories we only pass through or look at: no read permission needed
+(another user's 0711 directory), and still never through a symbolic link."""
 WRITABLE_BY_OTHERS: Final = stat.S_IWGRP | stat.S_IWOTH
 TRAVERSE_BY_OTHERS: Final = stat.S_IXGRP | stat.S_IXOTH
 
@@ -77,22 +80,25 @@ def _problem(info: os.stat_result, owners: Collection[int], *, managed: bool) ->
     return None
 
 
-def _open_component(parent_fd: int, name: str, where: Path) -> int:
+def _open_component(parent_fd: int, name: str, where: Path, flags: int = _OPEN_DIR) -> int:
     try:
-        return os.open(name, _OPEN_DIR, dir_fd=parent_fd)
+        return os.open(name, flags, dir_fd=parent_fd)
     except FileNotFoundError:
         raise
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UnsafeDirectory(f"'{where}' is a symbolic link") from None
-        if exc.errno == errno.ENOTDIR:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            # O_NOFOLLOW | O_DIRECTORY on a symbolic link fails with either.
+            with contextlib.suppress(OSError):
+                info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+                if stat.S_ISLNK(info.st_mode):
+                    raise UnsafeDirectory(f"'{where}' is a symbolic link") from None
             raise UnsafeDirectory(f"'{where}' is not a directory") from None
         raise UnsafeDirectory(f"cannot open '{where}': {exc.strerror or exc}") from None
 
 
 def _walk_ancestors(base: Path, owners: Collection[int]) -> int:
     """Open `base` (absolute, resolved) checking every component; return its fd."""
-    fd = os.open("/", _OPEN_DIR)
+    fd = os.open("/", _LOOK_AT_DIR)
     where = Path("/")
     try:
         problem = _problem(os.fstat(fd), {0, *owners}, managed=False)
@@ -101,7 +107,7 @@ def _walk_ancestors(base: Path, owners: Collection[int]) -> int:
         for part in base.parts[1:]:
             where = where / part
             try:
-                child = _open_component(fd, part, where)
+                child = _open_component(fd, part, where, _LOOK_AT_DIR)
             except FileNotFoundError:
                 raise UnsafeDirectory(f"'{where}' does not exist") from None
             os.close(fd)
@@ -224,7 +230,7 @@ def check_directory(path: Path, owners: Collection[int] | None = None) -> Direct
     allowed = {info.st_uid} if owners is None else set(owners)
     parent = _walk_ancestors(Path(os.path.realpath(path.parent)), {os.getuid(), *allowed})
     try:
-        fd = _open_component(parent, path.name, path)
+        fd = _open_component(parent, path.name, path, _LOOK_AT_DIR)
     except FileNotFoundError:
         raise UnsafeDirectory(f"'{path}' does not exist") from None
     finally:

@@ -12,17 +12,22 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
+import zmq
 
+from procbus import protocol
 from procbus.client import Client, ControlError
+from procbus.protocol import MsgType
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,3 +215,93 @@ def supervised(
 def wait_seconds(seconds: float) -> None:
     """A deliberate pause (letting time pass is the behaviour under test)."""
     time.sleep(seconds)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 for a master to bind, held back from other tests.
+
+    The port is left with a connection in TIME_WAIT: the kernel hands it to no
+    other ``bind(port 0)`` for a minute, while ZeroMQ (which binds with
+    SO_REUSEADDR) can take it at once.
+    """
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port: int = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):
+            accepted, _ = listener.accept()
+            accepted.close()
+    return port
+
+
+class Events:
+    """A subscriber to a master's event stream (``ipc://RUNTIME/evt``)."""
+
+    def __init__(self, master: MasterProcess) -> None:
+        self.context: zmq.Context[Any] = zmq.Context()
+        self.socket = self.context.socket(zmq.SUB)
+        self.socket.linger = 0
+        self.socket.subscribe(b"ev.")
+        self.socket.connect(f"ipc://{master.runtime_dir}/evt")
+        self.seen: list[dict[str, Any]] = []
+        # Subscribed once our own ping's audit line comes through.
+        wait_until(
+            lambda: master.call("ping") and self.find("command", command="ping", wait=0.1), 15
+        )
+        self.seen.clear()
+
+    def find(self, event: str, wait: float = 10.0, **fields: Any) -> dict[str, Any] | None:
+        """The first event named `event` whose fields include `fields`, waiting `wait` s."""
+        deadline = time.monotonic() + wait
+        while True:
+            for seen in self.seen:
+                if seen["event"] == event and all(seen.get(k) == v for k, v in fields.items()):
+                    return seen
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.socket.poll(max(1, int(remaining * 1000))):
+                return None
+            message = protocol.decode(
+                self.socket.recv_multipart()[-1], expect=frozenset({MsgType.EVENT})
+            )
+            self.seen.append({"event": message["event"], **message["data"]})
+
+    def close(self) -> None:
+        self.socket.close(0)
+        self.context.term()
+
+
+CTL_AS_UID = textwrap.dedent(
+    """
+    import json, os, sys
+    import procbus.cli, procbus.client, procbus.ctl, procbus.render, procbus.watch
+    import procbus.master.runtime, procbus.privatedir
+    # Parsed and imported while still root: the interpreter's own files may be
+    # unreadable to the other uid. Only the request runs as that uid.
+    args = procbus.cli.build_parser().parse_args(sys.argv[2:])
+    os.setgroups([])
+    os.setgid(int(sys.argv[1]))
+    os.setuid(int(sys.argv[1]))
+    sys.exit(procbus.ctl.run(args))
+    """
+)
+"""``python -c CTL_AS_UID UID ctl ARGS``: ``procbus ctl ARGS`` as uid (and gid) UID."""
+
+
+def ctl_as_uid_argv(uid: int, *args: str) -> list[str]:
+    """The argv of ``procbus ctl ARGS`` run by a process that switched to `uid` (needs root)."""
+    return [sys.executable, "-c", CTL_AS_UID, str(uid), "ctl", *args]
+
+
+def ctl_as_uid(uid: int, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``procbus ctl ARGS`` as `uid` to completion."""
+    return subprocess.run(
+        ctl_as_uid_argv(uid, *args),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )

@@ -27,6 +27,7 @@ was allowed and, for ``publish``, the channel: never argument values.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
@@ -128,16 +129,17 @@ class ControlSettings:
     ) -> ControlSettings:
         """Settings for `endpoint`, with the CURVE keys of `curve_keys` when it is not ipc.
 
-        Raises `StartupError` when the keys cannot be loaded (see `procbus.keys`
-        for the directory's layout). A TCP endpoint without `curve_keys` is
-        refused when the socket is set up (`secure`).
+        Raises `ConfigError` when the keys cannot be loaded, or could be
+        changed by another user (see `procbus.keys` for the directory's
+        layout). A TCP endpoint without `curve_keys` is refused when the
+        socket is set up (`secure`).
         """
         if _is_ipc(endpoint) or curve_keys is None:
             return cls(endpoint, admin_uids, read_uids)
         try:
             server = keys.load_server(curve_keys)
         except ConfigError as exc:
-            raise StartupError(f"curve_keys: {exc}") from None
+            raise ConfigError(f"curve_keys: {exc}") from None
         if not server.clients:
             log.warning("curve_keys %s allows no client key yet: nobody can connect", curve_keys)
         return cls(
@@ -285,6 +287,12 @@ class ControlServer:
             spec, request.args, request.kwargs = check_request(
                 request.command, request.args, request.kwargs
             )
+            timeout = request.timeout
+            if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+                raise CommandError(
+                    ErrorCode.BAD_ARGUMENTS,
+                    f"timeout must be a finite number of seconds > 0, got {timeout!r}",
+                )
         except CommandError as exc:
             self._audit(request, allowed=False, reason=exc.code.value)
             self._error(request, exc.code, exc.message)

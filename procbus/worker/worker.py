@@ -100,6 +100,11 @@ class WorkerSpec:
 def run_worker(spec: WorkerSpec) -> NoReturn:
     """The forked child's entry point: run the worker, then ``_exit``."""
     code = ExitCode.INTERNAL
+    # First of all: the master's reserve of descriptors, so that even a master
+    # out of descriptors forks a worker that can open what it needs.
+    for fd in spec.close_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
     try:
         code = Worker(spec).run()
     except BaseException:
@@ -128,9 +133,6 @@ def _close_master_fds(spec: WorkerSpec) -> None:
     belong to the application and are left alone, as are the listening
     sockets.
     """
-    for fd in spec.close_fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
     keep = {0, 1, 2, *spec.keep_fds, *spec.inherited_ok_fds}
     try:
         names = os.listdir("/proc/self/fd")

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.processes import ROOT, MasterProcess, running_master
+from tests.processes import MasterProcess, ctl_as_uid, running_master
 
 pytestmark = pytest.mark.slow
 
@@ -37,20 +37,6 @@ CONNECT_PROBE = textwrap.dedent(
         print(errno.errorcode.get(exc.errno, exc.errno))
     else:
         print("connected")
-    """
-)
-
-CTL_AS_OTHER_UID = textwrap.dedent(
-    """
-    import os, sys
-    import procbus.cli, procbus.client, procbus.ctl, procbus.render
-    # Parsed and imported while still root: the interpreter's own files may be
-    # unreadable to the other uid. Only the request runs as that uid.
-    args = procbus.cli.build_parser().parse_args(sys.argv[2:])
-    os.setgroups([])
-    os.setgid(int(sys.argv[1]))
-    os.setuid(int(sys.argv[1]))
-    sys.exit(procbus.ctl.run(args))
     """
 )
 
@@ -134,22 +120,8 @@ def test_procbus_ctl_as_another_uid_exits_3(master: MasterProcess) -> None:
     """Steps: ``procbus ctl ping`` in a process that switched to uid 65534 (after
     importing procbus as root). Expected: exit 3 with one line on stderr and no
     audit of a command from that uid, since nothing reached the master."""
-    ctl_argv = ["ctl", "--ctl", master.endpoint, "--timeout", "2", "ping"]
-    ctl = subprocess.Popen(
-        [sys.executable, "-c", CTL_AS_OTHER_UID, str(OTHER_UID), *ctl_argv],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        out, err = ctl.communicate(timeout=30)
-    finally:
-        if ctl.poll() is None:
-            ctl.kill()
-        ctl.wait(10)
+    ctl = ctl_as_uid(OTHER_UID, "--ctl", master.endpoint, "--timeout", "2", "ping")
+    out, err = ctl.stdout, ctl.stderr
     assert ctl.returncode == 3, (out, err)
     assert len(err.strip().splitlines()) == 1
     assert f"uid {OTHER_UID}" not in master.log()

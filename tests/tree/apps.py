@@ -50,6 +50,10 @@ def echo(ctx: WorkerContext) -> None:
     def unserializable() -> object:
         return object()
 
+    @bus.subscribe("huge")
+    def huge(count: int) -> list[dict[str, int]]:
+        return [{} for _ in range(count)]
+
     @bus.subscribe("serve")
     def serve(count: int) -> int:
         for _ in range(count):

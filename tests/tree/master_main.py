@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from procbus.errors import StartupError
+from procbus.errors import ConfigError, StartupError
 from procbus.master import Backoff, Master, Supervision, TreeSettings
 from procbus.master.control import ControlSettings
 from tests.tree.apps import systemd_environment
@@ -37,6 +37,8 @@ def main() -> int:
     parser.add_argument("--stats-interval", type=float, default=1.0)
     parser.add_argument("--ctl", default=None, help="control endpoint (tcp:// needs keys)")
     parser.add_argument("--curve-keys", type=Path, default=None)
+    parser.add_argument("--read-uids", type=int, action="append", default=[])
+    parser.add_argument("--admin-uids", type=int, action="append", default=[])
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
@@ -59,7 +61,9 @@ def main() -> int:
         ),
     )
     try:
-        control = ControlSettings.from_config(args.ctl, args.curve_keys)
+        control = ControlSettings.from_config(
+            args.ctl, args.curve_keys, args.admin_uids, args.read_uids
+        )
         master = Master(
             args.app,
             name=args.name,
@@ -73,6 +77,9 @@ def main() -> int:
     except StartupError as exc:
         print(f"procbus: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:
+        print(f"procbus: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,28 +22,9 @@ import zmq
 from procbus import keys, protocol
 from procbus.commands import Role
 from procbus.protocol import MsgType
-from tests.helpers import wait_until
-from tests.processes import ROOT, MasterProcess, running_master
+from tests.processes import ROOT, Events, MasterProcess, free_port, running_master
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 for a master to bind, held back from other tests.
-
-    The port is left with a connection in TIME_WAIT: the kernel hands it to no
-    other ``bind(port 0)`` for a minute, while ZeroMQ (which binds with
-    SO_REUSEADDR) can take it at once.
-    """
-    with socket.socket() as listener:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        port: int = listener.getsockname()[1]
-        with socket.create_connection(("127.0.0.1", port)):
-            accepted, _ = listener.accept()
-            accepted.close()
-    return port
 
 
 def procbus_ctl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -56,42 +36,6 @@ def procbus_ctl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[
         cwd=ROOT,
         check=False,
     )
-
-
-class Events:
-    """A subscriber to a master's event stream (``ipc://RUNTIME/evt``)."""
-
-    def __init__(self, master: MasterProcess) -> None:
-        self.context: zmq.Context[Any] = zmq.Context()
-        self.socket = self.context.socket(zmq.SUB)
-        self.socket.linger = 0
-        self.socket.subscribe(b"ev.")
-        self.socket.connect(f"ipc://{master.runtime_dir}/evt")
-        self.seen: list[dict[str, Any]] = []
-        # Subscribed once our own ping's audit line comes through.
-        wait_until(
-            lambda: master.call("ping") and self.find("command", command="ping", wait=0.1), 15
-        )
-        self.seen.clear()
-
-    def find(self, event: str, wait: float = 10.0, **fields: Any) -> dict[str, Any] | None:
-        """The first event named `event` whose fields include `fields`, waiting `wait` s."""
-        deadline = time.monotonic() + wait
-        while True:
-            for seen in self.seen:
-                if seen["event"] == event and all(seen.get(k) == v for k, v in fields.items()):
-                    return seen
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.socket.poll(max(1, int(remaining * 1000))):
-                return None
-            message = protocol.decode(
-                self.socket.recv_multipart()[-1], expect=frozenset({MsgType.EVENT})
-            )
-            self.seen.append({"event": message["event"], **message["data"]})
-
-    def close(self) -> None:
-        self.socket.close(0)
-        self.context.term()
 
 
 @dataclass

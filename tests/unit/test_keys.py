@@ -181,7 +181,7 @@ def test_loading_refuses_missing_shared_and_ambiguous_keys(tmp_path: Path) -> No
 def test_settings_from_config_load_keys_for_tcp_only(tmp_path: Path) -> None:
     """Steps: settings for ipc with keys, tcp with keys, tcp with a bad keys DIR.
     Expected: ipc ignores the keys; tcp maps key ids to roles and names; a bad DIR
-    is a one-line StartupError."""
+    is a one-line ConfigError."""
     keys.generate(tmp_path, "alice", Role.ADMIN)
     alice = keys.load_client(tmp_path, "alice")[0].decode()
     ipc = ControlSettings.from_config("ipc:///tmp/x/ctl", tmp_path)
@@ -192,7 +192,7 @@ def test_settings_from_config_load_keys_for_tcp_only(tmp_path: Path) -> None:
     assert tcp.admin_uids == [7]
     assert tcp.curve_server is not None
     assert tcp.curve_server[1].decode() not in repr(tcp)
-    with pytest.raises(StartupError, match=r"^curve_keys: .*no such key file$"):
+    with pytest.raises(ConfigError, match=r"^curve_keys: .*no such key file$"):
         ControlSettings.from_config("tcp://127.0.0.1:5555", tmp_path / "nope")
 
 
