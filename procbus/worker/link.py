@@ -10,6 +10,7 @@ jump in the numbers after it is reported as an error with the next reply.
 
 from __future__ import annotations
 
+import enum
 import logging
 import traceback
 from collections.abc import Sequence
@@ -27,6 +28,15 @@ log = logging.getLogger("procbus.worker")
 _FROM_MASTER = frozenset({MsgType.WELCOME})
 MAX_HELD = 10_000
 """Publishes held back before WELCOME, at most."""
+
+
+class LinkError(enum.StrEnum):
+    """Type names of the errors the link itself puts in a reply (no listener raised them)."""
+
+    SEQUENCE_GAP = "SequenceGap"
+    """Publishes numbered before this one never arrived."""
+    BACKLOG_FULL = "BacklogFull"
+    """Too many publishes already wait for this worker's listeners: this one did not run."""
 
 
 def listener_name(listener: object) -> str:
@@ -48,6 +58,10 @@ def error_record(exc: BaseException, listener: str) -> dict[str, str]:
     }
 
 
+def _link_error(kind: LinkError, message: str) -> dict[str, str]:
+    return {"type": kind.value, "message": message, "listener": "", "traceback": ""}
+
+
 class WorkerLink:
     """The sockets a worker talks to its master on."""
 
@@ -64,7 +78,8 @@ class WorkerLink:
         self.topic = f"w.{worker_id}.{generation}.".encode()
         self.next_seq: int | None = None
         """Set by WELCOME: the first publish this worker must answer."""
-        self._pending_gap: tuple[int, int] | None = None
+        self._gaps: dict[int, tuple[int, int]] = {}
+        """Publish number -> the numbers missed just before it, told with its reply."""
         self._held: list[Message] = []
 
         self.sub = context.socket(zmq.SUB)
@@ -114,19 +129,7 @@ class WorkerLink:
         A result msgpack cannot carry becomes an error of its listener; a
         reply too large for the wire becomes one error for the whole publish.
         """
-        errors: list[dict[str, str]] = []
-        if self._pending_gap is not None:
-            first, last = self._pending_gap
-            self._pending_gap = None
-            missed = f"{first}" if first == last else f"{first}-{last}"
-            errors.append(
-                {
-                    "type": "SequenceGap",
-                    "message": f"missed publishes {missed} before {seq}",
-                    "listener": "",
-                    "traceback": "",
-                }
-            )
+        errors = self._link_errors(seq)
         results = [outcome.result for outcome in outcomes]
         for outcome in outcomes:
             if outcome.error is not None:
@@ -158,6 +161,21 @@ class WorkerLink:
                 },
             )
         self.dealer.send(frame)
+
+    def refuse(self, seq: int, reason: str) -> None:
+        """Answer publish `seq`, whose listeners did not run, with a BacklogFull error."""
+        errors = self._link_errors(seq)
+        errors.append(_link_error(LinkError.BACKLOG_FULL, reason))
+        body = {"seq": seq, "results": [], "errors": errors}
+        self.dealer.send(protocol.encode(MsgType.REPLY, body))
+
+    def _link_errors(self, seq: int) -> list[dict[str, str]]:
+        gap = self._gaps.pop(seq, None) if self._gaps else None
+        if gap is None:
+            return []
+        first, last = gap
+        missed = f"{first}" if first == last else f"{first}-{last}"
+        return [_link_error(LinkError.SEQUENCE_GAP, f"missed publishes {missed} before {seq}")]
 
     # -- receiving ---------------------------------------------------------
 
@@ -197,7 +215,7 @@ class WorkerLink:
         if seq < self.next_seq:
             return None
         if seq > self.next_seq:
-            self._pending_gap = (self.next_seq, seq - 1)
+            self._gaps[seq] = (self.next_seq, seq - 1)
             log.error("missed publishes %d..%d", self.next_seq, seq - 1)
         self.next_seq = seq + 1
         return message

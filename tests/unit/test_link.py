@@ -148,3 +148,38 @@ def test_reply_carries_results_errors_and_unserializable_results(
     assert types == ["ValueError", "TypeError"]
     assert "opaque is not serializable" in message["errors"][1]["message"]
     assert message["errors"][0]["listener"].endswith(".bad")
+
+
+def test_each_gap_is_reported_with_the_reply_to_the_publish_after_it(
+    tree: tuple[FakeMaster, WorkerLink],
+) -> None:
+    """Steps: welcomed at 1, the worker receives publishes 1, 3 and 6 before it answers
+    any (they wait for its listeners), then answers 6, 1 and 3.
+    Expected: the reply to 3 names the gap 2, the reply to 6 the gap 4-5, the reply to 1
+    none."""
+    master, link = tree
+    master.welcome(link.topic, 1)
+    assert link.dealer.poll(5000)
+    link.receive_command()
+    for seq in (1, 3, 6):
+        master.publish(seq)
+    assert [m["seq"] for m in receive_publishes(link, 3)] == [1, 3, 6]
+    assert [e["message"] for e in reply_errors(master, link, 6)] == [
+        "missed publishes 4-5 before 6"
+    ]
+    assert reply_errors(master, link, 1) == []
+    assert [e["message"] for e in reply_errors(master, link, 3)] == ["missed publishes 2 before 3"]
+
+
+def test_refused_publish_is_answered_with_a_backlog_error(
+    tree: tuple[FakeMaster, WorkerLink],
+) -> None:
+    """Steps: the link refuses publish 4 with a reason.
+    Expected: a reply to 4 with no results and one BacklogFull error carrying the reason."""
+    master, link = tree
+    link.refuse(4, "1000 publishes already wait")
+    message = master.receive()
+    assert message["seq"] == 4
+    assert message["results"] == []
+    (error,) = message["errors"]
+    assert (error["type"], error["message"]) == ("BacklogFull", "1000 publishes already wait")
