@@ -6,6 +6,14 @@ worker's subscription is in place (ZeroMQ applies a pipe's subscriptions in
 order). The master's WELCOME then says from which sequence number on this
 worker is a target; publishes numbered before that are dropped unseen, and a
 jump in the numbers after it is reported as an error with the next reply.
+
+A socket monitor watches the SUB socket's connection. When it is lost (the
+master re-executed, ``restart --adopt``, or died), the publishes sent while
+ZeroMQ reconnects never reach this worker, and the new master does not count
+it as a target until its subscription is proven again. So the link forgets
+its sequence and holds publishes back, as a new worker does, until the WELCOME
+the master sends once the subscription is proven says which publish to answer
+first: a publish the worker could not see is no gap.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from procbus import protocol
 from procbus.bus import ListenerOutcome
@@ -88,6 +97,9 @@ class WorkerLink:
         self.sub.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
         self.sub.subscribe(protocol.BROADCAST_TOPIC)
         self.sub.subscribe(self.topic)
+        # Watched from before the first connection: no loss goes unseen.
+        self.monitor = self.sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.monitor.linger = 0
         self.sub.connect(publish_endpoint)
 
         self.dealer = context.socket(zmq.DEALER)
@@ -98,6 +110,8 @@ class WorkerLink:
         self.dealer.connect(reply_endpoint)
 
     def close(self, linger: int | None = None) -> None:
+        self.sub.disable_monitor()
+        self.monitor.close(0)
         self.sub.close(0)
         self.dealer.close(linger)
 
@@ -224,6 +238,8 @@ class WorkerLink:
         """Read one message from the master on DEALER (a WELCOME).
 
         With ``flags=zmq.NOBLOCK``, raises ``zmq.Again`` when none is waiting.
+        A WELCOME sets the sequence only while the link has none (a new
+        worker, or one whose connection to the master was lost).
         """
         frame = self.dealer.recv(flags)
         try:
@@ -231,6 +247,29 @@ class WorkerLink:
         except ProtocolError as exc:
             log.warning("dropped a malformed message from the master: %s", exc)
             return None
-        if message.type is MsgType.WELCOME and self.next_seq is None:
-            self.next_seq = message["next_seq"]
+        if message.type is MsgType.WELCOME:
+            # A lost connection is always seen before the WELCOME that follows
+            # it (the monitor event is queued before ZeroMQ even reconnects).
+            self.watch_connection()
+            if self.next_seq is None:
+                self.next_seq = message["next_seq"]
         return message
+
+    def watch_connection(self) -> None:
+        """Read the SUB socket's monitor events (when `monitor` is readable).
+
+        When the connection to the master's publish endpoint was lost, forget
+        the sequence: publishes are held back until the next WELCOME.
+        """
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED and self.next_seq is not None:
+                log.info(
+                    "worker %d lost its connection to %s; waiting for a new WELCOME",
+                    self.worker_id,
+                    event["endpoint"].decode(errors="replace"),
+                )
+                self.next_seq = None

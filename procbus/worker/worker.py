@@ -298,6 +298,7 @@ class Worker:
     def _loop(self, link: WorkerLink, ctx: WorkerContext) -> ExitCode:
         spec = self.spec
         poller = zmq.Poller()
+        poller.register(link.monitor, zmq.POLLIN)
         poller.register(link.sub, zmq.POLLIN)
         poller.register(link.dealer, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -318,15 +319,19 @@ class Worker:
                 link.heartbeat(ctx.counters.snapshot())
                 next_beat = now + spec.heartbeat_interval
             timeout_ms = math.ceil(max(0.0, next_beat - time.monotonic()) * 1000)
-            for source, _ in poller.poll(timeout_ms):
-                if source is link.sub:
-                    self._handle_publishes(link, ctx)
-                elif source is link.dealer:
-                    self._handle_commands(link, ctx)
-                else:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self._wake_r, 512)
-                    self._send_replies(link, ctx)
+            ready = dict(poller.poll(timeout_ms))
+            # A lost connection first: the publishes read after it are held
+            # back until the next WELCOME (see `WorkerLink.watch_connection`).
+            if link.monitor in ready:
+                link.watch_connection()
+            if link.sub in ready:
+                self._handle_publishes(link, ctx)
+            if link.dealer in ready:
+                self._handle_commands(link, ctx)
+            if self._wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 512)
+                self._send_replies(link, ctx)
 
     def _handle_publishes(self, link: WorkerLink, ctx: WorkerContext) -> None:
         # Everything waiting, without a poll per message (a poll costs a Poller),
