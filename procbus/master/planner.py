@@ -106,6 +106,8 @@ class WorkerProc:
     app fails, still counts as a death of its slot)."""
     ran: bool = False
     """Reached RUNNING at least once."""
+    adopted: bool = False
+    """Forked by a previous master (``restart --adopt``)."""
     exit_status: int | None = None
     """``os.waitstatus_to_exitcode`` of the reaped process: <0 is a signal."""
     info: dict[str, Any] = field(default_factory=dict)

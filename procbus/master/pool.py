@@ -270,7 +270,10 @@ class Pool:
         """Take over a live worker a previous master forked (``restart --adopt``).
 
         It counts as starting until its subscription reaches this master's
-        XPUB again (ZeroMQ reconnects it); it already said hello and runs.
+        XPUB again (ZeroMQ reconnects it) and it is heard on this master's
+        ROUTER: a WELCOME sent before its DEALER reconnected would be dropped,
+        and the worker, which forgot its sequence when its connection was
+        lost, would wait for one forever. It already said hello and runs.
         """
         slot = self.view.slots.get(worker_id)
         if slot is None:
@@ -279,7 +282,7 @@ class Pool:
         worker = WorkerProc(worker_id, generation, pid, self.loop.clock())
         worker.state = WorkerState.STARTING
         worker.hello = True
-        worker.bus_state = "running"
+        worker.adopted = True
         worker.last_heartbeat = self.loop.clock()
         self.by_pid[pid] = worker
         self.by_topic[_topic(worker)] = worker
@@ -397,6 +400,11 @@ class Pool:
     def heartbeat(self, worker: WorkerProc, counters: dict[str, Any]) -> None:
         worker.last_heartbeat = self.loop.clock()
         worker.counters = {k: v for k, v in counters.items() if isinstance(v, int)}
+        if worker.adopted and worker.bus_state is None:
+            # An adopted worker's first heartbeat here: it runs, and a WELCOME
+            # reaches it now.
+            worker.bus_state = "running"
+            self._maybe_ready(worker)
         limit = request_limit(worker, self.policy)
         if limit and worker.requests >= limit and worker.state is WorkerState.RUNNING:
             self.replan()

@@ -6,16 +6,26 @@ worker's subscription is in place (ZeroMQ applies a pipe's subscriptions in
 order). The master's WELCOME then says from which sequence number on this
 worker is a target; publishes numbered before that are dropped unseen, and a
 jump in the numbers after it is reported as an error with the next reply.
+
+A socket monitor watches the SUB socket's connection. When it is lost (the
+master re-executed, ``restart --adopt``, or died), the publishes sent while
+ZeroMQ reconnects never reach this worker, and the new master does not count
+it as a target until its subscription is proven again. So the link forgets
+its sequence and holds publishes back, as a new worker does, until the WELCOME
+the master sends once the subscription is proven says which publish to answer
+first: a publish the worker could not see is no gap.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import traceback
 from collections.abc import Sequence
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from procbus import protocol
 from procbus.bus import ListenerOutcome
@@ -27,6 +37,15 @@ log = logging.getLogger("procbus.worker")
 _FROM_MASTER = frozenset({MsgType.WELCOME})
 MAX_HELD = 10_000
 """Publishes held back before WELCOME, at most."""
+
+
+class LinkError(enum.StrEnum):
+    """Type names of the errors the link itself puts in a reply (no listener raised them)."""
+
+    SEQUENCE_GAP = "SequenceGap"
+    """Publishes numbered before this one never arrived."""
+    BACKLOG_FULL = "BacklogFull"
+    """Too many publishes already wait for this worker's listeners: this one did not run."""
 
 
 def listener_name(listener: object) -> str:
@@ -48,6 +67,10 @@ def error_record(exc: BaseException, listener: str) -> dict[str, str]:
     }
 
 
+def _link_error(kind: LinkError, message: str) -> dict[str, str]:
+    return {"type": kind.value, "message": message, "listener": "", "traceback": ""}
+
+
 class WorkerLink:
     """The sockets a worker talks to its master on."""
 
@@ -64,7 +87,8 @@ class WorkerLink:
         self.topic = f"w.{worker_id}.{generation}.".encode()
         self.next_seq: int | None = None
         """Set by WELCOME: the first publish this worker must answer."""
-        self._pending_gap: tuple[int, int] | None = None
+        self._gaps: dict[int, tuple[int, int]] = {}
+        """Publish number -> the numbers missed just before it, told with its reply."""
         self._held: list[Message] = []
 
         self.sub = context.socket(zmq.SUB)
@@ -73,6 +97,9 @@ class WorkerLink:
         self.sub.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
         self.sub.subscribe(protocol.BROADCAST_TOPIC)
         self.sub.subscribe(self.topic)
+        # Watched from before the first connection: no loss goes unseen.
+        self.monitor = self.sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.monitor.linger = 0
         self.sub.connect(publish_endpoint)
 
         self.dealer = context.socket(zmq.DEALER)
@@ -83,6 +110,8 @@ class WorkerLink:
         self.dealer.connect(reply_endpoint)
 
     def close(self, linger: int | None = None) -> None:
+        self.sub.disable_monitor()
+        self.monitor.close(0)
         self.sub.close(0)
         self.dealer.close(linger)
 
@@ -114,19 +143,7 @@ class WorkerLink:
         A result msgpack cannot carry becomes an error of its listener; a
         reply too large for the wire becomes one error for the whole publish.
         """
-        errors: list[dict[str, str]] = []
-        if self._pending_gap is not None:
-            first, last = self._pending_gap
-            self._pending_gap = None
-            missed = f"{first}" if first == last else f"{first}-{last}"
-            errors.append(
-                {
-                    "type": "SequenceGap",
-                    "message": f"missed publishes {missed} before {seq}",
-                    "listener": "",
-                    "traceback": "",
-                }
-            )
+        errors = self._link_errors(seq)
         results = [outcome.result for outcome in outcomes]
         for outcome in outcomes:
             if outcome.error is not None:
@@ -158,6 +175,21 @@ class WorkerLink:
                 },
             )
         self.dealer.send(frame)
+
+    def refuse(self, seq: int, reason: str) -> None:
+        """Answer publish `seq`, whose listeners did not run, with a BacklogFull error."""
+        errors = self._link_errors(seq)
+        errors.append(_link_error(LinkError.BACKLOG_FULL, reason))
+        body = {"seq": seq, "results": [], "errors": errors}
+        self.dealer.send(protocol.encode(MsgType.REPLY, body))
+
+    def _link_errors(self, seq: int) -> list[dict[str, str]]:
+        gap = self._gaps.pop(seq, None) if self._gaps else None
+        if gap is None:
+            return []
+        first, last = gap
+        missed = f"{first}" if first == last else f"{first}-{last}"
+        return [_link_error(LinkError.SEQUENCE_GAP, f"missed publishes {missed} before {seq}")]
 
     # -- receiving ---------------------------------------------------------
 
@@ -197,7 +229,7 @@ class WorkerLink:
         if seq < self.next_seq:
             return None
         if seq > self.next_seq:
-            self._pending_gap = (self.next_seq, seq - 1)
+            self._gaps[seq] = (self.next_seq, seq - 1)
             log.error("missed publishes %d..%d", self.next_seq, seq - 1)
         self.next_seq = seq + 1
         return message
@@ -206,6 +238,8 @@ class WorkerLink:
         """Read one message from the master on DEALER (a WELCOME).
 
         With ``flags=zmq.NOBLOCK``, raises ``zmq.Again`` when none is waiting.
+        A WELCOME sets the sequence only while the link has none (a new
+        worker, or one whose connection to the master was lost).
         """
         frame = self.dealer.recv(flags)
         try:
@@ -213,6 +247,29 @@ class WorkerLink:
         except ProtocolError as exc:
             log.warning("dropped a malformed message from the master: %s", exc)
             return None
-        if message.type is MsgType.WELCOME and self.next_seq is None:
-            self.next_seq = message["next_seq"]
+        if message.type is MsgType.WELCOME:
+            # A lost connection is always seen before the WELCOME that follows
+            # it (the monitor event is queued before ZeroMQ even reconnects).
+            self.watch_connection()
+            if self.next_seq is None:
+                self.next_seq = message["next_seq"]
         return message
+
+    def watch_connection(self) -> None:
+        """Read the SUB socket's monitor events (when `monitor` is readable).
+
+        When the connection to the master's publish endpoint was lost, forget
+        the sequence: publishes are held back until the next WELCOME.
+        """
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED and self.next_seq is not None:
+                log.info(
+                    "worker %d lost its connection to %s; waiting for a new WELCOME",
+                    self.worker_id,
+                    event["endpoint"].decode(errors="replace"),
+                )
+                self.next_seq = None

@@ -3,11 +3,13 @@
 Right after fork the worker drops everything it inherited that belongs to the
 master (signal handlers and wake-up fd, ZeroMQ sockets and their fds, the
 master's listeners on `procbus.bus`, systemd's notify variables), arranges to
-die with the master, makes its own ZeroMQ context and link, says hello, imports
-and starts its app, and then runs its own small loop in the main thread:
-publishes from the master run the worker's listeners there, heartbeats leave on
-time, and signals arrive through a wake-up fd. The app itself runs in a second
-thread.
+die with the master, switches user if asked, makes its own ZeroMQ context and
+link, says hello, imports and starts its app, and then runs its own small I/O
+loop in the main thread: publishes from the master arrive there and replies
+and heartbeats leave from there, on time, and signals arrive through a wake-up
+fd. The app runs in a second thread, the listeners of the master's publishes
+in a third (`procbus.worker.runner`), so a slow listener never silences the
+heartbeats.
 
 Exit statuses are part of the contract with the master (`ExitCode`): a worker
 that cannot boot says so, so that the master backs off instead of forking in a
@@ -44,10 +46,13 @@ from procbus.protocol import Message, MsgType
 from procbus.worker.apps import WorkerApp, WorkerContext, load_app
 from procbus.worker.credentials import Credentials
 from procbus.worker.link import WorkerLink
+from procbus.worker.runner import ListenerRunner
 
 log = logging.getLogger("procbus.worker")
 
 _PR_SET_PDEATHSIG = 1
+_BATCH = 100
+"""Publishes read from SUB before they go to the listener thread in one hand-off."""
 
 
 class ExitCode(enum.IntEnum):
@@ -164,6 +169,7 @@ class Worker:
         self._reports_ready = False
         self._running_reported = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._runner = ListenerRunner(bus, self._wake)
 
     # -- set-up right after fork ----------------------------------------
 
@@ -277,6 +283,7 @@ class Worker:
         if not self._reports_ready:
             ctx.ready()
         self._report_ready(link, ctx)
+        self._runner.start()
 
         code = self._loop(link, ctx)
 
@@ -285,6 +292,17 @@ class Worker:
         # A quick stop (SIGQUIT, or the master gone) skips the drain: the
         # stop and exit listeners may wait for in-flight work.
         fast = code is ExitCode.ORPHANED or self.stop_requested == signal.SIGQUIT
+        self._runner.stop()
+        if not fast:
+            # Like a request in flight, the publish whose listeners run now
+            # finishes and is answered before the stop listeners run.
+            if not self._runner.join(spec.graceful_timeout):
+                log.warning(
+                    "worker %d: listeners still running after %gs",
+                    spec.worker_id,
+                    spec.graceful_timeout,
+                )
+            self._send_replies(link, ctx)
         if not fast and self.bus.state is not states.EXITING:
             self.bus.exit()
         app_thread.join(0 if fast else spec.graceful_timeout)
@@ -316,6 +334,7 @@ class Worker:
     def _loop(self, link: WorkerLink, ctx: WorkerContext) -> ExitCode:
         spec = self.spec
         poller = zmq.Poller()
+        poller.register(link.monitor, zmq.POLLIN)
         poller.register(link.sub, zmq.POLLIN)
         poller.register(link.dealer, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -336,24 +355,36 @@ class Worker:
                 link.heartbeat(ctx.counters.snapshot())
                 next_beat = now + spec.heartbeat_interval
             timeout_ms = math.ceil(max(0.0, next_beat - time.monotonic()) * 1000)
-            for source, _ in poller.poll(timeout_ms):
-                if source is link.sub:
-                    self._handle_publishes(link, ctx)
-                elif source is link.dealer:
-                    self._handle_commands(link, ctx)
-                else:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self._wake_r, 512)
+            ready = dict(poller.poll(timeout_ms))
+            # A lost connection first: the publishes read after it are held
+            # back until the next WELCOME (see `WorkerLink.watch_connection`).
+            if link.monitor in ready:
+                link.watch_connection()
+            if link.sub in ready:
+                self._handle_publishes(link, ctx)
+            if link.dealer in ready:
+                self._handle_commands(link, ctx)
+            if self._wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 512)
+                self._send_replies(link, ctx)
 
     def _handle_publishes(self, link: WorkerLink, ctx: WorkerContext) -> None:
-        # Everything waiting, without a poll per message (a poll costs a Poller).
+        # Everything waiting, without a poll per message (a poll costs a Poller),
+        # handed to the listener thread in batches (a hand-off costs a thread switch).
+        batch: list[Message] = []
         while self.stop_requested is None:
             try:
                 message = link.receive_publish(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             if message is not None:
-                self._answer(link, ctx, message)
+                batch.append(message)
+                if len(batch) == _BATCH:
+                    self._submit(link, ctx, batch)
+                    batch = []
+        if batch:
+            self._submit(link, ctx, batch)
 
     def _handle_commands(self, link: WorkerLink, ctx: WorkerContext) -> None:
         while True:
@@ -362,17 +393,32 @@ class Worker:
             except zmq.Again:
                 return
             if message is not None and message.type is MsgType.WELCOME:
-                for held in link.take_held():
-                    self._answer(link, ctx, held)
+                held = link.take_held()
+                for start in range(0, len(held), _BATCH):
+                    self._submit(link, ctx, held[start : start + _BATCH])
 
-    def _answer(self, link: WorkerLink, ctx: WorkerContext, message: Message) -> None:
-        outcomes = self.bus.run_listeners(
-            message["channel"], *message["args"], **message["kwargs"]
-        )
-        ctx.counters.add("publishes")
-        if any(outcome.error is not None for outcome in outcomes):
+    def _submit(self, link: WorkerLink, ctx: WorkerContext, messages: list[Message]) -> None:
+        """Hand `messages` to the listener thread; refuse those past a full backlog."""
+        for message in self._runner.submit(messages):
+            seq = message["seq"]
+            reason = (
+                f"worker {self.spec.worker_id}: {self._runner.backlog} publishes already "
+                f"wait for its listeners; publish {seq} on {message['channel']!r} was not run"
+            )
+            log.error("%s", reason)
+            ctx.counters.add("publishes")
             ctx.counters.add("publish_errors")
-        link.reply(message["seq"], outcomes)
+            link.refuse(seq, reason)
+
+    def _send_replies(self, link: WorkerLink, ctx: WorkerContext) -> None:
+        """Answer every publish whose listeners ran (from the I/O thread: sockets are its own)."""
+        for done in self._runner.finished():
+            if done.raised is not None:
+                raise done.raised  # SystemExit or KeyboardInterrupt from a listener
+            ctx.counters.add("publishes")
+            if any(outcome.error is not None for outcome in done.outcomes):
+                ctx.counters.add("publish_errors")
+            link.reply(done.seq, done.outcomes)
 
     def _app_ended(self, link: WorkerLink) -> ExitCode:
         exc = self._app_outcome

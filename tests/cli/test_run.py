@@ -348,6 +348,37 @@ def test_restart_adopt_renews_the_master_and_keeps_every_worker() -> None:
         assert "adopting 2 live workers" in proc.log()
 
 
+def test_publishes_right_after_restart_adopt_are_answered_without_a_gap() -> None:
+    """Steps: 2 generic workers; three times: restart --adopt, then, as soon as the new
+    master answers, 10 publishes back to back (the adopted workers are still
+    re-subscribing to it), then, once both run again, 5 more.
+    Expected: no reply has an error or a worker timed out or lost: each worker answers ok,
+    or is reported starting while its subscription is not proven yet (no SequenceGap
+    for a publish it could not see); once running, both answer ok; the same worker pids
+    throughout."""
+    with running("--worker", "tests.tree.apps:echo", workers=2) as proc:
+        pids = [w["pid"] for w in proc.workers()]
+        bad: list[str] = []
+
+        def publish(n: int, allowed: set[str]) -> None:
+            reply = proc.call("publish", "echo", n, timeout=10)
+            for worker, answer in reply["workers"].items():
+                if answer["status"] not in allowed or answer["errors"]:
+                    errors = [f"{e['type']}: {e['message']}" for e in answer["errors"]]
+                    bad.append(f"seq {reply['seq']} worker {worker} {answer['status']} {errors}")
+
+        for _ in range(3):
+            result = proc.call("restart", adopt=True, timeout=60)
+            assert result["result"]["adopted"] == 2
+            proc.wait_answering()
+            for n in range(10):
+                publish(n, {"ok", "starting"})
+            assert [w["pid"] for w in proc.wait_running(2)] == pids
+            for n in range(5):
+                publish(n, {"ok"})
+        assert bad == []
+
+
 def test_request_that_makes_the_app_raise_is_a_500_counted_and_the_worker_survives() -> None:
     with running("--bind", "127.0.0.1:0", workers=1) as proc:
         pid = proc.workers()[0]["pid"]

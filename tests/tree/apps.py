@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from typing import Any
@@ -37,6 +38,26 @@ def echo(ctx: WorkerContext) -> None:
         if ctx.worker_id == worker:
             time.sleep(seconds)
         return "done"
+
+    @bus.subscribe("freeze")
+    def freeze(worker: int, seconds: int) -> str:
+        # Stuck in C code that holds the GIL (as a buggy extension may be): no
+        # thread of the worker runs, its heartbeats stop.
+        if ctx.worker_id == worker:
+            ctypes.PyDLL(None).sleep(seconds)
+        return "thawed"
+
+    @bus.subscribe("nap")
+    def nap(seconds: float) -> dict[str, Any]:
+        time.sleep(seconds)
+        return {"worker": ctx.worker_id, "slept": seconds}
+
+    @bus.subscribe("hold")
+    def hold(marker: str, seconds: float) -> str:
+        with open(f"{marker}.{ctx.worker_id}", "w"):
+            pass  # the test waits for this file: the listener runs
+        time.sleep(seconds)
+        return "held"
 
     @bus.subscribe("die")
     def die(worker: int) -> str:

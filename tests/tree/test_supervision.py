@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,13 +115,14 @@ def test_worker_whose_app_ends_exits_and_master_records_why(app: str, error: str
 
 
 def test_hung_worker_is_aborted_with_a_stack_dump_and_replaced() -> None:
-    """Steps: worker 1's listener blocks its main loop for 30 s; heartbeat timeout 1.5 s.
+    """Steps: worker 1's listener hangs the whole process for 30 s (stuck in C code
+    holding the GIL); heartbeat timeout 1.5 s.
     Expected: the master aborts it (SIGABRT: faulthandler dumps the stack into the log),
     then replaces it; last error names the missing heartbeat."""
     with running_master(workers=2, timeout=1.5, abort_grace=1.0) as master:
         before = {w["id"]: w for w in master.workers()}
         with master.client(timeout=1.0) as client:
-            client.request("publish", ["hang", 1, 30.0], timeout=1.0)
+            client.request("publish", ["freeze", 1, 30], timeout=1.0)
 
         def replaced() -> dict[int, dict[str, Any]] | None:
             workers = {w["id"]: w for w in master.workers()}
@@ -134,7 +136,7 @@ def test_hung_worker_is_aborted_with_a_stack_dump_and_replaced() -> None:
         assert after[2]["pid"] == before[2]["pid"]
         log = master.log()
         assert "Fatal Python error: Aborted" in log
-        assert "in hang" in log
+        assert "in freeze" in log
 
 
 def test_scale_keeps_ids_one_to_n() -> None:
@@ -193,3 +195,78 @@ def test_worker_is_recycled_after_max_age() -> None:
 
         wait_until(aged, 15)
         assert all(w["restarts"] == 0 for w in master.workers())
+
+
+PUBLISH_DEADLINE = 4.25
+"""A control request's timeout: the master keeps 0.25 s of it for the answer to come
+back, so the publish's deadline is 4 s."""
+
+
+def test_listener_longer_than_the_heartbeat_timeout_does_not_get_its_worker_killed() -> None:
+    """Steps: 2 workers, heartbeat every 0.2 s, heartbeat timeout 2 s, publish timeout
+    4 s; publish 'nap' whose listener sleeps 3 s in every worker.
+    Expected: every worker answers ok with its listener's result; no worker was aborted
+    or replaced (same pids, no restart, no error, no 'no heartbeat' in the log)."""
+    with running_master(workers=2, timeout=2, heartbeat=0.2, publish_timeout=4) as master:
+        before = {w["id"]: w["pid"] for w in master.workers()}
+        result = master.call("publish", "nap", 3.0, timeout=PUBLISH_DEADLINE)
+        for worker_id in ("1", "2"):
+            answer = result["workers"][worker_id]
+            assert answer["status"] == "ok", answer
+            assert answer["results"] == [{"worker": int(worker_id), "slept": 3.0}]
+        after = master.workers()
+        assert {w["id"]: w["pid"] for w in after} == before
+        assert [(w["restarts"], w["last_error"]) for w in after] == [(0, None), (0, None)]
+        assert "no heartbeat" not in master.log()
+
+
+def test_listener_past_its_deadline_times_out_and_its_worker_answers_the_next() -> None:
+    """Steps: 2 workers, heartbeat timeout 2 s, publish timeout 4 s; publish 'nap' whose
+    listener sleeps 5 s, then, without waiting, publish 'echo'.
+    Expected: 'nap' is a timeout in both workers; 'echo' (queued behind the nap in each
+    worker) is answered ok; the workers were neither aborted nor replaced."""
+    with running_master(workers=2, timeout=2, heartbeat=0.2, publish_timeout=4) as master:
+        before = {w["id"]: w["pid"] for w in master.workers()}
+        slow = master.call("publish", "nap", 5.0, timeout=PUBLISH_DEADLINE)
+        assert {k: v["status"] for k, v in slow["workers"].items()} == {
+            "1": "timeout",
+            "2": "timeout",
+        }
+        after = master.call("publish", "echo", "after", timeout=10)
+        assert {k: v["status"] for k, v in after["workers"].items()} == {"1": "ok", "2": "ok"}
+        assert after["workers"]["1"]["results"][0]["args"] == ["after"]
+        workers = master.workers()
+        assert {w["id"]: w["pid"] for w in workers} == before
+        assert [w["restarts"] for w in workers] == [0, 0]
+        assert "no heartbeat" not in master.log()
+
+
+@pytest.mark.parametrize(("signame", "status"), [("TERM", "ok"), ("QUIT", "lost")])
+def test_term_lets_the_running_listener_answer_and_quit_does_not(
+    signame: str, status: str, tmp_path: Path
+) -> None:
+    """Steps: 1 worker; publish 'hold' whose listener sleeps 1.5 s; once it runs, the
+    worker is sent TERM (or QUIT).
+    Expected: after TERM the listener finishes and its publish is answered ok; after QUIT
+    the worker leaves at once and the publish reports it lost. Either way the worker is
+    replaced."""
+    with running_master(workers=1) as master:
+        (before,) = master.workers()
+        marker = tmp_path / "running"
+        answer: dict[str, Any] = {}
+
+        def publish() -> None:
+            answer.update(master.call("publish", "hold", str(marker), 1.5, timeout=20))
+
+        thread = threading.Thread(target=publish)
+        thread.start()
+        try:
+            wait_until(lambda: Path(f"{marker}.1").exists(), 10)
+            master.call("kill", 1, signal=signame)
+        finally:
+            thread.join(20)
+        assert answer["workers"]["1"]["status"] == status, answer
+        if status == "ok":
+            assert answer["workers"]["1"]["results"] == ["held"]
+        (after,) = master.wait_running(1)
+        assert after["pid"] != before["pid"]

@@ -47,6 +47,18 @@ class FakeMaster:
         self.xpub.close(0)
         self.router.close(0)
 
+    def wait_subscribed(self, link: WorkerLink) -> None:
+        """Until the worker's own topic arrives on XPUB: its subscription is in place."""
+        expected = b"\x01" + link.topic
+
+        def subscribed() -> bool:
+            # After a reconnect the SUB socket sends its subscriptions again once
+            # its thread looks at it (the worker's loop polls it all the time).
+            link.sub.poll(0)
+            return bool(self.xpub.poll(10)) and self.xpub.recv() == expected
+
+        wait_until(subscribed, 5)
+
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Iterator[tuple[FakeMaster, WorkerLink]]:
@@ -54,8 +66,7 @@ def tree(tmp_path: Path) -> Iterator[tuple[FakeMaster, WorkerLink]]:
     master = FakeMaster(context, tmp_path)
     link = WorkerLink(context, 1, 1, master.publish_endpoint, master.reply_endpoint)
     try:
-        # The worker's own topic arriving on XPUB proves its subscription.
-        wait_until(lambda: master.xpub.poll(10) and master.xpub.recv() == b"\x01w.1.1.", 5)
+        master.wait_subscribed(link)
         yield master, link
     finally:
         link.close(0)
@@ -148,3 +159,119 @@ def test_reply_carries_results_errors_and_unserializable_results(
     assert types == ["ValueError", "TypeError"]
     assert "opaque is not serializable" in message["errors"][1]["message"]
     assert message["errors"][0]["listener"].endswith(".bad")
+
+
+def test_each_gap_is_reported_with_the_reply_to_the_publish_after_it(
+    tree: tuple[FakeMaster, WorkerLink],
+) -> None:
+    """Steps: welcomed at 1, the worker receives publishes 1, 3 and 6 before it answers
+    any (they wait for its listeners), then answers 6, 1 and 3.
+    Expected: the reply to 3 names the gap 2, the reply to 6 the gap 4-5, the reply to 1
+    none."""
+    master, link = tree
+    master.welcome(link.topic, 1)
+    assert link.dealer.poll(5000)
+    link.receive_command()
+    for seq in (1, 3, 6):
+        master.publish(seq)
+    assert [m["seq"] for m in receive_publishes(link, 3)] == [1, 3, 6]
+    assert [e["message"] for e in reply_errors(master, link, 6)] == [
+        "missed publishes 4-5 before 6"
+    ]
+    assert reply_errors(master, link, 1) == []
+    assert [e["message"] for e in reply_errors(master, link, 3)] == ["missed publishes 2 before 3"]
+
+
+def test_refused_publish_is_answered_with_a_backlog_error(
+    tree: tuple[FakeMaster, WorkerLink],
+) -> None:
+    """Steps: the link refuses publish 4 with a reason.
+    Expected: a reply to 4 with no results and one BacklogFull error carrying the reason."""
+    master, link = tree
+    link.refuse(4, "1000 publishes already wait")
+    message = master.receive()
+    assert message["seq"] == 4
+    assert message["results"] == []
+    (error,) = message["errors"]
+    assert (error["type"], error["message"]) == ("BacklogFull", "1000 publishes already wait")
+
+
+def welcome(master: FakeMaster, link: WorkerLink, next_seq: int) -> None:
+    master.welcome(link.topic, next_seq)
+    assert link.dealer.poll(5000), "no WELCOME arrived"
+    assert link.receive_command() is not None
+
+
+def wait_connection_lost(link: WorkerLink) -> None:
+    """Read the link's monitor, as the worker's loop does, until it saw the loss."""
+    assert link.monitor.poll(5000), "no monitor event"
+    link.watch_connection()
+    assert link.next_seq is None
+
+
+def wait_reconnected(master: FakeMaster, link: WorkerLink) -> None:
+    """Until both sockets of `link` reconnected to `master` (as a master proves it
+    before it sends WELCOME: a WELCOME sent earlier would be dropped)."""
+    master.wait_subscribed(link)
+    link.heartbeat({})
+    assert master.receive().type is MsgType.HEARTBEAT
+
+
+def test_lost_connection_holds_publishes_until_the_new_masters_welcome(
+    tree: tuple[FakeMaster, WorkerLink], tmp_path: Path
+) -> None:
+    """Steps: welcomed at 1, the worker answers 1 and 2; the master goes away (as in a
+    re-exec) and a new one binds the same endpoints; while the worker re-subscribes,
+    publishes 3 and 4 go out unseen; then 5, WELCOME(5), 6 and 8.
+    Expected: once the loss is read from the monitor, the sequence is forgotten and 5 is
+    held back; WELCOME(5) releases it; the replies to 5 and 6 carry no gap (3 and 4 were
+    never meant for this worker), the reply to 8 still reports the real gap 7."""
+    old, link = tree
+    welcome(old, link, 1)
+    old.publish(1)
+    old.publish(2)
+    assert [m["seq"] for m in receive_publishes(link, 2)] == [1, 2]
+    old.close()
+    wait_connection_lost(link)
+    new = FakeMaster(link.sub.context, tmp_path)
+    try:
+        new.publish(3)
+        new.publish(4)
+        wait_reconnected(new, link)
+        new.publish(5)
+        assert link.sub.poll(5000)
+        assert link.receive_publish() is None  # held back
+        welcome(new, link, 5)
+        assert [m["seq"] for m in link.take_held()] == [5]
+        new.publish(6)
+        new.publish(8)
+        assert [m["seq"] for m in receive_publishes(link, 2)] == [6, 8]
+        assert reply_errors(new, link, 5) == []
+        assert reply_errors(new, link, 6) == []
+        (gap,) = reply_errors(new, link, 8)
+        assert gap["message"] == "missed publishes 7 before 8"
+    finally:
+        new.close()
+
+
+def test_welcome_read_before_the_monitor_event_still_resets_the_sequence(
+    tree: tuple[FakeMaster, WorkerLink], tmp_path: Path
+) -> None:
+    """Steps: welcomed at 1; a WELCOME(9) while connected; then the master goes away, a
+    new one binds the same endpoints and sends WELCOME(20) before anyone read the link's
+    monitor.
+    Expected: the first extra WELCOME changes nothing (next_seq stays 1); the one after
+    the loss sets next_seq to 20 (the link reads its monitor first)."""
+    old, link = tree
+    welcome(old, link, 1)
+    welcome(old, link, 9)
+    assert link.next_seq == 1
+    old.close()
+    assert link.monitor.poll(5000), "no monitor event"
+    new = FakeMaster(link.sub.context, tmp_path)
+    try:
+        wait_reconnected(new, link)
+        welcome(new, link, 20)
+        assert link.next_seq == 20
+    finally:
+        new.close()

@@ -1,0 +1,128 @@
+"""A worker's listeners run on a thread of their own, one publish at a time.
+
+The worker's main thread runs its I/O loop: it reads publishes, sends replies
+and heartbeats, and must never block for long, or the master, hearing no
+heartbeat, takes the worker for hung and aborts it. A listener may take as
+long as it likes (a reload, a cache warm-up, a drain): past the publish's
+deadline the master reports it as a timeout, but the worker lives on. So the
+listeners run on one long-lived thread, one publish after the other in the
+order they arrived, and for each publish every listener in priority order, as
+on any wspbus.
+
+ZeroMQ sockets are not thread-safe: the runner touches none. It hands each
+outcome back through a queue and wakes the loop, which sends the reply.
+
+The publishes waiting for the runner are bounded (`MAX_BACKLOG`): behind a
+listener that never returns, a further publish is refused at once (the loop
+answers it with an error) instead of memory growing without end.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from procbus.bus import Bus, ListenerOutcome
+from procbus.protocol import Message
+
+MAX_BACKLOG: Final = 1000
+"""Publishes a worker holds at once (the one running and those waiting)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The listeners of publish `seq` ran: what each one did."""
+
+    seq: int
+    outcomes: list[ListenerOutcome]
+    raised: BaseException | None = None
+    """``SystemExit`` or ``KeyboardInterrupt`` from a listener: the worker ends."""
+
+
+class ListenerRunner:
+    """One thread that runs the worker's listeners for the master's publishes.
+
+    `submit`, `finished` and `stop` are for the I/O thread only; the runner
+    thread calls `wake` after each publish whose outcome waits in `finished`.
+    """
+
+    def __init__(self, bus: Bus, wake: Callable[[], None], max_backlog: int = MAX_BACKLOG) -> None:
+        if max_backlog < 1:
+            raise ValueError(f"max_backlog must be at least 1, got {max_backlog}")
+        self.max_backlog = max_backlog
+        self.backlog = 0
+        """Publishes submitted whose outcome was not collected yet."""
+        self._bus = bus
+        self._wake = wake
+        self._inbox: queue.SimpleQueue[Sequence[Message] | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[Finished] = queue.SimpleQueue()
+        self._stopping = False
+        self._woken = False
+        """Set by the runner thread when it wakes the loop, cleared by `finished`:
+        outcomes that finish meanwhile ride on the same wake-up."""
+        # A daemon: a quick stop (QUIT, the master gone) does not wait for a
+        # listener that may never return.
+        self._thread = threading.Thread(target=self._run, name="listeners", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, messages: Sequence[Message]) -> Sequence[Message]:
+        """Queue `messages` (PUBLISHes, in order) for the listeners, in one hand-off.
+
+        Returns those refused because the backlog is full (the last ones).
+        """
+        room = max(0, self.max_backlog - self.backlog)
+        accepted, refused = messages[:room], messages[room:]
+        if accepted:
+            self.backlog += len(accepted)
+            self._inbox.put(accepted)
+        return refused
+
+    def finished(self) -> list[Finished]:
+        """The publishes whose listeners ran since the last call, in order."""
+        found: list[Finished] = []
+        self._woken = False  # before reading: a later outcome wakes the loop again
+        while True:
+            try:
+                found.append(self._outbox.get_nowait())
+            except queue.Empty:
+                break
+        self.backlog -= len(found)
+        return found
+
+    def stop(self) -> None:
+        """Start no further publish: the one running finishes, those waiting are dropped."""
+        self._stopping = True
+        self._inbox.put(None)
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait for the runner thread to end (after `stop`); True if it did."""
+        if self._thread.ident is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while (messages := self._inbox.get()) is not None:
+            for message in messages:
+                if self._stopping:
+                    break
+                seq: int = message["seq"]
+                try:
+                    outcomes = self._bus.run_listeners(
+                        message["channel"], *message["args"], **message["kwargs"]
+                    )
+                except BaseException as exc:  # SystemExit, KeyboardInterrupt
+                    self._hand_back(Finished(seq, [], exc))
+                    return
+                self._hand_back(Finished(seq, outcomes))
+
+    def _hand_back(self, done: Finished) -> None:
+        self._outbox.put(done)
+        if not self._woken:
+            self._woken = True
+            self._wake()
