@@ -42,7 +42,15 @@ from fault_soak.load import Load
 from fault_soak.publisher import Publisher
 from fault_soak.report import SoakRun, render, summarize
 from fault_soak.signals import StopKeeper
-from fault_soak.tree import Leftover, StopReport, Tree, TreeSettings, become_subreaper, wait_until
+from fault_soak.tree import (
+    Leftover,
+    StopReport,
+    Tree,
+    TreeSettings,
+    TreeStartError,
+    become_subreaper,
+    wait_until,
+)
 from fault_soak.vitals import Vitals
 
 BOOT_LIMIT: Final = 60.0
@@ -53,6 +61,7 @@ SETTLED_LIMIT: Final = 30.0
 LAST_LOAD: Final = 1.0
 """Seconds of load on the settled tree before the end."""
 SAMPLE_EVERY: Final = 1.0
+SCALE_BACK_LIMIT: Final = 60.0
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -174,6 +183,11 @@ def soak(tree: Tree, args: argparse.Namespace, seed: int) -> SoakRun:
             print(f"soak: faults done after {args.seconds:g}s; settling", file=sys.stderr)
         keeper.release_all()
         jobs.wait_all(args.settle)
+        # Back to the first size, so that the master's fds compare with the start.
+        error = tree.command("scale", args.workers, timeout=SCALE_BACK_LIMIT)
+        journal.event(time.monotonic(), f"scaled back to {args.workers}: {error or 'done'}")
+        if error is not None:
+            problems.append(f"scale back to {args.workers} workers failed: {error}")
 
         def settled() -> bool:
             status = tree.status(2.0)
@@ -268,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary: dict[str, Any] | None = None
     try:
         summary = summarize(soak(tree, args, seed))
+    except TreeStartError as exc:
+        print(f"soak: {exc}", file=sys.stderr)
     finally:
         tree.kill_all()
         tree.close()
@@ -276,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"soak: kept {directory} (master.log)", file=sys.stderr)
         else:
             shutil.rmtree(directory, ignore_errors=True)
+    if summary is None:
+        return 2
     if args.json:
         json.dump(summary, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")

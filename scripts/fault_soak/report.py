@@ -167,9 +167,9 @@ def _master(run: SoakRun) -> dict[str, Any]:
         "start": {"pid": first.pid, "generation": first.generation, **lives[0]["first"]},
         "end": {"pid": last.pid, "generation": last.generation, **lives[-1]["last"]},
         "same_master": len(run.lives) == 1,
-        "final_compared_from": lives[-1]["first"],
-        "final_rss_growth": last.rss_growth,
-        "final_fd_growth": last.fd_growth,
+        "compared_with": lives[-1]["baseline"],
+        "rss_growth": last.rss_growth,
+        "fd_growth": last.fd_growth,
         "grew": [f"pid {life.pid} gen {life.generation}" for life in run.lives if life.grew],
         "lives": lives,
     }
@@ -322,30 +322,28 @@ def render(summary: dict[str, Any]) -> str:
 def _render_master(master: dict[str, Any]) -> str:
     if "start" not in master:
         return "master: no sample (it never answered ping)"
-    start, end = master["start"], master["end"]
-    head = (
+    start, end, base = master["start"], master["end"], master["compared_with"]
+    lines = [
         f"master at start: pid {start['pid']} gen {start['generation']}, "
-        f"RSS {_mib(start['rss'])}, {start['fds']} fds"
+        f"RSS {_mib(start['rss'])}, {start['fds']} fds, {start['children']} children",
+        f"master at end ({end['at']:+.1f}s): pid {end['pid']} gen {end['generation']}, "
+        f"RSS {_mib(end['rss'])}, {end['fds']} fds, {end['children']} children",
+    ]
+    changes = len(master["lives"]) - 1
+    if changes:
+        lines.append(
+            f"  the master changed {changes} time{'s' if changes > 1 else ''} (restart: same pid, "
+            "next generation; upgrade: new pid): the last one is compared with itself"
+        )
+    same_size = base["children"] == end["children"]
+    lines.append(
+        f"  compared with its sample at {base['at']:+.1f}s ({base['children']} children"
+        f"{'' if same_size else ', NOT the same number'}): RSS {_mib(base['rss'])} -> "
+        f"{_mib(end['rss'])} ({master['rss_growth'] / 1048576:+.1f} MiB), fds {base['fds']} -> "
+        f"{end['fds']} ({master['fd_growth']:+d})"
     )
-    if master["same_master"]:
-        body = (
-            f"; at end ({end['at']:+.1f}s): RSS {_mib(end['rss'])}, {end['fds']} fds "
-            f"(same master: RSS {master['final_rss_growth'] / 1048576:+.1f} MiB, "
-            f"fds {master['final_fd_growth']:+d})"
-        )
-    else:
-        since = master["final_compared_from"]
-        body = (
-            f"\n  the master changed {len(master['lives']) - 1} times (restart: same pid, new "
-            f"generation; upgrade: new pid); at end ({end['at']:+.1f}s): pid {end['pid']} "
-            f"gen {end['generation']}, RSS {_mib(end['rss'])}, {end['fds']} fds, compared "
-            f"with itself from its first sample at {since['at']:+.1f}s "
-            f"(RSS {_mib(since['rss'])}, {since['fds']} fds): "
-            f"RSS {master['final_rss_growth'] / 1048576:+.1f} MiB, "
-            f"fds {master['final_fd_growth']:+d}"
-        )
     grew = master["grew"]
-    verdict = (
-        f"\n  growth beyond noise in: {', '.join(grew)}" if grew else "; no growth beyond noise"
+    lines.append(
+        f"  growth beyond noise in: {', '.join(grew)}" if grew else "  no growth beyond noise"
     )
-    return head + body + verdict
+    return "\n".join(lines)

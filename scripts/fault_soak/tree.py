@@ -69,6 +69,10 @@ def is_alive(pid: int) -> bool:
         return False
 
 
+class TreeStartError(RuntimeError):
+    """The tree did not start (its log says why)."""
+
+
 @dataclass(frozen=True)
 class TreeSettings:
     workers: int
@@ -155,7 +159,7 @@ class Tree:
                 start_new_session=True,
             )
         if not wait_until(self._read_port, limit):
-            raise RuntimeError(f"no 'listening on' line in {self.log_path} within {limit:g}s")
+            raise TreeStartError(f"no 'listening on' line in {self.log_path} within {limit:g}s")
 
         def running() -> bool:
             status = self.status(2.0)
@@ -165,12 +169,12 @@ class Tree:
             )
 
         if not wait_until(running, limit):
-            raise RuntimeError(f"the {self.settings.workers} workers did not run in {limit:g}s")
+            raise TreeStartError(f"the {self.settings.workers} workers did not run in {limit:g}s")
 
     def _read_port(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise RuntimeError(f"procbus run exited with {self.proc.returncode}; see the log")
+            raise TreeStartError(f"procbus run exited with {self.proc.returncode}; see the log")
         match = LISTENING.search(self.log_path.read_text(errors="replace"))
         if match:
             self.port = int(match[1])
@@ -189,6 +193,16 @@ class Tree:
                 return client.call(command, *args, timeout=timeout)
         except ControlError:
             return None
+
+    def command(self, command: str, *args: Any, timeout: float) -> str | None:
+        """Run a command and wait for it (a job: until it ends); None when it succeeded,
+        else what went wrong."""
+        try:
+            with self.client(timeout) as client:
+                client.call(command, *args, timeout=timeout)
+        except ControlError as exc:
+            return f"{exc.code.value}: {exc.message}"
+        return None
 
     def ping(self, timeout: float = 1.0) -> tuple[int, int] | None:
         """(pid, generation) of the master answering on the named control socket."""
@@ -278,16 +292,6 @@ class Tree:
         known = {int(status["master"]["pid"])}
         known.update(int(w["pid"]) for w in status["workers"] if w["pid"] is not None)
         return [p for p in self.members() if p.pid not in known]
-
-    @staticmethod
-    def vitals(pid: int) -> tuple[int, int] | None:
-        """(RSS bytes, open fds) of `pid`."""
-        try:
-            proc = psutil.Process(pid)
-            with proc.oneshot():
-                return proc.memory_info().rss, proc.num_fds()
-        except psutil.Error:
-            return None
 
     # -- the end -----------------------------------------------------------------
 

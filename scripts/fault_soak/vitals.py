@@ -2,15 +2,19 @@
 
 A restart re-executes the master (same pid, next generation) and an upgrade
 replaces it (new pid): each (pid, generation) is a master life of its own,
-compared only with itself, from its first sample (taken within a second of
-the soak seeing it answer) to its last. Growth within a life beyond
+compared only with itself. The master holds fds per worker, so a life's last
+sample is compared with its first sample taken with as many children (the
+soak scales the tree back to its first size before the end); without one,
+with its first sample, and the report says the sizes differ. Growth beyond
 `RSS_NOISE` / `FD_NOISE` is reported as growth.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
+
+import psutil
 
 from fault_soak.tree import Tree
 
@@ -18,7 +22,7 @@ RSS_NOISE: Final = 4 * 1024 * 1024
 """Bytes of RSS growth within one master life that count as noise (allocator, caches)."""
 RSS_NOISE_FRACTION: Final = 0.10
 FD_NOISE: Final = 2
-"""Open fds more than at the first sample that count as noise (a control
+"""Open fds more than at the baseline that count as noise (a control
 connection or a pipe that comes and goes)."""
 
 
@@ -27,36 +31,58 @@ class Sample:
     at: float
     rss: int
     fds: int
+    children: int
+
+    def to_dict(self, origin: float) -> dict[str, Any]:
+        return {
+            "at": round(self.at - origin, 2),
+            "rss": self.rss,
+            "fds": self.fds,
+            "children": self.children,
+        }
 
 
 @dataclass
 class MasterLife:
     pid: int
     generation: int
-    first: Sample
-    last: Sample
-    samples: int = 1
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def first(self) -> Sample:
+        return self.samples[0]
+
+    @property
+    def last(self) -> Sample:
+        return self.samples[-1]
+
+    @property
+    def baseline(self) -> Sample:
+        """The first sample with as many children as the last one (else the first)."""
+        last = self.last
+        return next((s for s in self.samples if s.children == last.children), self.first)
 
     @property
     def rss_growth(self) -> int:
-        return self.last.rss - self.first.rss
+        return self.last.rss - self.baseline.rss
 
     @property
     def fd_growth(self) -> int:
-        return self.last.fds - self.first.fds
+        return self.last.fds - self.baseline.fds
 
     @property
     def grew(self) -> bool:
-        rss_noise = max(RSS_NOISE, int(self.first.rss * RSS_NOISE_FRACTION))
+        rss_noise = max(RSS_NOISE, int(self.baseline.rss * RSS_NOISE_FRACTION))
         return self.rss_growth > rss_noise or self.fd_growth > FD_NOISE
 
     def to_dict(self, origin: float) -> dict[str, Any]:
         return {
             "pid": self.pid,
             "generation": self.generation,
-            "first": {"at": self.first.at - origin, "rss": self.first.rss, "fds": self.first.fds},
-            "last": {"at": self.last.at - origin, "rss": self.last.rss, "fds": self.last.fds},
-            "samples": self.samples,
+            "first": self.first.to_dict(origin),
+            "baseline": self.baseline.to_dict(origin),
+            "last": self.last.to_dict(origin),
+            "samples": len(self.samples),
             "grew": self.grew,
         }
 
@@ -71,13 +97,12 @@ class Vitals:
         if answer is None:
             return
         pid, generation = answer
-        figures = tree.vitals(pid)
-        if figures is None:
+        try:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                sample = Sample(at, proc.memory_info().rss, proc.num_fds(), len(proc.children()))
+        except psutil.Error:
             return
-        sample = Sample(at, *figures)
-        for life in self.lives:
-            if (life.pid, life.generation) == (pid, generation):
-                life.last = sample
-                life.samples += 1
-                return
-        self.lives.append(MasterLife(pid, generation, sample, sample))
+        if not self.lives or (self.lives[-1].pid, self.lives[-1].generation) != answer:
+            self.lives.append(MasterLife(pid, generation))
+        self.lives[-1].samples.append(sample)
