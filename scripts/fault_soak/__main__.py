@@ -294,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(directory, ignore_errors=True)
     if summary is None:
         return 2
+    if failed or args.keep:
+        (directory / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if args.json:
         json.dump(summary, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")

@@ -14,8 +14,10 @@ All times are ``time.monotonic()`` seconds.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -248,6 +250,8 @@ class Journal:
 
     origin: float
     """When the load started: times in the report are relative to it."""
+    wall_origin: float = field(default_factory=time.time)
+    """The wall-clock time of `origin` (the master's log is in wall-clock time)."""
     kills: list[Kill] = field(default_factory=list)
     stops: list[Stop] = field(default_factory=list)
     jobs: list[JobRun] = field(default_factory=list)
@@ -302,12 +306,25 @@ class Journal:
             run.end, run.returncode, run.outcome = at, returncode, outcome
             self.timeline.append((at, f"{run.kind} returned {returncode}: {outcome}"))
 
+    def stamp(self, at: float) -> str:
+        """`at` as seconds since the origin and as the wall-clock time of the master's log."""
+        wall = datetime.datetime.fromtimestamp(self.wall_origin + at - self.origin)
+        return f"{at - self.origin:+.2f}s {wall:%H:%M:%S.%f}"[:-3]
+
     def around(self, start: float, end: float, margin: float = 2.0) -> list[str]:
-        """The timeline entries from `margin` seconds before `start` to `margin` after `end`."""
+        """The timeline from `margin` seconds before `start` to `margin` after `end`,
+        after the job commands that were already running then."""
         with self._lock:
             entries = sorted(self.timeline)
-        return [
-            f"{at - self.origin:+.2f}s {text}"
+            jobs = list(self.jobs)
+        lines = [
+            f"(running since {self.stamp(job.start)}: {job.kind} {job.command})"
+            for job in jobs
+            if job.start < start - margin and (job.end is None or job.end >= start - margin)
+        ]
+        lines.extend(
+            f"{self.stamp(at)} {text}"
             for at, text in entries
             if start - margin <= at <= end + margin
-        ]
+        )
+        return lines

@@ -12,6 +12,7 @@ not judged.
 
 from __future__ import annotations
 
+import datetime
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +91,9 @@ def summarize(run: SoakRun) -> dict[str, Any]:
         ] += 1
     summary: dict[str, Any] = {
         "seed": run.seed,
+        "started": datetime.datetime.fromtimestamp(j.wall_origin).isoformat(
+            timespec="milliseconds"
+        ),
         "replay": run.replay,
         "settings": run.settings,
         "seconds": round(run.seconds, 2),
@@ -192,6 +196,7 @@ def _stats(stats: dict[str, Any] | None) -> dict[str, Any] | None:
 def _failure(failure: RequestFailure, journal: Journal) -> dict[str, Any]:
     return {
         "at": round(failure.start - journal.origin, 3),
+        "when": journal.stamp(failure.start),
         "seconds": round(failure.end - failure.start, 3),
         "outcome": failure.outcome.value,
         "pid": failure.pid,
@@ -205,6 +210,7 @@ def _publish(record: PublishRecord, journal: Journal) -> dict[str, Any]:
     return {
         "number": record.number,
         "at": round(record.start - journal.origin, 3),
+        "when": journal.stamp(record.start),
         "seconds": round(record.end - record.start, 3),
         "error": f"{record.error_code}: {record.error}" if record.result is None else None,
         "master_errors": (record.result or {}).get("master_errors") or None,
@@ -249,6 +255,7 @@ def render(summary: dict[str, Any]) -> str:
         f"{s['clients']} clients, seed {summary['seed']}"
     )
     out(f"  replay: {summary['replay']}")
+    out(f"  started {summary['started']} (+0.00s below; the master's log is in wall-clock time)")
     faults = ", ".join(f"{k} {v}" for k, v in summary["faults"].items()) or "none"
     out(f"faults: {faults}")
     jobs = "; ".join(
@@ -296,7 +303,7 @@ def render(summary: dict[str, Any]) -> str:
         out(f"note: {note}")
     for item in summary["unexplained_requests"]:
         out(
-            f"unexplained request at {item['at']:+.3f}s ({item['seconds']:.3f}s, "
+            f"unexplained request at {item['when']} ({item['seconds']:.3f}s, "
             f"{item['outcome']}, pid {item['pid']}): {item['error']}"
         )
         lines.extend(f"    {c}" for c in item["context"])
@@ -305,7 +312,7 @@ def render(summary: dict[str, Any]) -> str:
         if item["master_errors"]:
             what += f"; master errors {item['master_errors']}"
         out(
-            f"unexplained publish #{item['number']} at {item['at']:+.3f}s "
+            f"unexplained publish #{item['number']} at {item['when']} "
             f"({item['seconds']:.3f}s): {what}"
         )
         lines.extend(f"    {c}" for c in item["context"])
@@ -327,7 +334,8 @@ def _render_master(master: dict[str, Any]) -> str:
         f"master at start: pid {start['pid']} gen {start['generation']}, "
         f"RSS {_mib(start['rss'])}, {start['fds']} fds, {start['children']} children",
         f"master at end ({end['at']:+.1f}s): pid {end['pid']} gen {end['generation']}, "
-        f"RSS {_mib(end['rss'])}, {end['fds']} fds, {end['children']} children",
+        f"RSS {_mib(end['rss'])}, {end['fds']} fds, {end['children']} children, "
+        f"{end['running']} running",
     ]
     changes = len(master["lives"]) - 1
     if changes:
@@ -335,10 +343,11 @@ def _render_master(master: dict[str, Any]) -> str:
             f"  the master changed {changes} time{'s' if changes > 1 else ''} (restart: same pid, "
             "next generation; upgrade: new pid): the last one is compared with itself"
         )
-    same_size = base["children"] == end["children"]
+    same_size = (base["children"], base["running"]) == (end["children"], end["running"])
     lines.append(
-        f"  compared with its sample at {base['at']:+.1f}s ({base['children']} children"
-        f"{'' if same_size else ', NOT the same number'}): RSS {_mib(base['rss'])} -> "
+        f"  compared with its sample at {base['at']:+.1f}s ({base['children']} children, "
+        f"{base['running']} running{'' if same_size else ': NOT the same size'}): "
+        f"RSS {_mib(base['rss'])} -> "
         f"{_mib(end['rss'])} ({master['rss_growth'] / 1048576:+.1f} MiB), fds {base['fds']} -> "
         f"{end['fds']} ({master['fd_growth']:+d})"
     )

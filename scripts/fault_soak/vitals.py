@@ -2,10 +2,12 @@
 
 A restart re-executes the master (same pid, next generation) and an upgrade
 replaces it (new pid): each (pid, generation) is a master life of its own,
-compared only with itself. The master holds fds per worker, so a life's last
-sample is compared with its first sample taken with as many children (the
-soak scales the tree back to its first size before the end); without one,
-with its first sample, and the report says the sizes differ. Growth beyond
+compared only with itself. The master holds fds per connected worker, so a
+life's last sample is compared with its first sample taken with as many
+children and as many running workers (the soak scales the tree back to its
+first size before the end); without one, with its first sample, and the
+report says the sizes differ. Samples come from ``status`` (pid, generation,
+worker states) and psutil (RSS, fds, children). Growth beyond
 `RSS_NOISE` / `FD_NOISE` is reported as growth.
 """
 
@@ -32,6 +34,12 @@ class Sample:
     rss: int
     fds: int
     children: int
+    running: int
+    """Workers the master counts as running."""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.children, self.running
 
     def to_dict(self, origin: float) -> dict[str, Any]:
         return {
@@ -39,6 +47,7 @@ class Sample:
             "rss": self.rss,
             "fds": self.fds,
             "children": self.children,
+            "running": self.running,
         }
 
 
@@ -58,9 +67,9 @@ class MasterLife:
 
     @property
     def baseline(self) -> Sample:
-        """The first sample with as many children as the last one (else the first)."""
+        """The first sample of the same size as the last one (else the first)."""
         last = self.last
-        return next((s for s in self.samples if s.children == last.children), self.first)
+        return next((s for s in self.samples if s.size == last.size), self.first)
 
     @property
     def rss_growth(self) -> int:
@@ -93,16 +102,18 @@ class Vitals:
 
     def sample(self, tree: Tree, at: float) -> None:
         """Sample the master answering now (nothing when none answers)."""
-        answer = tree.ping(1.0)
-        if answer is None:
+        status = tree.status(2.0)
+        if status is None:
             return
-        pid, generation = answer
+        pid, generation = int(status["master"]["pid"]), int(status["master"]["generation"])
+        running = sum(1 for w in status["workers"] if w["state"] == "running")
         try:
             proc = psutil.Process(pid)
             with proc.oneshot():
-                sample = Sample(at, proc.memory_info().rss, proc.num_fds(), len(proc.children()))
+                rss, fds = proc.memory_info().rss, proc.num_fds()
+            sample = Sample(at, rss, fds, len(proc.children()), running)
         except psutil.Error:
             return
-        if not self.lives or (self.lives[-1].pid, self.lives[-1].generation) != answer:
+        if not self.lives or (self.lives[-1].pid, self.lives[-1].generation) != (pid, generation):
             self.lives.append(MasterLife(pid, generation))
         self.lives[-1].samples.append(sample)
