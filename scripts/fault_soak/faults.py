@@ -129,15 +129,18 @@ class Schedule:
             n = self.rng.randint(s.scale_min, s.scale_max)
             self.jobs.launch(kind, "scale", str(n))
             return str(n)
+        # The contents come from a generator of their own, seeded by one draw: how many
+        # draws they take (it depends on the tree) does not shift the rest of the schedule.
+        contents = random.Random(self.rng.randrange(2**32))
         if kind is FaultKind.CONTROL_FLOOD:
             tag = f"flood{self._count}"
-            result = control_flood(self.tree.context, self.tree.endpoint, self.rng, s.flood, tag)
+            result = control_flood(self.tree.context, self.tree.endpoint, contents, s.flood, tag)
             return f"{result}{self._health(kind)}"
         status = self.tree.status(2.0)
         if status is None:
             return "skipped: no status from the master"
         garbage = worker_garbage(
-            self.tree.context, status["master"]["endpoints"], status["workers"], self.rng, s.flood
+            self.tree.context, status["master"]["endpoints"], status["workers"], contents, s.flood
         )
         return f"{garbage}{self._health(kind)}"
 
