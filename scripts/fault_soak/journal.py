@@ -154,8 +154,9 @@ FAILURE_RULES: Final = (
 )
 PUBLISH_RULES: Final = (
     "a publish is 'all ok' when the tree's reply says ok; a worker that did not answer ok "
-    "(lost, timeout, error) is explained only when the soak SIGKILLed that worker during the "
-    "publish (or {kill_margin:g} s before it) or had it SIGSTOPped during the publish; "
+    "is explained only when it is 'lost' or 'timeout' and the soak SIGKILLed that worker during "
+    "the publish (or {kill_margin:g} s before it) or had it SIGSTOPped during the publish "
+    "('error', a listener that raised, is never explained); "
     "a publish without a reply from the master is excused only while a restart or upgrade "
     "of the soak was running (until {change_margin:g} s after it returned)"
 )
@@ -198,28 +199,43 @@ def failure_cause(failure: RequestFailure, kills: list[Kill], stops: list[Stop])
 
 
 def worker_problems(record: PublishRecord) -> list[tuple[str, int, str]]:
-    """(worker id, pid, status) of every worker that did not answer ok."""
+    """(worker id, pid, status) of every worker that did not answer ok.
+
+    The status of a worker whose listeners raised carries their errors:
+    ``error (RuntimeError: boom)``.
+    """
     if record.result is None:
         return []
     found = []
     for worker_id, answer in record.result.get("workers", {}).items():
         status = str(answer.get("status"))
-        if status not in ("ok", "starting"):
-            found.append((str(worker_id), int(answer.get("pid") or 0), status))
+        if status in ("ok", "starting"):
+            continue
+        errors = "; ".join(
+            f"{e.get('type')}: {e.get('message')}" for e in answer.get("errors") or []
+        )
+        if errors:
+            status = f"{status} ({errors})"
+        found.append((str(worker_id), int(answer.get("pid") or 0), status))
     return found
 
 
 def unexplained_workers(
     record: PublishRecord, kills: list[Kill], stops: list[Stop]
 ) -> list[tuple[str, int, str]]:
-    """The workers of a not-ok publish that no kill or stop of the soak explains."""
+    """The workers of a not-ok publish that no kill or stop of the soak explains.
+
+    Only ``lost`` and ``timeout`` can be explained: a kill or a stop does not
+    make a listener raise.
+    """
     return [
         (worker_id, pid, status)
         for worker_id, pid, status in worker_problems(record)
-        if not any(
-            k.pid == pid and record.start - KILL_MARGIN <= k.at <= record.end for k in kills
+        if status not in ("lost", "timeout")
+        or not (
+            any(k.pid == pid and record.start - KILL_MARGIN <= k.at <= record.end for k in kills)
+            or any(s.pid == pid and s.covers(record.start, record.end) for s in stops)
         )
-        and not any(s.pid == pid and s.covers(record.start, record.end) for s in stops)
     ]
 
 
