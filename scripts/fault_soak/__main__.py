@@ -28,6 +28,7 @@ import argparse
 import json
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -258,6 +259,10 @@ def drive(schedule: Schedule, jobs: JobRunner, vitals: Vitals, tree: Tree, end: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # TERM (and INT, even where the shell ignored it) interrupt the soak like Ctrl-C:
+    # the tree is stopped and reaped on the way out.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     if not become_subreaper():
         print(
@@ -308,4 +313,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:
+        print("soak: interrupted", file=sys.stderr)
         sys.exit(130)

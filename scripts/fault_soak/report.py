@@ -149,8 +149,9 @@ def summarize(run: SoakRun) -> dict[str, Any]:
             ),
             "master_growth": (
                 f"growth beyond noise: RSS more than max({_mib(RSS_NOISE)}, "
-                f"{RSS_NOISE_FRACTION:.0%}) or more than {FD_NOISE} fds over the same "
-                "master's first sample"
+                f"{RSS_NOISE_FRACTION:.0%}) or more than {FD_NOISE} fds, from the first sample "
+                "of the last master (pid, generation) with as many children and running "
+                "workers as at its last sample"
             ),
         },
         "unexplained_requests": [_failure(f, j) for f in other[:EXAMPLES]],
