@@ -352,6 +352,11 @@ def _render_master(master: dict[str, Any]) -> str:
         f"{_mib(end['rss'])} ({master['rss_growth'] / 1048576:+.1f} MiB), fds {base['fds']} -> "
         f"{end['fds']} ({master['fd_growth']:+d})"
     )
+    trend = master["lives"][-1]["trend"]
+    lines.append(
+        "  its RSS and fds over its life: "
+        + ", ".join(f"+{at:g}s {_mib(rss)} {fds}" for at, rss, fds in trend)
+    )
     grew = master["grew"]
     lines.append(
         f"  growth beyond noise in: {', '.join(grew)}" if grew else "  no growth beyond noise"

@@ -92,8 +92,20 @@ class MasterLife:
             "baseline": self.baseline.to_dict(origin),
             "last": self.last.to_dict(origin),
             "samples": len(self.samples),
+            "trend": self.trend(),
             "grew": self.grew,
         }
+
+    def trend(self, points: int = 5) -> list[tuple[float, int, int]]:
+        """(seconds since the first sample, RSS, fds) at evenly spaced samples: a step
+        (the allocator's high-water mark after a big message) from a steady climb (a leak)."""
+        last = len(self.samples) - 1
+        picks = sorted({round(i * last / (points - 1)) for i in range(points)}) if last else [0]
+        first = self.first.at
+        return [
+            (round(self.samples[i].at - first, 1), self.samples[i].rss, self.samples[i].fds)
+            for i in picks
+        ]
 
 
 class Vitals:
