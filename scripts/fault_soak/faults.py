@@ -2,14 +2,14 @@
 
 Every choice comes from one `random.Random(seed)`: the kinds, the gaps
 between faults, the worker index, the stop durations, the scale targets and
-the flood contents. Replaying a seed replays that schedule; the tree's answers
-(which pids exist, how long a job takes) vary from run to run, so the run
-itself is not identical.
+the seeds of the flood contents. Replaying a seed replays that schedule; the
+tree's answers (which pids exist, how long a job takes, hence which faults
+are skipped) vary from run to run, so the run itself is not identical.
 
 Job faults (`FaultKind.is_job`) run as ``procbus ctl`` processes
-(`fault_soak.jobs`); while `JobRunner.limit` of them run, the schedule picks
-among the other kinds. At most `MAX_STOPPED` workers are stopped at a time,
-so that stops never take the whole tree away.
+(`fault_soak.jobs`); while `JobRunner.limit` of them run, another one is
+skipped. At most `MAX_STOPPED` workers are stopped at a time, so that stops
+never take the whole tree away.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from fault_soak.garbage import control_flood, worker_garbage
 from fault_soak.jobs import JobRunner
@@ -41,6 +41,20 @@ WEIGHTS: Final[Mapping[FaultKind, int]] = {
 MAX_STOPPED: Final = 2
 HEALTH_TIMEOUT: Final = 5.0
 """Seconds the master has to answer ``ping`` after a flood or garbage."""
+
+
+@dataclass(frozen=True)
+class _Draws:
+    """The draws of one fault, taken whatever its kind."""
+
+    worker: int
+    """Index (modulo the number of workers, by id) of the worker to signal."""
+    fraction: float
+    """Where in its range a stop's duration falls."""
+    scale: int
+    contents: int
+    """Seed of the flood's or garbage's contents (how many draws they take
+    depends on the tree)."""
 
 
 @dataclass(frozen=True)
@@ -83,39 +97,44 @@ class Schedule:
         return self.rng.uniform(self.settings.min_gap, self.settings.max_gap)
 
     def inject(self) -> None:
-        """Choose and inject one fault."""
+        """Choose and inject one fault.
+
+        Every fault takes the same draws from the generator whatever it is and
+        whatever the tree does (`_Draws`), so that a seed replays the same kinds
+        with the same parameters; only the skips (a job command while
+        `JobRunner.limit` run, a stop while `MAX_STOPPED` are stopped, a worker
+        gone) depend on the run.
+        """
         kinds = [k for k in FaultKind if k in self.settings.kinds]
-        if self.jobs.busy:
-            kinds = [k for k in kinds if not k.is_job]
         if not kinds:
             return
         kind = self.rng.choices(kinds, [WEIGHTS[k] for k in kinds])[0]
+        draws = _Draws(
+            worker=self.rng.randrange(1_000_000),
+            fraction=self.rng.random(),
+            scale=self.rng.randint(self.settings.scale_min, self.settings.scale_max),
+            contents=self.rng.randrange(2**32),
+        )
         self._count += 1
         at = time.monotonic()
-        detail = self._inject(kind)
+        detail = self._inject(kind, draws)
         if detail.startswith("skipped"):
-            self.journal.event(at, f"{kind} {detail}")
+            self.journal.skip(kind, at, detail)
         else:
             self.journal.fault(kind, at, detail)
         if self.verbose:
             print(f"{at - self.journal.origin:+8.2f}s {kind} {detail}", file=sys.stderr)
 
-    def _workers(self) -> list[dict[str, Any]]:
-        status = self.tree.status(2.0)
-        if status is None:
-            return []
-        return sorted(
-            (w for w in status["workers"] if w["pid"] is not None), key=lambda w: int(w["id"])
-        )
-
-    def _inject(self, kind: FaultKind) -> str:
+    def _inject(self, kind: FaultKind, draws: _Draws) -> str:
         s = self.settings
+        if kind.is_job and self.jobs.busy:
+            return f"skipped: {len(self.jobs.running)} job commands run already"
         if kind is FaultKind.KILL:
-            return self._signal(kind, None)
+            return self._signal(draws.worker, None)
         if kind is FaultKind.STOP_SHORT:
-            return self._signal(kind, self.rng.uniform(0.2, 0.7) * s.timeout)
+            return self._signal(draws.worker, (0.2 + 0.5 * draws.fraction) * s.timeout)
         if kind is FaultKind.STOP_LONG:
-            return self._signal(kind, s.timeout + self.rng.uniform(1.0, 3.0))
+            return self._signal(draws.worker, s.timeout + 1.0 + 2.0 * draws.fraction)
         if kind is FaultKind.RELOAD:
             self.jobs.launch(kind, "reload")
             return ""
@@ -126,12 +145,9 @@ class Schedule:
             self.jobs.launch(kind, "upgrade")
             return ""
         if kind is FaultKind.SCALE:
-            n = self.rng.randint(s.scale_min, s.scale_max)
-            self.jobs.launch(kind, "scale", str(n))
-            return str(n)
-        # The contents come from a generator of their own, seeded by one draw: how many
-        # draws they take (it depends on the tree) does not shift the rest of the schedule.
-        contents = random.Random(self.rng.randrange(2**32))
+            self.jobs.launch(kind, "scale", str(draws.scale))
+            return str(draws.scale)
+        contents = random.Random(draws.contents)
         if kind is FaultKind.CONTROL_FLOOD:
             tag = f"flood{self._count}"
             result = control_flood(self.tree.context, self.tree.endpoint, contents, s.flood, tag)
@@ -144,12 +160,15 @@ class Schedule:
         )
         return f"{garbage}{self._health(kind)}"
 
-    def _signal(self, kind: FaultKind, hold: float | None) -> str:
-        workers = self._workers()
-        # Draw before any early return, so that the draws do not depend on the tree.
-        index = self.rng.randrange(1_000_000)
+    def _signal(self, index: int, hold: float | None) -> str:
         if hold is not None and self.keeper.stopped() >= MAX_STOPPED:
             return "skipped: enough workers stopped already"
+        status = self.tree.status(2.0)
+        if status is None:
+            return "skipped: no status from the master"
+        workers = sorted(
+            (w for w in status["workers"] if w["pid"] is not None), key=lambda w: int(w["id"])
+        )
         if not workers:
             return "skipped: no worker"
         worker = workers[index % len(workers)]

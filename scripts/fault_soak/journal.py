@@ -272,6 +272,8 @@ class Journal:
     stops: list[Stop] = field(default_factory=list)
     jobs: list[JobRun] = field(default_factory=list)
     faults: Counter[FaultKind] = field(default_factory=Counter)
+    skipped: Counter[FaultKind] = field(default_factory=Counter)
+    """Faults drawn but not injected (too many jobs or stops, no worker, ...)."""
     timeline: list[tuple[float, str]] = field(default_factory=list)
     """(time, what happened), for the context of an unexplained failure."""
     notes: list[str] = field(default_factory=list)
@@ -282,6 +284,11 @@ class Journal:
         with self._lock:
             self.faults[kind] += 1
             self.timeline.append((at, f"{kind} {detail}".rstrip()))
+
+    def skip(self, kind: FaultKind, at: float, why: str) -> None:
+        with self._lock:
+            self.skipped[kind] += 1
+            self.timeline.append((at, f"{kind} {why}"))
 
     def event(self, at: float, text: str) -> None:
         with self._lock:

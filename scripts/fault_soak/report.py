@@ -98,6 +98,7 @@ def summarize(run: SoakRun) -> dict[str, Any]:
         "settings": run.settings,
         "seconds": round(run.seconds, 2),
         "faults": {kind.value: count for kind, count in sorted(j.faults.items())},
+        "skipped_faults": {kind.value: count for kind, count in sorted(j.skipped.items())},
         "jobs": {kind: dict(counts) for kind, counts in sorted(jobs.items())},
         "failed_jobs": [
             {"at": round(job.start - j.origin, 2), "kind": job.kind.value, "outcome": job.outcome}
@@ -259,6 +260,9 @@ def render(summary: dict[str, Any]) -> str:
     out(f"  started {summary['started']} (+0.00s below; the master's log is in wall-clock time)")
     faults = ", ".join(f"{k} {v}" for k, v in summary["faults"].items()) or "none"
     out(f"faults: {faults}")
+    skipped = ", ".join(f"{k} {v}" for k, v in summary["skipped_faults"].items())
+    if skipped:
+        out(f"  skipped (too many jobs or stops at once, no worker): {skipped}")
     jobs = "; ".join(
         f"{kind} {c.get('done', 0)} done, {c.get('failed', 0)} failed"
         for kind, c in summary["jobs"].items()
