@@ -194,16 +194,17 @@ def soak(tree: Tree, args: argparse.Namespace, seed: int) -> SoakRun:
             status = tree.status(2.0)
             return status is not None and all(w["state"] == "running" for w in status["workers"])
 
-        if not wait_until(settled, SETTLED_LIMIT):
+        if wait_until(settled, SETTLED_LIMIT):
+            journal.event(time.monotonic(), "settled")
+        else:
             problems.append(f"the tree did not have every worker running {SETTLED_LIMIT:g}s after")
-        journal.event(time.monotonic(), "settled")
         strays = tree.strays()
         time.sleep(LAST_LOAD)  # load on the settled tree, not a synchronisation
     finally:
+        keeper.close()  # first: a client waiting on a stopped worker gets its answer
         publisher.stop()
         clients_stopped = load.stop()
         load_end = time.monotonic()
-        keeper.close()
         jobs.wait_all(0.0)
         vitals.sample(tree, time.monotonic())
         stats = tree.call("stats", timeout=2.0)
