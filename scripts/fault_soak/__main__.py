@@ -198,8 +198,10 @@ def soak(tree: Tree, args: argparse.Namespace, seed: int) -> SoakRun:
             journal.event(time.monotonic(), "settled")
         else:
             problems.append(f"the tree did not have every worker running {SETTLED_LIMIT:g}s after")
-        strays = tree.strays()
+        # Unknown to the master twice, a second apart: not a master just exiting.
+        unknown = {p.pid for p in tree.strays()}
         time.sleep(LAST_LOAD)  # load on the settled tree, not a synchronisation
+        strays = [p for p in tree.strays() if p.pid in unknown]
     finally:
         keeper.close()  # first: a client waiting on a stopped worker gets its answer
         publisher.stop()
