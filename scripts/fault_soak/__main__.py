@@ -185,7 +185,7 @@ def soak(tree: Tree, args: argparse.Namespace, seed: int) -> SoakRun:
         keeper.release_all()
         jobs.wait_all(args.settle)
         # Back to the first size, so that the master's fds compare with the start.
-        error = tree.command("scale", args.workers, timeout=SCALE_BACK_LIMIT)
+        error = scale_back(tree, args.workers, SCALE_BACK_LIMIT)
         journal.event(time.monotonic(), f"scaled back to {args.workers}: {error or 'done'}")
         if error is not None:
             problems.append(f"scale back to {args.workers} workers failed: {error}")
@@ -240,6 +240,27 @@ def soak(tree: Tree, args: argparse.Namespace, seed: int) -> SoakRun:
         final_stats=final_stats,
         problems=problems,
     )
+
+
+def scale_back(tree: Tree, workers: int, limit: float) -> str | None:
+    """``scale N`` once the control socket has settled; None when it succeeded.
+
+    After an upgrade the old master answers until it exits and the new one
+    binds the named socket a moment later: the same master must answer two
+    pings half a second apart first. A command that still finds no master, or
+    one that is exiting, waits for that again, within `limit`.
+    """
+    deadline = time.monotonic() + limit
+    error: str | None = "no master answered"
+    while time.monotonic() < deadline:
+        first = tree.ping(1.0)
+        time.sleep(0.5)  # the interval of the stability check, not a synchronisation
+        if first is None or tree.ping(1.0) != first:
+            continue
+        error = tree.command("scale", workers, timeout=max(1.0, deadline - time.monotonic()))
+        if error is None or not error.startswith(("unreachable", "unavailable")):
+            return error
+    return error
 
 
 def drive(schedule: Schedule, jobs: JobRunner, vitals: Vitals, tree: Tree, end: float) -> None:
