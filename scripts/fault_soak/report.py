@@ -150,9 +150,9 @@ def summarize(run: SoakRun) -> dict[str, Any]:
             ),
             "master_growth": (
                 f"growth beyond noise: RSS more than max({_mib(RSS_NOISE)}, "
-                f"{RSS_NOISE_FRACTION:.0%}) or more than {FD_NOISE} fds, from the first sample "
-                "of the last master (pid, generation) with as many children and running "
-                "workers as at its last sample"
+                f"{RSS_NOISE_FRACTION:.0%}) or more than {FD_NOISE} fds, for each master "
+                "(pid, generation) from its first sample with as many children and running "
+                "workers as its last one (a master without such a sample is not compared)"
             ),
         },
         "unexplained_requests": [_failure(f, j) for f in other[:EXAMPLES]],
@@ -173,9 +173,6 @@ def _master(run: SoakRun) -> dict[str, Any]:
         "start": {"pid": first.pid, "generation": first.generation, **lives[0]["first"]},
         "end": {"pid": last.pid, "generation": last.generation, **lives[-1]["last"]},
         "same_master": len(run.lives) == 1,
-        "compared_with": lives[-1]["baseline"],
-        "rss_growth": last.rss_growth,
-        "fd_growth": last.fd_growth,
         "grew": [f"pid {life.pid} gen {life.generation}" for life in run.lives if life.grew],
         "lives": lives,
     }
@@ -334,7 +331,7 @@ def render(summary: dict[str, Any]) -> str:
 def _render_master(master: dict[str, Any]) -> str:
     if "start" not in master:
         return "master: no sample (it never answered ping)"
-    start, end, base = master["start"], master["end"], master["compared_with"]
+    start, end = master["start"], master["end"]
     lines = [
         f"master at start: pid {start['pid']} gen {start['generation']}, "
         f"RSS {_mib(start['rss'])}, {start['fds']} fds, {start['children']} children",
@@ -342,27 +339,36 @@ def _render_master(master: dict[str, Any]) -> str:
         f"RSS {_mib(end['rss'])}, {end['fds']} fds, {end['children']} children, "
         f"{end['running']} running",
     ]
-    changes = len(master["lives"]) - 1
-    if changes:
+    lives = master["lives"]
+    if len(lives) > 1:
         lines.append(
-            f"  the master changed {changes} time{'s' if changes > 1 else ''} (restart: same pid, "
-            "next generation; upgrade: new pid): the last one is compared with itself"
+            f"  the master changed {len(lives) - 1} time{'s' if len(lives) > 2 else ''} "
+            "(restart: same pid, next generation; upgrade: new pid): each one is compared "
+            "with itself; the first and the last:"
         )
-    same_size = (base["children"], base["running"]) == (end["children"], end["running"])
-    lines.append(
-        f"  compared with its sample at {base['at']:+.1f}s ({base['children']} children, "
-        f"{base['running']} running{'' if same_size else ': NOT the same size'}): "
-        f"RSS {_mib(base['rss'])} -> "
-        f"{_mib(end['rss'])} ({master['rss_growth'] / 1048576:+.1f} MiB), fds {base['fds']} -> "
-        f"{end['fds']} ({master['fd_growth']:+d})"
-    )
-    trend = master["lives"][-1]["trend"]
-    lines.append(
-        "  its RSS and fds over its life: "
-        + ", ".join(f"+{at:g}s {_mib(rss)} {fds}" for at, rss, fds in trend)
-    )
+        shown = [("first", lives[0]), ("last", lives[-1])]
+    else:
+        shown = [("same master", lives[0])]
+    for label, life in shown:
+        lines.append(f"  {label}, pid {life['pid']} gen {life['generation']}: {_growth(life)}")
     grew = master["grew"]
     lines.append(
         f"  growth beyond noise in: {', '.join(grew)}" if grew else "  no growth beyond noise"
     )
     return "\n".join(lines)
+
+
+def _growth(life: dict[str, Any]) -> str:
+    base, last = life["baseline"], life["last"]
+    trend = ", ".join(f"+{at:g}s {_mib(rss)} {fds}" for at, rss, fds in life["trend"])
+    if base is None:
+        return (
+            f"not compared: no earlier sample with {last['children']} children and "
+            f"{last['running']} running (its samples: {trend})"
+        )
+    return (
+        f"from {base['at']:+.1f}s to {last['at']:+.1f}s at {last['children']} children, "
+        f"{last['running']} running: RSS {_mib(base['rss'])} -> {_mib(last['rss'])} "
+        f"({life['rss_growth'] / 1048576:+.1f} MiB), fds {base['fds']} -> {last['fds']} "
+        f"({life['fd_growth']:+d}); over its life: {trend}"
+    )

@@ -5,8 +5,8 @@ replaces it (new pid): each (pid, generation) is a master life of its own,
 compared only with itself. The master holds fds per connected worker, so a
 life's last sample is compared with its first sample taken with as many
 children and as many running workers (the soak scales the tree back to its
-first size before the end); without one, with its first sample, and the
-report says the sizes differ. Samples come from ``status`` (pid, generation,
+first size before the end); without one it is not compared, and the report
+says so. Samples come from ``status`` (pid, generation,
 worker states) and psutil (RSS, fds, children). Growth beyond
 `RSS_NOISE` / `FD_NOISE` is reported as growth.
 """
@@ -66,30 +66,37 @@ class MasterLife:
         return self.samples[-1]
 
     @property
-    def baseline(self) -> Sample:
-        """The first sample of the same size as the last one (else the first)."""
+    def baseline(self) -> Sample | None:
+        """The first sample before the last of the same size as the last (None: no such
+        sample, this life is not compared)."""
         last = self.last
-        return next((s for s in self.samples if s.size == last.size), self.first)
+        return next((s for s in self.samples[:-1] if s.size == last.size), None)
 
     @property
-    def rss_growth(self) -> int:
-        return self.last.rss - self.baseline.rss
+    def rss_growth(self) -> int | None:
+        base = self.baseline
+        return None if base is None else self.last.rss - base.rss
 
     @property
-    def fd_growth(self) -> int:
-        return self.last.fds - self.baseline.fds
+    def fd_growth(self) -> int | None:
+        base = self.baseline
+        return None if base is None else self.last.fds - base.fds
 
     @property
     def grew(self) -> bool:
-        rss_noise = max(RSS_NOISE, int(self.baseline.rss * RSS_NOISE_FRACTION))
-        return self.rss_growth > rss_noise or self.fd_growth > FD_NOISE
+        base, rss, fds = self.baseline, self.rss_growth, self.fd_growth
+        if base is None or rss is None or fds is None:
+            return False
+        return rss > max(RSS_NOISE, int(base.rss * RSS_NOISE_FRACTION)) or fds > FD_NOISE
 
     def to_dict(self, origin: float) -> dict[str, Any]:
         return {
             "pid": self.pid,
             "generation": self.generation,
             "first": self.first.to_dict(origin),
-            "baseline": self.baseline.to_dict(origin),
+            "baseline": self.baseline.to_dict(origin) if self.baseline else None,
+            "rss_growth": self.rss_growth,
+            "fd_growth": self.fd_growth,
             "last": self.last.to_dict(origin),
             "samples": len(self.samples),
             "trend": self.trend(),
