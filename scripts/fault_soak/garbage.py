@@ -4,13 +4,14 @@ The control flood is one burst of requests on a DEALER, straight on the
 control socket: good reads (``ping``, ``status``, ...), unknown commands, bad
 arguments, wrong field types, bodies that are not msgpack, a wrong protocol
 version, a wrong message type, claimed lengths of four billion, msgpack
-extension types, bodies nested 300 and 100 000 deep, a 900 KB argument,
-envelopes of the wrong shape. The master must answer every one (with an
-error for the bad ones). A frame over the control socket's size limit goes
-on a socket of its own: ZeroMQ drops that connection, there is nothing to
-answer. No frame of the flood may change the tree: the only commands that
-would (``scale``, ``reload``, ``kill``) carry arguments the command table
-refuses.
+extension types, bodies nested 300 and 100 000 deep, a 900 KB argument, a
+publish with an argument nested 600 deep on a channel nobody listens to
+(valid: every worker gets it and answers), envelopes of the wrong shape. The master
+must answer every one (with an error for the bad ones). A frame over the
+control socket's size limit goes on a socket of its own: ZeroMQ drops that
+connection, there is nothing to answer. No frame of the flood may change the
+tree: the commands that would (``scale``, ``reload``, ``kill``) carry
+arguments the master refuses.
 
 The worker endpoints are the master's ROUTER (``rep``: hello, heartbeats,
 state, replies) and XPUB (``pub``): a DEALER sends random bytes, hellos for a
@@ -42,6 +43,8 @@ DEEP: Final = 100_000
 """Nesting deeper than msgpack's unpacker takes."""
 NESTED: Final = 300
 """Nesting msgpack takes (and a repr would not)."""
+FLOOD_CHANNEL: Final = "soak.flood"
+"""The channel of the flood's one publish (nothing listens to it)."""
 
 Frames = list[bytes]
 
@@ -60,18 +63,15 @@ def _request(body: dict[str, Any]) -> bytes:
     return _header(MsgType.CONTROL_REQUEST) + _pack(body)
 
 
-def _deep_args(request_id: str, command: str, depth: int) -> bytes:
-    """A request whose ``args`` is a list nested `depth` deep (built by hand: packb refuses)."""
+def _deep_args(request_id: str, command: str, depth: int, first: str | None = None) -> bytes:
+    """A request whose ``args`` end with a list nested `depth` deep, after `first` if given
+    (built by hand: packb refuses such depths)."""
     head = _pack({"id": request_id, "command": command})
+    deep = b"\x91" * depth + b"\xc0"
+    args = deep if first is None else b"\x92" + _pack(first) + deep
     # One more pair in the map: fixmap 0x82 -> 0x83.
-    return (
-        _header(MsgType.CONTROL_REQUEST)
-        + bytes((head[0] + 1,))
-        + head[1:]
-        + _pack("args")
-        + b"\x91" * depth
-        + b"\xc0"
-    )
+    fixmap = bytes((head[0] + 1,))
+    return _header(MsgType.CONTROL_REQUEST) + fixmap + head[1:] + _pack("args") + args
 
 
 def control_items(rng: random.Random, count: int, tag: str) -> list[Frames]:
@@ -111,7 +111,7 @@ def control_items(rng: random.Random, count: int, tag: str) -> list[Frames]:
     items = [rng.choice(makers)(f"{tag}-{n}") for n in range(count)]
     # Once per flood each: a big argument, and a publish too deep to repack.
     items.append([_request({"id": f"{tag}-big", "command": "ping", "args": ["x" * 900_000]})])
-    items.append([_deep_args(f"{tag}-deep-publish", "publish", 600)])
+    items.append([_deep_args(f"{tag}-deep-publish", "publish", 600, FLOOD_CHANNEL)])
     return items
 
 
