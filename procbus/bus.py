@@ -57,7 +57,8 @@ _logger = logging.getLogger("procbus")
 
 # The directory the process was started from: `Bus.restart` changes back to it
 # before re-executing, in case the application changed directory since.
-_startup_cwd: Final = os.getcwd()
+STARTUP_CWD: Final = os.getcwd()
+"""The working directory at import time: where a re-exec runs from."""
 
 DEFAULT_PRIORITY: Final = 50
 EX_SOFTWARE: Final = 70
@@ -570,7 +571,7 @@ class Bus:
         executable, argv = self.exec_args()
         self.log("Re-spawning " + " ".join(argv))
         self._extend_pythonpath(os.environ)
-        os.chdir(_startup_cwd)
+        os.chdir(STARTUP_CWD)
         if self.max_cloexec_files:
             self._set_cloexec()
         os.execv(executable, argv)

@@ -25,7 +25,6 @@ address in use, unresolvable or not bindable).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import socket
@@ -39,11 +38,6 @@ from procbus.config import DEMO_APP, Config, Source
 from procbus.errors import ConfigError, StartupError
 
 log = logging.getLogger("procbus.run")
-
-LOCK_VARIABLE: Final = "PROCBUS_LOCK_FD"
-ADOPT_VARIABLE: Final = "PROCBUS_ADOPT"
-"""The live workers a master re-executed by ``restart --adopt`` takes over (JSON)."""
-"""The runtime directory's lock fd, kept open across ``execv``."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +167,8 @@ class Host:
         self.boot_error: str | None = None
         self.pidfile: Any = None
         self.credentials: Any = None
+        self.exec_failure: str | None = None
+        """Set when ``restart`` could not ``execv``: this process goes on as the next master."""
 
     def run(self) -> int:
         config = self.config
@@ -184,7 +180,11 @@ class Host:
         self.credentials = worker_credentials(config)  # unknown names fail before binding
         self.sockets = listening_sockets(config)
         try:
-            return self._serve(app)
+            code = self._serve(app)
+            while self.exec_failure is not None:
+                # ``restart`` could not re-execute: serve on, as the next master would.
+                code = self._serve(worker_app(self.config))
+            return code
         finally:
             for sock in self.sockets:
                 sock.close()
@@ -192,13 +192,15 @@ class Host:
     def _serve(self, app: Any) -> int:
         from procbus.master import Master  # noqa: PLC0415
         from procbus.master import sockets as sockets_module  # noqa: PLC0415
+        from procbus.master.handover import Inherited  # noqa: PLC0415
         from procbus.master.systemd import WATCHDOG_PID_VARIABLE, Notifier  # noqa: PLC0415
         from procbus.plugins.process import Daemonizer, PIDFile  # noqa: PLC0415
 
         config = self.config
+        resumed, self.exec_failure = self.exec_failure, None
         for sock in self.sockets:
             log.info("listening on %s", sockets_module.describe(sock))
-        if config.daemon:
+        if config.daemon and resumed is None:
             # What the app prints (and any crash) goes to the log file, if any.
             output = str(config.log_file) if config.log_file is not None else "/dev/null"
             Daemonizer.daemonize(stdout=output, stderr=output)
@@ -214,10 +216,9 @@ class Host:
             credentials=self.credentials,
         )
         self.master = master
-        _adopt_exec_state(master)
-        from procbus.master.upgrade import Successor  # noqa: PLC0415
-
-        master.successor = Successor.from_environ(os.environ)
+        master.inherit(Inherited.take(os.environ), config.workers)
+        if resumed is not None:
+            master.jobs.record_failure("restart", f"cannot re-execute: {resumed}")
         master.reload_config = self.reload_config
         if master.successor is not None and WATCHDOG_PID_VARIABLE in os.environ:
             os.environ[WATCHDOG_PID_VARIABLE] = str(os.getpid())  # the watchdog is ours now
@@ -331,25 +332,36 @@ class Host:
             log.info("configuration reloaded: %s", ", ".join(sorted(changes)))
 
     def _reexec(self, master: Any) -> None:
-        """Replace this process with a fresh one, keeping sockets and lock (restart)."""
-        from procbus.master import sockets as sockets_module  # noqa: PLC0415
-        from procbus.master import upgrade  # noqa: PLC0415
+        """Replace this process with a fresh one, keeping sockets and lock (restart).
 
-        environ = os.environ
-        environ[sockets_module.FDS_VARIABLE] = sockets_module.export_fds(self.sockets)
-        environ[upgrade.GENERATION_VARIABLE] = str(master.generation + 1)
-        environ[upgrade.WORKER_GENERATIONS_VARIABLE] = json.dumps(master.slot_generations())
-        if master.handover is not None:
-            environ[ADOPT_VARIABLE] = json.dumps(master.handover)
-        keep = {sock.fileno() for sock in self.sockets}
-        lock_fd = master.runtime.lock_fd
-        if lock_fd is not None:
-            environ[LOCK_VARIABLE] = str(lock_fd)
-            keep.add(lock_fd)
-        master.bus.keep_fds = keep
+        Should ``execv`` fail, the hand-over stays in the environment and
+        `exec_failure` says why: `run` serves on with what was handed over.
+        """
+        from procbus.bus import STARTUP_CWD  # noqa: PLC0415
+        from procbus.master import handover  # noqa: PLC0415
+
+        keep = handover.export(
+            os.environ,
+            generation=master.generation + 1,
+            worker_generations=master.slot_generations(),
+            target=(master.pool.target, master.settings.workers),
+            control_fds=master.name_fds(),
+            listening_fds=[sock.fileno() for sock in self.sockets],
+            lock_fd=master.runtime.lock_fd,
+            adoption=master.handover,
+        )
+        executable, argv = master.bus.exec_args()
+        master.bus._extend_pythonpath(os.environ)
+        if not os.path.isdir(STARTUP_CWD):
+            log.warning("%s is gone: re-executing from /", STARTUP_CWD)
         log.info("master %d re-executing (generation %d)", master.pid, master.generation + 1)
-        logging.shutdown()
-        master.bus._do_execv()
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        try:
+            handover.reexec(executable, argv, STARTUP_CWD, set(keep))
+        except OSError as exc:
+            self.exec_failure = f"execv {executable}: {exc.strerror or exc}"
+            log.error("restart: %s; this process serves on", self.exec_failure)
 
 
 _RESTART_ONLY: Final = frozenset(
@@ -371,48 +383,6 @@ _RESTART_ONLY: Final = frozenset(
     }
 )
 """Settings a reload cannot apply: they belong to the master itself."""
-
-
-def _adopt_exec_state(master: Any) -> None:
-    """Take the generation and the runtime lock a re-executed master handed over."""
-    from procbus.master.upgrade import (  # noqa: PLC0415
-        GENERATION_VARIABLE,
-        WORKER_GENERATIONS_VARIABLE,
-    )
-
-    generation = os.environ.pop(GENERATION_VARIABLE, None)
-    if generation is not None:
-        if not generation.isdigit():
-            raise ConfigError(f"{GENERATION_VARIABLE}={generation!r}: expected a number")
-        master.generation = int(generation)
-    generations = os.environ.pop(WORKER_GENERATIONS_VARIABLE, None)
-    if generations is not None:
-        try:
-            master.pool.generations = {int(k): int(v) for k, v in json.loads(generations).items()}
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise ConfigError(
-                f"{WORKER_GENERATIONS_VARIABLE}: expected {{id: generation}} ({exc})"
-            ) from None
-    adopt = os.environ.pop(ADOPT_VARIABLE, None)
-    if adopt is not None:
-        try:
-            state = json.loads(adopt)
-            workers = [
-                (int(w["id"]), int(w["generation"]), int(w["pid"])) for w in state["workers"]
-            ]
-            int(state["next_seq"])
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ConfigError(f"{ADOPT_VARIABLE}: not a worker hand-over ({exc})") from None
-        log.info("adopting %d live workers: %s", len(workers), [pid for _, _, pid in workers])
-        master.adopt(state)
-    lock = os.environ.pop(LOCK_VARIABLE, None)
-    if lock is not None:
-        if not lock.isdigit():
-            raise ConfigError(f"{LOCK_VARIABLE}={lock!r}: expected a file descriptor")
-        try:
-            master.runtime.adopt_lock(int(lock))
-        except OSError as exc:
-            raise ConfigError(f"{LOCK_VARIABLE}={lock!r}: {exc.strerror}") from None
 
 
 def tree_settings(config: Config) -> Any:

@@ -76,28 +76,24 @@ class EventStream:
         self.loop.add_reader(sock, lambda: self._on_subscription(sock))
 
     def bind_remote(
-        self, context: zmq.Context[Any], control: str, zap: ZapHandler, settings: ControlSettings
-    ) -> str | None:
-        """With a tcp:// `control` endpoint and CURVE keys: the stream over TCP too.
+        self, context: zmq.Context[Any], zap: ZapHandler, settings: ControlSettings
+    ) -> zmq.Socket[bytes]:
+        """The stream over TCP too (with a tcp:// control endpoint and CURVE keys).
 
-        Bound on the control endpoint's host, any free port, for the same
-        client keys; returns the endpoint (clients learn the port through
-        ``status``), or None.
+        Returns the new XPUB, guarded by the same client keys as the control
+        socket, for the caller to bind (clients learn its port through
+        ``status``).
         """
-        if control.startswith("ipc://") or settings.curve_server is None:
-            return None
-        host = control.removeprefix("tcp://").rpartition(":")[0]
+        assert settings.curve_server is not None
         sock = event_socket(context)
         public, secret = settings.curve_server
         try:
             zap.allow_curve_keys(sock, public, secret, settings.key_roles)
-            sock.bind(f"tcp://{host}:*")
-        except zmq.ZMQError as exc:
+        except zmq.ZMQError:
             sock.close(0)
-            log.error("no event stream over TCP on %s: %s", host, exc)
-            return None
+            raise
         self.attach(sock)
-        return str(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        return sock
 
     def emit(self, event: str, data: dict[str, Any]) -> None:
         """Send one event on every socket (dropped, with a log line, if unsendable)."""

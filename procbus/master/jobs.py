@@ -145,6 +145,16 @@ class Jobs:
             for waiter in waiters:
                 waiter(job)
 
+    def record_failure(self, kind: str, error: str) -> Job:
+        """Put a job that failed outside the queue on record (a restart whose exec failed)."""
+        job = Job(f"{kind}-{next(self._numbers)}", kind, {}, emit=self._emit)
+        job.state, job.error = JobState.FAILED, error
+        job.started = job.finished = job.created
+        self._recent.append(job)
+        log.error("job %s %s: %s", job.id, job.state, error)
+        self._emit("job_done", job=job.id, kind=kind, state=job.state.value, error=error)
+        return job
+
     def abort_queued(self) -> None:
         """The master is exiting: fail every job that has not started."""
         for job in list(self._active):

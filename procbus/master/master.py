@@ -25,6 +25,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -35,17 +36,18 @@ from typing import Any, Final
 import zmq
 
 from procbus import protocol
-from procbus.bus import Bus, states
+from procbus.bus import STARTUP_CWD, Bus, states
 from procbus.bus import bus as process_bus
 from procbus.commands import SIGNAL_COMMANDS, CommandError, ErrorCode
-from procbus.errors import ProtocolError, StartupError
+from procbus.errors import ConfigError, ProtocolError, StartupError
+from procbus.master import listeners, snapshot
 from procbus.master import reload as reload_jobs
-from procbus.master import snapshot
 from procbus.master import upgrade as upgrade_jobs
 from procbus.master.auth import LOCAL_DOMAIN, WORKERS_DOMAIN, Denial, ZapHandler
 from procbus.master.control import CONTROL_MAX_MESSAGE, ControlServer, ControlSettings
 from procbus.master.events import EventStream, event_socket
-from procbus.master.jobs import Job, JobAborted, JobBody, Jobs
+from procbus.master.handover import AdoptedWorker, Adoption, Inherited, exec_problem
+from procbus.master.jobs import Job, JobAborted, JobBody, JobFailed, Jobs
 from procbus.master.loop import Clock, EventLoop, Timer
 from procbus.master.planner import Supervision, WorkerProc, WorkerState
 from procbus.master.pool import Pool
@@ -150,9 +152,6 @@ class Master:
         self.runtime = RuntimeDir.for_name(
             name, Path(runtime_dir) if runtime_dir is not None else None
         )
-        self.home = self.runtime
-        """The named runtime directory (`runtime` differs only in a new master
-        that has not taken over from the old one yet)."""
         self.loop = EventLoop(clock)
         self.pool = Pool(
             self.loop,
@@ -178,9 +177,13 @@ class Master:
         """Set when an old master started this one (`upgrade`), until it took over."""
         self.upgraded_to: int | None = None
         """The pid of the master this one handed over to (`upgrade`)."""
-        self.handover: dict[str, Any] | None = None
+        self.handover: Adoption | None = None
         """Set by ``restart --adopt``: the live workers the next master adopts."""
-        self._adopted: dict[str, Any] | None = None
+        self._adoption: Adoption | None = None
+        self._name_fds: dict[str, int] = {}
+        """Role -> a descriptor of the name's listening socket (control,
+        events, events_remote), kept to hand on across exec or to a successor."""
+        self._inherited_name_fds: dict[str, int] = {}
         self.pid = os.getpid()
         self.generation = 1
         self.started_at = time.time()
@@ -218,12 +221,12 @@ class Master:
     def _on_bus_start(self) -> None:
         if self._context is None:
             self.open()
-        if self._adopted is not None:
-            state, self._adopted = self._adopted, None
+        if self._adoption is not None:
+            adoption, self._adoption = self._adoption, None
             assert self.relay is not None
-            self.relay.seq = int(state["next_seq"]) - 1  # the numbers go on
-            for entry in state["workers"]:
-                self.pool.adopt(int(entry["id"]), int(entry["generation"]), int(entry["pid"]))
+            self.relay.seq = adoption.next_seq - 1  # the numbers go on
+            for worker in adoption.workers:
+                self.pool.adopt(worker.id, worker.generation, worker.pid)
         self.pool.activate()
 
     def _on_bus_stop(self) -> None:
@@ -286,27 +289,69 @@ class Master:
     # -- opening and closing ------------------------------------------------
 
     def open(self) -> None:
-        """Take the runtime directory and bind the endpoints (once)."""
+        """Take the runtime directory and bind the endpoints (once).
+
+        A successor (`upgrade`) binds its workers' sockets at once, and the
+        name's (control, events) only when the old master lets it take over.
+        """
         if self._context is not None:
             return
         raise_fd_limit()
         self._inherited_fds = frozenset(_open_fds())
         self.monitor.watch(self.pid)
+        if self._adoption is None:
+            self.runtime.worker_tag = self.generation  # a new tree of workers
         if self.successor is not None and not self.successor.took_over:
-            # The named directory is the old master's until it exits.
-            self.runtime = self.home.child(f"next-{self.pid}")
-        self.runtime.acquire(shared=self._shared())
+            self.runtime.open(shared=self._shared())  # the lock is still the old master's
+        else:
+            self.runtime.acquire(shared=self._shared(), keep=self._inherited_files())
         try:
             self._check_workers_can_connect()
             self._bind()
         except BaseException:
-            self.runtime.release(remove=self.runtime is not self.home)
+            self.runtime.release()
             raise
         self._reserve_fds()
         self.bus.forward = self._forward
         self.loop.install_signals([signal.SIGCHLD], self._on_signal)
         self._runtime_timer = self.loop.call_every(RUNTIME_CHECK_INTERVAL, self._check_runtime)
         log.info("master %d (%s) listening in %s", self.pid, self.name, self.runtime.path)
+
+    def inherit(self, found: Inherited, configured_workers: int) -> None:
+        """Before `run`: take what a previous master handed over (see `handover`).
+
+        A worker count set at runtime (``scale``) outlives the exec, unless
+        the configuration's count changed meanwhile.
+        """
+        if found.generation is not None:
+            self.generation = found.generation
+        self.pool.generations = dict(found.worker_generations)
+        if found.target is not None and found.target[1] == configured_workers:
+            self.pool.view.target = found.target[0]
+        if found.adoption is not None:
+            self._adoption = found.adoption
+            self.runtime.worker_tag = found.adoption.worker_tag
+            log.info(
+                "adopting %d live workers: %s",
+                len(found.adoption.workers),
+                [w.pid for w in found.adoption.workers],
+            )
+        if found.lock_fd is not None:
+            try:
+                self.runtime.adopt_lock(found.lock_fd)
+            except OSError as exc:
+                raise ConfigError(f"inherited lock fd {found.lock_fd}: {exc.strerror}") from None
+        self._inherited_name_fds = dict(found.control_fds)
+        if found.successor is not None:
+            self.successor = Successor(*found.successor)
+
+    def _inherited_files(self) -> frozenset[str]:
+        """The socket files served by listening sockets inherited across exec."""
+        return frozenset(
+            self.runtime.filename(role)
+            for role in ("control", "events")
+            if role in self._inherited_name_fds
+        )
 
     def _shared(self) -> bool:
         """Whether other uids must reach sockets in the runtime directory."""
@@ -335,43 +380,39 @@ class Master:
         return uids
 
     def _bind(self) -> None:
-        endpoints = self.runtime.endpoints()
         context: zmq.Context[Any] = zmq.Context()
         self._context = context
         zap = ZapHandler(context)
-        control_endpoint = self.control_settings.endpoint or endpoints["control"]
-        if self.runtime is not self.home:
-            control_endpoint = endpoints["control"]  # the configured one is still taken
-        endpoints["control"] = control_endpoint
         xpub, router, events, control = sockets = _master_sockets(context)
         try:
             zap.allow_uids(xpub, WORKERS_DOMAIN, self._worker_uids())
             zap.allow_uids(router, WORKERS_DOMAIN, self._worker_uids())
             zap.allow_uids(events, LOCAL_DOMAIN, self.control_settings.local_uids())
             self.control_settings.secure(control, zap)
-            xpub.bind(endpoints["publish"])
-            router.bind(endpoints["replies"])
-            events.bind(endpoints["events"])
-            control.bind(control_endpoint)
+            group, mode = self._worker_socket_mode()
+            for zsock, role in ((xpub, "publish"), (router, "replies")):
+                listeners.bind_fd(
+                    zsock, self.runtime.listen(role, mode, group), self.runtime.endpoint(role)
+                )
+                self.endpoints[role] = self.runtime.endpoint(role)
+            self._zap = zap
+            self._xpub, self._router, self._events, self._control = sockets
+            if self.successor is None or self.successor.took_over:
+                self._bind_name()
             self.runtime.verify()
-            self._set_socket_modes(control_endpoint)
         except (zmq.ZMQError, StartupError, OSError) as exc:
             zap.close()
             for sock in sockets:
                 sock.close(0)
             context.term()
             self._context = None
+            self._zap = None
+            self._xpub = self._router = self._events = self._control = None
+            self._close_name_fds()
             if isinstance(exc, StartupError):
                 raise
             raise StartupError(f"cannot bind the master's endpoints: {exc}") from None
-        self._zap = zap
-        self._xpub, self._router, self._events, self._control = sockets
         self.event_stream.attach(events)
-        settings = self.control_settings
-        remote = self.event_stream.bind_remote(context, control_endpoint, zap, settings)
-        if remote is not None:
-            endpoints["events_remote"] = remote
-        self.endpoints = endpoints
         self.relay = Relay(xpub, self.loop)
         self.control = ControlServer(self, control, self.control_settings)
         zap.on_denied = self._auth_denied
@@ -379,36 +420,76 @@ class Master:
             self.loop.add_reader(source, callback, priority=_AUTH_PRIORITY)
         self.loop.add_reader(xpub, self._on_xpub, priority=_WORKER_PRIORITY)
         self.loop.add_reader(router, self._on_router, priority=_WORKER_PRIORITY)
-        self.loop.add_reader(control, self.control.on_readable, priority=_CONTROL_PRIORITY)
+        self.loop.add_reader(control, self._on_control, priority=_CONTROL_PRIORITY)
 
-    def _set_socket_modes(
-        self,
-        control_endpoint: str,
-        runtime: RuntimeDir | None = None,
-        roles: Sequence[str] = ("events", "publish", "replies"),
-    ) -> None:
-        """What the kernel enforces, as far as a mode can say it (the ZAP handler does the rest).
+    def _on_control(self) -> None:
+        if self.control is not None:
+            self.control.on_readable()
 
-        The control and event sockets are the owner's only, or anyone's when
-        other uids are listed (the ZAP handler then admits only those). The
-        worker sockets are the owner's, and the workers' group's when they run
-        as another user or group.
+    def _bind_name(self) -> None:
+        """Listen for control and events: on the sockets inherited (exec, upgrade), else new ones.
+
+        The control socket is the configured endpoint (ipc:// in the runtime
+        directory by default, or tcp:// with CURVE); the event stream is
+        ipc:// in the runtime directory, and with a tcp:// control endpoint
+        also tcp:// on the same host (any port, the same keys).
         """
-        runtime = runtime or self.runtime
-        control = self.control_settings
-        local = 0o666 if (control.admin_uids or control.read_uids) else 0o600
-        if control_endpoint == runtime.endpoint("control"):
-            runtime.chmod("control", local)
-        elif control_endpoint.startswith("ipc://"):
-            os.chmod(control_endpoint.removeprefix("ipc://"), local)
+        assert self._control is not None and self._events is not None
+        inherited, self._inherited_name_fds = self._inherited_name_fds, {}
+        control_endpoint = self.control_settings.endpoint or self.runtime.endpoint("control")
+        wanted = {"control": control_endpoint, "events": self.runtime.endpoint("events")}
+        if not control_endpoint.startswith("ipc://"):
+            host = control_endpoint.removeprefix("tcp://").rpartition(":")[0]
+            wanted["events_remote"] = f"tcp://{host}:0"
+        for role, endpoint in wanted.items():
+            fd = inherited.pop(role, None)
+            sock = self._name_listener(role, endpoint, fd)
+            if role == "events_remote":
+                self._events_remote(listeners.endpoint_of(sock), sock)
+                continue
+            self._name_fds[role] = listeners.duplicate(sock)
+            listeners.bind_fd(self._control if role == "control" else self._events, sock, endpoint)
+            self.endpoints[role] = endpoint
+        for fd in inherited.values():  # not wanted any more (the configuration changed)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _name_listener(self, role: str, endpoint: str, inherited: int | None) -> socket.socket:
+        """The listening socket for one of the name's endpoints."""
+        in_runtime = role != "events_remote" and endpoint == self.runtime.endpoint(role)
+        if inherited is not None:
+            if in_runtime:
+                self.runtime.adopt_file(role)
+            return listeners.adopt(inherited)
+        settings = self.control_settings
+        mode = 0o666 if (settings.admin_uids or settings.read_uids) else 0o600
+        if in_runtime:
+            return self.runtime.listen(role, mode)
+        if endpoint.startswith("ipc://"):
+            return listeners.unix_listener(endpoint.removeprefix("ipc://"), mode)
+        return listeners.tcp_listener(endpoint)
+
+    def _events_remote(self, endpoint: str, sock: socket.socket) -> None:
+        assert self._context is not None and self._zap is not None
+        self._name_fds["events_remote"] = listeners.duplicate(sock)
+        zsock = self.event_stream.bind_remote(self._context, self._zap, self.control_settings)
+        listeners.bind_fd(zsock, sock, endpoint)
+        self.endpoints["events_remote"] = endpoint
+
+    def _worker_socket_mode(self) -> tuple[int | None, int]:
+        """(group, mode) of the workers' socket files: the owner's, and the workers'
+        group's when they run as another user or group."""
         credentials = self.credentials
-        for role in roles:
-            if role == "events":
-                runtime.chmod(role, local)
-            elif credentials is not None and credentials.differs_from_current():
-                runtime.chmod(role, 0o660, group=credentials.gid)
-            else:
-                runtime.chmod(role, 0o600)
+        if credentials is not None and credentials.differs_from_current():
+            return credentials.gid, 0o660
+        return None, 0o600
+
+    def _close_name_fds(self) -> None:
+        for fd in [*self._name_fds.values(), *self._inherited_name_fds.values()]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._name_fds.clear()
+        self._inherited_name_fds.clear()
 
     def _reserve_fds(self) -> None:
         while len(self._fd_reserve) < FD_RESERVE:
@@ -422,47 +503,52 @@ class Master:
 
     def _check_runtime(self) -> None:
         """A tmp cleaner (or an operator) removed the runtime directory or a socket in it:
-        make it again, with the same checks, and bind the endpoints there again.
+        make it again, with the same checks, and listen there again.
 
-        The sockets stay bound where they were (connections made before go
-        on); binding the same path again adds a listener at the new file.
+        The sockets keep listening where they were (connections made before
+        go on); each gets one more listening socket at the new file.
         """
         if self._context is None or self.runtime.intact():
             return
         path = self.runtime.path
         log.error("runtime directory %s or a socket in it is gone: making it again", path)
         try:
-            if not (self.runtime.dir is not None and self.runtime.dir.intact()):
+            if self.runtime.dir is None or not self.runtime.dir.intact():
+                holds_lock = self.runtime.lock_fd is not None
                 self.runtime.release()
-                self.runtime.acquire(shared=self._shared())
-            self._rebind_missing()
+                if holds_lock:
+                    self.runtime.acquire(shared=self._shared())
+                else:
+                    self.runtime.open(shared=self._shared())
+            self._listen_again()
         except (StartupError, zmq.ZMQError, OSError) as exc:
             log.error("cannot make the runtime directory %s again: %s", path, exc)
             self.emit("runtime_lost", path=str(path), error=str(exc))
             return
         self.emit("runtime_restored", path=str(path))
 
-    def _rebind_missing(self) -> None:
-        assert self.runtime.dir is not None
+    def _listen_again(self) -> None:
+        """A new listening socket for every file of ours that is missing."""
+        settings = self.control_settings
+        local_mode = 0o666 if (settings.admin_uids or settings.read_uids) else 0o600
+        group, worker_mode = self._worker_socket_mode()
         by_role = {
-            "publish": self._xpub,
-            "replies": self._router,
-            "events": self._events,
-            "control": self._control,
+            "publish": (self._xpub, worker_mode, group),
+            "replies": (self._router, worker_mode, group),
+            "events": (self._events, local_mode, None),
+            "control": (self._control, local_mode, None),
         }
-        for role, sock in by_role.items():
+        for role, (zsock, mode, role_group) in by_role.items():
             endpoint = self.runtime.endpoint(role)
-            if sock is None or self.endpoints.get(role) != endpoint:
+            if zsock is None or self.endpoints.get(role) != endpoint or self.runtime.present(role):
                 continue
-            filename = endpoint.rsplit("/", 1)[1]
-            try:
-                os.stat(filename, dir_fd=self.runtime.dir.fd, follow_symlinks=False)
-                continue
-            except FileNotFoundError:
-                pass
-            sock.bind(endpoint)
+            sock = self.runtime.listen(role, mode, role_group)
+            if role in self._name_fds:
+                with contextlib.suppress(OSError):
+                    os.close(self._name_fds[role])
+                self._name_fds[role] = listeners.duplicate(sock)
+            listeners.bind_fd(zsock, sock, endpoint)
         self.runtime.verify()
-        self._set_socket_modes(self.endpoints["control"])
 
     def close(self) -> None:
         """Close the sockets, free the runtime directory, restore signals.
@@ -495,11 +581,21 @@ class Master:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fd_reserve.clear()
-        # A master about to re-execute keeps its lock across the exec, so that
-        # no other master can take the name in between.
-        self.runtime.release(keep_lock=self.exec_requested, remove=self.runtime is not self.home)
-        if self.runtime is not self.home and self.home.lock_fd is not None:
-            self.home.release(keep_lock=self.exec_requested)  # taken over: the name is ours
+        if self.upgraded_to is not None:
+            # The successor serves the name's socket files now: leave them.
+            for role in ("control", "events"):
+                self.runtime.disown(role)
+        # A master about to re-execute keeps its lock and the name's sockets
+        # across the exec, so that no other master can take the name and no
+        # client is refused in between.
+        keep = (
+            frozenset(self.runtime.filename(r) for r in ("control", "events"))
+            if self.exec_requested
+            else frozenset()
+        )
+        self.runtime.release(keep_lock=self.exec_requested, keep=keep)
+        if not self.exec_requested:
+            self._close_name_fds()
         log.info("master %d closed", self.pid)
 
     # -- fork -----------------------------------------------------------------
@@ -826,9 +922,13 @@ class Master:
             )
 
         def body(job: Job) -> dict[str, Any]:
+            executable, argv = self.bus.exec_args()
+            problem = exec_problem(executable, argv, STARTUP_CWD)
+            if problem is not None:
+                raise JobFailed(f"cannot re-execute: {problem}; nothing was stopped")
             if adopt:
-                self.handover = self._handover_state()
-                result: dict[str, Any] = {"adopted": len(self.handover["workers"])}
+                self.handover = self._adoption_state()
+                result: dict[str, Any] = {"adopted": len(self.handover.workers)}
             else:
                 result = reload_jobs.stop_tree(self, job)
             self.exec_requested = True
@@ -851,47 +951,39 @@ class Master:
             "upgrade", lambda job: upgrade_jobs.upgrade_tree(self, job), {}, coalesce=True
         )
 
-    def slot_generations(self) -> dict[str, int]:
-        """Worker id -> its latest generation, for the next master (JSON keys)."""
-        return {str(slot.id): slot.generation for slot in self.pool.view.slots.values()}
+    def slot_generations(self) -> dict[int, int]:
+        """Worker id -> its latest generation, for the next master."""
+        return {slot.id: slot.generation for slot in self.pool.view.slots.values()}
 
-    def _handover_state(self) -> dict[str, Any]:
+    def _adoption_state(self) -> Adoption:
         """What the re-executed master needs to adopt the live workers."""
-        workers = [
-            {"id": w.id, "generation": w.generation, "pid": w.pid}
+        assert self.relay is not None
+        workers = tuple(
+            AdoptedWorker(w.id, w.generation, w.pid)
             for slot in self.pool.slots()
             if (w := slot.current) is not None and w.alive
-        ]
-        assert self.relay is not None
-        return {"workers": workers, "next_seq": self.relay.next_seq}
+        )
+        return Adoption(workers, self.relay.next_seq, self.runtime.worker_tag)
 
-    def adopt(self, state: dict[str, Any]) -> None:
-        """Before `run`: take over the workers a previous master left (see `restart`)."""
-        self._adopted = state
+    def name_fds(self) -> dict[str, int]:
+        """The name's listening sockets, to hand on (`handover`)."""
+        return dict(self._name_fds)
 
     def take_over_name(self) -> None:
-        """A new master whose predecessor exited: take the named directory's
-        lock and listen for control and events at the usual endpoints too.
-        Raise `StartupError` while the lock is still held."""
-        if self.runtime is self.home or self._control is None or self._events is None:
+        """A successor (`upgrade`) whose predecessor let go: listen for control and
+        events on the name's sockets, handed over by the old master."""
+        if self._context is None or self.successor is None or self.successor.took_over:
             return
-        self.home.acquire(shared=self._shared())
-        endpoints = self.home.endpoints()
-        control_endpoint = self.control_settings.endpoint or endpoints["control"]
         try:
-            self._control.bind(control_endpoint)
-            self._events.bind(endpoints["events"])
-            self.home.verify()
-        except (zmq.ZMQError, StartupError) as exc:
-            log.error("cannot bind %s after the upgrade: %s", control_endpoint, exc)
-        with contextlib.suppress(OSError):
-            self._set_socket_modes(control_endpoint, self.home, roles=("events",))
-        self.endpoints = {
-            **self.endpoints,
-            "control": control_endpoint,
-            "events": endpoints["events"],
-        }
-        log.info("master %d took over %s", self.pid, self.home.path)
+            self._bind_name()
+        except (zmq.ZMQError, StartupError, OSError) as exc:
+            log.error("cannot listen for control and events after the upgrade: %s", exc)
+        log.info("master %d serves %s now", self.pid, self.runtime.path)
+
+    def take_name_lock(self) -> None:
+        """The old master exited: take the name's lock; `StartupError` while it is held."""
+        self.runtime.lock()
+        self.runtime.remove_stale()
         self.emit("takeover", pid=self.pid, generation=self.generation)
 
     def stop_job(self) -> Job:
@@ -941,6 +1033,8 @@ class Master:
                 while self._jobs and not self._exit_requested:
                     self._jobs.popleft()()
             self.jobs.abort_queued()
+            if self.exec_requested or self.upgraded_to is not None:
+                self._finish_publishes()
             if self.handover is None:
                 self.exit()
             # else: restart --adopt; the workers live on for the next master
@@ -949,6 +1043,16 @@ class Master:
             self.close()
             self.loop.restore_signals()
         return self.exit_code
+
+    def _finish_publishes(self) -> None:
+        """Before the process goes (exec, hand-over): let publishes in flight get
+        their answers (bounded by their deadlines), so that no caller is left
+        waiting for a master that is gone."""
+        relay = self.relay
+        if relay is None or not relay.pending:
+            return
+        limit = min(self.settings.publish_timeout, self.settings.supervision.graceful_timeout)
+        self.loop.run_until(lambda: not relay.pending, limit)
 
     def status(self) -> dict[str, Any]:
         """A snapshot of the master and its workers (plain data, ``ctl status``)."""

@@ -41,10 +41,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from procbus.errors import ConfigError
+from procbus.master.handover import FDS_VARIABLE
 from procbus.master.runtime import MAX_IPC_PATH
-
-FDS_VARIABLE: Final = "PROCBUS_FDS"
-"""The environment variable that carries the listening fds across ``exec``."""
 
 SD_LISTEN_FDS_START: Final = 3
 """The first fd systemd passes (``SD_LISTEN_FDS_START`` in ``sd-daemon.h``)."""

@@ -1,30 +1,40 @@
 """Upgrade: hand the tree over to a freshly executed master, with zero downtime.
 
 The old master (generation g) forks and executes a new one (g+1) with the
-same argv. The new master inherits the listening sockets (``PROCBUS_FDS``)
-and two pipes (``PROCBUS_SUCCESSOR=READY_FD,ALIVE_FD``):
+same argv. The new master inherits the listening sockets the workers serve
+and the name's own (control, events), and two pipes
+(``PROCBUS_SUCCESSOR=READY_FD,ALIVE_FD``, see `procbus.master.handover`):
 
-- *ready*: the new master writes ``ready`` once all its workers run. The old
-  one waits for that (or for the new one to die, or a deadline) inside its
-  loop. Only then does it drain its own workers and exit; on any failure it
-  kills the new master (whose workers die with it) and keeps serving, and
-  the job fails with the reason.
-- *alive*: the old master holds the write end until it exits; end of file
-  tells the new master that the name is free. While both run, both accept
-  on the same sockets: no connection is refused at any point.
+- *ready* (new -> old): ``ready`` once all the new master's workers run,
+  ``took-over`` once it serves the name's sockets, or ``failed``;
+- *alive* (old -> new): ``go`` when the old master lets the name go; end of
+  file when the old master is gone (for any reason: then the name is free
+  and the new master also takes the runtime directory's lock).
 
-While the old master lives, the new one keeps its endpoints in a private
-subdirectory of the runtime directory (``next-PID``), because the named
-directory and its lock are the old master's. When the old master is gone it
-takes the lock and binds the control and event endpoints at their usual
-paths as well, so that ``procbus ctl`` finds it by name; the workers stay on
-the subdirectory's endpoints until the next upgrade or restart.
+The old master, step by step, never letting go of anything before the new
+one has it:
+
+1. wait for ``ready`` (or the new master's death, or a deadline); on failure
+   stop the new master (its workers die with it) and keep serving;
+2. drain its own workers; should the new master die meanwhile, start new
+   workers again and keep serving;
+3. say ``go``, and wait for ``took-over``; should the new master die or fail,
+   start new workers again and keep serving;
+4. exit. Only the lock changes hands after that.
+
+A failed upgrade's job says why, the old master keeps the name, and the
+worker sockets the new master made are removed. While both masters run, both
+accept on the same listening sockets: no connection is refused at any point,
+and a client of the old master gets its answer from it.
+
+The new master binds its workers' sockets beside the old master's in the
+runtime directory (their names carry its generation) and serves the name's
+sockets only from ``go`` on.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -32,21 +42,21 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from procbus.errors import ConfigError, StartupError
+from procbus.errors import StartupError
+from procbus.master import handover
 from procbus.master.jobs import Job, JobFailed
-from procbus.master.reload import stop_tree
 
 if TYPE_CHECKING:
     from procbus.master.master import Master
 
 log = logging.getLogger("procbus.master")
 
-SUCCESSOR_VARIABLE: Final = "PROCBUS_SUCCESSOR"
-GENERATION_VARIABLE: Final = "PROCBUS_GENERATION"
-"""The master's generation, carried across ``execv`` (restart) and upgrade."""
-WORKER_GENERATIONS_VARIABLE: Final = "PROCBUS_WORKER_GENERATIONS"
-"""Worker id -> latest generation (JSON), so that the next master's go on."""
 READY: Final = b"ready\n"
+TOOK_OVER: Final = b"took-over\n"
+FAILED: Final = b"failed\n"
+GO: Final = b"go\n"
+TAKEOVER_LIMIT: Final = 10.0
+"""Seconds the old master gives the new one to serve the name after ``go``."""
 TAKEOVER_RETRY: Final = 0.05
 """Seconds between attempts at the lock the old master is releasing."""
 TAKEOVER_ATTEMPTS: Final = 200
@@ -59,96 +69,141 @@ class _Handover:
     pid: int
     ready_fd: int
     alive_fd: int
-    ready: bool = False
+    said: bytearray = field(default_factory=bytearray)
     exit_status: int | None = None
-    output: bytearray = field(default_factory=bytearray)
+
+    @property
+    def ready(self) -> bool:
+        return READY in self.said
+
+    @property
+    def took_over(self) -> bool:
+        return TOOK_OVER in self.said
+
+    @property
+    def failed(self) -> bool:
+        return FAILED in self.said or self.exit_status is not None
 
 
 def upgrade_tree(master: Master, job: Job) -> dict[str, Any]:
     """The ``upgrade`` job of the old master."""
-    handover = _spawn_successor(master)
-    job.progress("new master started", pid=handover.pid, generation=master.generation + 1)
+    new = _spawn_successor(master)
+    job.progress("new master started", pid=new.pid, generation=master.generation + 1)
     previous_hook = master.pool.on_other_child
 
     def other_child(pid: int, status: int) -> None:
-        if pid == handover.pid:
-            handover.exit_status = status
+        if pid == new.pid:
+            new.exit_status = status
         else:
             previous_hook(pid, status)
 
     master.pool.on_other_child = other_child
-    master.loop.add_reader(handover.ready_fd, lambda: _read_ready(master, handover))
-    limit = master.settings.supervision.boot_timeout + 10
+    master.loop.add_reader(new.ready_fd, lambda: _read(master, new))
     try:
-        master.wait_until(lambda: handover.ready or handover.exit_status is not None, limit)
+        _hand_over(master, job, new)
+    except BaseException:
+        _abandon(master, new)
+        raise
     finally:
-        master.loop.remove_reader(handover.ready_fd)
-        os.close(handover.ready_fd)
-    if not handover.ready:
-        reason = (
-            f"the new master (pid {handover.pid}) exited with status {handover.exit_status} "
-            "before it was ready"
-            if handover.exit_status is not None
-            else f"the new master (pid {handover.pid}) was not ready within {limit:g}s"
-        )
-        _abandon(master, handover)
-        # Only now: to the new master, end of file means "the name is yours".
-        os.close(handover.alive_fd)
+        master.loop.remove_reader(new.ready_fd)
+        os.close(new.ready_fd)
         master.pool.on_other_child = previous_hook
-        raise JobFailed(reason + "; this master keeps serving")
-    job.progress("new master ready; draining the old workers", pid=handover.pid)
-    result = stop_tree(master, job)
-    # The alive pipe closes when this process exits: the new master's signal.
-    master.upgraded_to = handover.pid
+    # The alive pipe closes when this process exits: the new master's cue for the lock.
+    master.upgraded_to = new.pid
     master.request_exit()
-    return {**result, "new_master": handover.pid, "generation": master.generation + 1}
+    return {"new_master": new.pid, "generation": master.generation + 1}
 
 
-def _read_ready(master: Master, handover: _Handover) -> None:
+def _hand_over(master: Master, job: Job, new: _Handover) -> None:
+    policy = master.settings.supervision
+    limit = policy.boot_timeout + 10
+    master.wait_until(lambda: new.ready or new.failed, limit)
+    if not new.ready:
+        raise JobFailed(
+            f"{_fate(new, f'was not ready within {limit:g}s')}; this master keeps serving"
+        )
+    job.progress("new master ready; draining the old workers", pid=new.pid)
+    master.bus.stop()
+    drain = policy.graceful_timeout + policy.abort_grace + 5
+    master.wait_until(lambda: master.pool.no_children() or new.failed, drain)
+    if new.failed:
+        raise JobFailed(
+            f"{_fate(new, 'failed')} while the old workers drained; "
+            "this master keeps serving with new workers"
+        )
+    job.progress("old workers drained; handing the name over", pid=new.pid)
+    with contextlib.suppress(OSError):  # the new master is gone: its status comes on SIGCHLD
+        os.write(new.alive_fd, GO)
+    master.wait_until(lambda: new.took_over or new.failed, TAKEOVER_LIMIT)
+    if not new.took_over:
+        raise JobFailed(
+            f"{_fate(new, f'did not take the name over within {TAKEOVER_LIMIT:g}s')}; "
+            "this master keeps serving with new workers"
+        )
+
+
+def _fate(new: _Handover, otherwise: str) -> str:
+    if new.exit_status is not None:
+        return f"the new master (pid {new.pid}) exited with status {new.exit_status}"
+    if FAILED in new.said:
+        return f"the new master (pid {new.pid}) could not take the name over"
+    return f"the new master (pid {new.pid}) {otherwise}"
+
+
+def _read(master: Master, new: _Handover) -> None:
     try:
-        data = os.read(handover.ready_fd, 64)
+        data = os.read(new.ready_fd, 64)
     except BlockingIOError:
         return
     except OSError:
         data = b""
-    handover.output += data
-    if READY in handover.output:
-        handover.ready = True
+    new.said += data
     if not data:
         # End of file: the new master is gone (its exit status follows on
         # SIGCHLD) or done talking; stop watching a fd that stays readable.
-        master.loop.remove_reader(handover.ready_fd)
+        master.loop.remove_reader(new.ready_fd)
 
 
-def _abandon(master: Master, handover: _Handover) -> None:
-    """Stop a new master that failed; its workers die with it (parent-death signal)."""
-    if handover.exit_status is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(handover.pid, signal.SIGTERM)
-    grace = master.settings.supervision.graceful_timeout + 5
-    master.wait_until(lambda: handover.exit_status is not None, grace)
-    if handover.exit_status is None:
+def _abandon(master: Master, new: _Handover) -> None:
+    """The upgrade failed: stop the new master (its workers die with it), remove the
+    worker sockets it made, and serve on, with new workers if the old ones drained."""
+    if new.exit_status is None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(handover.pid, signal.SIGKILL)
-        master.wait_until(lambda: handover.exit_status is not None, 5)
+            os.kill(new.pid, signal.SIGTERM)
+        grace = master.settings.supervision.graceful_timeout + 5
+        with contextlib.suppress(Exception):
+            master.wait_until(lambda: new.exit_status is not None, grace)
+        if new.exit_status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(new.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                master.wait_until(lambda: new.exit_status is not None, 5)
+    # Only now: to the new master, end of file means "the name is yours".
+    with contextlib.suppress(OSError):
+        os.close(new.alive_fd)
+    master.runtime.remove_tree_sockets(master.generation + 1)
+    if not master.pool.active and not master.exiting:
+        log.error("upgrade failed after the old workers drained: starting new ones")
+        master.bus.start()
 
 
 def _spawn_successor(master: Master) -> _Handover:
     """Fork and execute the new master with the sockets and both pipes."""
-    from procbus.master import sockets as sockets_module  # noqa: PLC0415
-
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
     os.set_blocking(ready_r, False)
     environ = dict(os.environ)
-    environ[sockets_module.FDS_VARIABLE] = sockets_module.export_fds(master.sockets)
-    environ[GENERATION_VARIABLE] = str(master.generation + 1)
-    environ[WORKER_GENERATIONS_VARIABLE] = json.dumps(master.slot_generations())
-    environ[SUCCESSOR_VARIABLE] = f"{ready_w},{alive_r}"
+    keep = handover.export(
+        environ,
+        generation=master.generation + 1,
+        worker_generations=master.slot_generations(),
+        target=(master.pool.target, master.settings.workers),
+        control_fds=master.name_fds(),
+        listening_fds=[sock.fileno() for sock in master.sockets],
+        successor=(ready_w, alive_r),
+    )
     executable, argv = master.bus.exec_args()
     master.bus._extend_pythonpath(environ)
-    keep = [ready_w, alive_r, *(sock.fileno() for sock in master.sockets)]
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     try:
@@ -180,37 +235,23 @@ class Successor:
         self.ready_fd: int | None = ready_fd
         self.alive_fd: int | None = alive_fd
         self.took_over = False
-
-    @classmethod
-    def from_environ(cls, environ: Any) -> Successor | None:
-        """The pipes an old master passed in ``PROCBUS_SUCCESSOR`` (removed from `environ`)."""
-        text = environ.pop(SUCCESSOR_VARIABLE, None)
-        if text is None:
-            return None
-        parts = text.split(",")
-        if len(parts) != 2 or not all(part.isdigit() for part in parts):
-            raise ConfigError(f"{SUCCESSOR_VARIABLE}={text!r}: expected READY_FD,ALIVE_FD")
-        ready_fd, alive_fd = (int(part) for part in parts)
-        for fd in (ready_fd, alive_fd):
-            try:
-                os.set_inheritable(fd, False)
-            except OSError as exc:
-                raise ConfigError(
-                    f"{SUCCESSOR_VARIABLE}={text!r}: fd {fd}: {exc.strerror}"
-                ) from None
-        return cls(ready_fd, alive_fd)
+        self.has_lock = False
 
     def announce_ready(self) -> None:
         """Tell the old master that every worker runs (once)."""
+        self._say(READY)
+
+    def _say(self, what: bytes, last: bool = False) -> None:
         if self.ready_fd is None:
             return
         with contextlib.suppress(OSError):  # the old master is gone: nothing to tell
-            os.write(self.ready_fd, READY)
-        os.close(self.ready_fd)
-        self.ready_fd = None
+            os.write(self.ready_fd, what)
+        if last:
+            os.close(self.ready_fd)
+            self.ready_fd = None
 
     def watch(self, master: Master) -> None:
-        """Take over the name when the old master's end of the alive pipe closes."""
+        """Take the name over on ``go`` (or when the old master is gone), then the lock."""
         fd = self.alive_fd
         assert fd is not None
         os.set_blocking(fd, False)
@@ -222,22 +263,41 @@ class Successor:
                 return
             except OSError:
                 data = b""
+            if not self.took_over:
+                self._take_over(master)
             if data:
-                return
+                return  # "go": the old master exits next (end of file)
             master.loop.remove_reader(fd)
             os.close(fd)
             self.alive_fd = None
-            self._take_over(master, TAKEOVER_ATTEMPTS)
+            self._take_lock(master, TAKEOVER_ATTEMPTS)
 
         master.loop.add_reader(fd, readable)
 
-    def _take_over(self, master: Master, attempts: int) -> None:
+    def _take_over(self, master: Master) -> None:
         try:
             master.take_over_name()
-        except StartupError as exc:
-            if attempts <= 0:
-                log.error("upgrade: cannot take over the name: %s", exc)
-                return
-            master.loop.call_later(TAKEOVER_RETRY, lambda: self._take_over(master, attempts - 1))
+        except (StartupError, OSError) as exc:
+            log.error("upgrade: cannot serve the name: %s", exc)
+            self._say(FAILED, last=True)
+            master.exit_code = 1
+            master.request_exit(fast=True)
             return
         self.took_over = True
+        self._say(TOOK_OVER, last=True)
+
+    def _take_lock(self, master: Master, attempts: int) -> None:
+        if not self.took_over:
+            return
+        try:
+            master.take_name_lock()
+        except StartupError as exc:
+            if attempts <= 0:
+                log.error("upgrade: cannot take the runtime directory's lock: %s", exc)
+                return
+            master.loop.call_later(TAKEOVER_RETRY, lambda: self._take_lock(master, attempts - 1))
+            return
+        self.has_lock = True
+
+
+__all__ = ["Successor", "handover", "upgrade_tree"]

@@ -57,7 +57,7 @@ def test_runtime_dir_is_0700_and_socket_files_are_0600(master: MasterProcess) ->
     info = master.runtime_dir.stat()
     assert stat.S_IMODE(info.st_mode) == 0o700
     assert info.st_uid == os.getuid()
-    for name in ("ctl", "evt", "pub", "rep"):
+    for name in ("ctl", "evt", "w1.pub", "w1.rep"):
         sock = (master.runtime_dir / name).stat()
         assert stat.S_ISSOCK(sock.st_mode), name
         assert stat.S_IMODE(sock.st_mode) == 0o600, name

@@ -145,7 +145,7 @@ def test_umask_zero_still_makes_owner_only_directories(shared_tmp: Path) -> None
         wait_until((runtime / "ctl").exists, 20)
         assert stat.S_IMODE(runtime.parent.stat().st_mode) == 0o700
         assert stat.S_IMODE(runtime.stat().st_mode) == 0o700
-        for name in ("ctl", "evt", "pub", "rep"):
+        for name in ("ctl", "evt", "w1.pub", "w1.rep"):
             assert stat.S_IMODE((runtime / name).stat().st_mode) == 0o600, name
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -242,7 +242,7 @@ def test_read_uid_reads_an_unlisted_uid_gets_nothing_and_worker_sockets_stay_clo
                 else:
                     print("connected")
                 """
-            ), str(proc.runtime_dir / "rep")],
+            ), proc.status()["master"]["endpoints"]["replies"].removeprefix("ipc://")],
             capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
         assert probe.stdout.strip() == "EACCES", probe.stderr

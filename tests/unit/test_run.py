@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import socket
 
 import pytest
 
 from procbus import config as config_module
 from procbus import run
-from procbus.errors import ConfigError
 from procbus.master.sockets import FDS_VARIABLE
 
 
@@ -45,12 +43,3 @@ def test_preload_imports_in_the_master_and_without_it_the_worker_does() -> None:
     assert callable(run.worker_app(load(worker="tests.tree.apps:echo", preload=True)))
     with pytest.raises(Exception, match="broken_app"):
         run.worker_app(load(app="tests.tree.broken_app:app", preload=True))
-
-
-def test_bad_handover_state_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    class FakeMaster:
-        generation = 1
-
-    monkeypatch.setitem(os.environ, "PROCBUS_ADOPT", "{not json")
-    with pytest.raises(ConfigError, match="PROCBUS_ADOPT"):
-        run._adopt_exec_state(FakeMaster())
