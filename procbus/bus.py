@@ -55,10 +55,28 @@ __all__ = ["Bus", "ChannelFailures", "ListenerOutcome", "State", "bus", "states"
 
 _logger = logging.getLogger("procbus")
 
-# The directory the process was started from: `Bus.restart` changes back to it
-# before re-executing, in case the application changed directory since.
-STARTUP_CWD: Final = os.getcwd()
-"""The working directory at import time: where a re-exec runs from."""
+
+def _startup_directory() -> str:
+    """The working directory as the shell named it (``$PWD``, symbolic links kept)
+    when that is where the process is, else the resolved one.
+
+    A deploy that points a ``current`` link at a new release, and removes the
+    old one, is then followed by a re-exec (as gunicorn does).
+    """
+    cwd = os.getcwd()
+    named = os.environ.get("PWD")
+    try:
+        if named and os.path.isabs(named) and os.path.samefile(named, cwd):
+            return named
+    except OSError:
+        pass
+    return cwd
+
+
+STARTUP_CWD: Final = _startup_directory()
+"""The directory the process was started from: `Bus.restart` (and procbus's
+restart) changes back to it before re-executing, in case the application
+changed directory since."""
 
 DEFAULT_PRIORITY: Final = 50
 EX_SOFTWARE: Final = 70

@@ -59,6 +59,7 @@ class MasterProcess:
         runtime_dir: Path,
         log_path: Path,
         env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
     ) -> None:
         self.argv = list(argv)
         self.runtime_dir = runtime_dir
@@ -69,7 +70,7 @@ class MasterProcess:
             self.argv,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             start_new_session=True,
         )

@@ -201,47 +201,7 @@ def plan(view: PoolView, now: float, policy: Supervision) -> Plan:
         ids.update(range(1, view.target + 1))
     for slot_id in sorted(ids):
         slot = view.slots.get(slot_id) or WorkerSlot(slot_id)
-        wanted = view.active and slot.id <= view.target
-        if not wanted:
-            for worker in slot.workers():
-                if worker.state is not WorkerState.STOPPING:
-                    reason = "pool stopped" if not view.active else "scaled down"
-                    actions.append(Action(ActionKind.DRAIN, slot.id, worker, reason))
-            continue
-
-        current, replacement = slot.current, slot.replacement
-        replace_requested = slot.replace_requested
-        if current is None and replacement is not None:
-            actions.append(Action(ActionKind.PROMOTE, slot.id, replacement, "slot empty"))
-            current, replacement = replacement, None
-            replace_requested = False  # the replacement is what was requested
-        if current is None:
-            if slot.flapping:
-                continue
-            if now >= slot.next_spawn_at:
-                actions.append(Action(ActionKind.SPAWN, slot.id, reason="slot empty"))
-            else:
-                at(slot.next_spawn_at)
-            continue
-
-        if replacement is not None and replacement.state is WorkerState.RUNNING:
-            actions.append(Action(ActionKind.PROMOTE, slot.id, replacement, "replacement ready"))
-        elif replacement is None and current.state is WorkerState.RUNNING:
-            recycle = _recycle_reason(current, now, policy) if view.recycling else None
-            if replace_requested or recycle:
-                if now >= slot.next_spawn_at and not slot.flapping:
-                    actions.append(
-                        Action(
-                            ActionKind.SPAWN,
-                            slot.id,
-                            reason=recycle or "replace requested",
-                            replace=True,
-                        )
-                    )
-                elif not slot.flapping:
-                    at(slot.next_spawn_at)
-            elif view.recycling and policy.max_age > 0:
-                at(current.started_at + policy.max_age)
+        _plan_slot(slot, view, now, policy, actions=actions, at=at)
 
     for slot in view.slots.values():
         for worker in slot.workers():
@@ -253,11 +213,79 @@ def plan(view: PoolView, now: float, policy: Supervision) -> Plan:
     return Plan(actions, wake)
 
 
+def _plan_slot(
+    slot: WorkerSlot,
+    view: PoolView,
+    now: float,
+    policy: Supervision,
+    *,
+    actions: list[Action],
+    at: Callable[[float], None],
+) -> None:
+    """The actions for one slot: fill it, promote, renew (reload, recycling, adoption)."""
+    wanted = view.active and slot.id <= view.target
+    if not wanted:
+        for worker in slot.workers():
+            if worker.state is not WorkerState.STOPPING:
+                reason = "pool stopped" if not view.active else "scaled down"
+                actions.append(Action(ActionKind.DRAIN, slot.id, worker, reason))
+        return
+
+    current, replacement = slot.current, slot.replacement
+    replace_requested = slot.replace_requested
+    if current is None and replacement is not None:
+        actions.append(Action(ActionKind.PROMOTE, slot.id, replacement, "slot empty"))
+        current, replacement = replacement, None
+        replace_requested = False  # the replacement is what was requested
+    if current is None:
+        if slot.flapping:
+            return
+        if now >= slot.next_spawn_at:
+            actions.append(Action(ActionKind.SPAWN, slot.id, reason="slot empty"))
+        else:
+            at(slot.next_spawn_at)
+        return
+
+    if replacement is not None and replacement.state is WorkerState.RUNNING:
+        actions.append(Action(ActionKind.PROMOTE, slot.id, replacement, "replacement ready"))
+        return
+    if replacement is not None:
+        return  # the replacement is on its way
+    if _adoption_failed(current, now, policy):
+        # It may still serve requests: replace it as a reload would, not kill it.
+        renew = "adopted worker did not reconnect"
+    elif current.adopted and current.state is not WorkerState.RUNNING:
+        at(current.started_at + policy.boot_timeout)
+        return
+    elif current.state is WorkerState.RUNNING:
+        recycle = _recycle_reason(current, now, policy) if view.recycling else None
+        renew = recycle or ("replace requested" if replace_requested else "")
+        if not renew and view.recycling and policy.max_age > 0:
+            at(current.started_at + policy.max_age)
+    else:
+        return
+    if renew and not slot.flapping:
+        if now >= slot.next_spawn_at:
+            actions.append(Action(ActionKind.SPAWN, slot.id, reason=renew, replace=True))
+        else:
+            at(slot.next_spawn_at)
+
+
 def request_limit(worker: WorkerProc, policy: Supervision) -> int:
     """How many requests `worker` serves before it is recycled (0: no limit)."""
     if policy.max_requests <= 0:
         return 0
     return policy.max_requests + worker.request_jitter
+
+
+def _adoption_failed(worker: WorkerProc, now: float, policy: Supervision) -> bool:
+    """An adopted worker that did not reconnect to this master within the boot timeout."""
+    return (
+        worker.adopted
+        and worker.state is not WorkerState.RUNNING
+        and worker.state is not WorkerState.STOPPING
+        and now >= worker.started_at + policy.boot_timeout
+    )
 
 
 def _recycle_reason(worker: WorkerProc, now: float, policy: Supervision) -> str | None:
@@ -303,6 +331,8 @@ def _deadlines(
         else:
             at(beat + policy.timeout)
         return
+    if worker.adopted:
+        return  # not killed at its boot deadline: replaced (see plan)
     boot_deadline = worker.started_at + policy.boot_timeout
     if now >= boot_deadline:
         reason = f"not running {policy.boot_timeout:g}s after fork"

@@ -557,3 +557,24 @@ def test_promoting_a_requested_replacement_into_an_empty_slot_does_not_replace_i
     slot.replace_requested = True
     promote = only(plan(pool(slot, target=1), now=10.0, policy=POLICY))
     assert (promote.kind, promote.worker) == (ActionKind.PROMOTE, replacement)
+
+
+def test_adopted_worker_that_never_reconnects_is_replaced_not_killed() -> None:
+    """An adopted worker (restart --adopt) still STARTING at its boot deadline.
+
+    Before the deadline: nothing, a look again at the deadline. At it: a
+    replacement is forked, the adopted worker is not killed (it may be serving
+    requests); once the replacement runs it is promoted and the adopted one
+    drained.
+    """
+    adopted = worker(1, WorkerState.STARTING, started_at=0.0)
+    adopted.adopted = True
+    slot = slot_with(adopted)
+    early = plan(pool(slot, target=1), 10.0, POLICY)
+    assert early.actions == [] and early.next_check == POLICY.boot_timeout
+    due = plan(pool(slot, target=1), POLICY.boot_timeout, POLICY)
+    assert summary(due) == [(ActionKind.SPAWN, 1, None, True)]
+    assert "did not reconnect" in due.actions[0].reason
+    slot.replacement = worker(1, WorkerState.RUNNING, started_at=61.0, generation=2)
+    promoted = plan(pool(slot, target=1), 62.0, POLICY)
+    assert summary(promoted) == [(ActionKind.PROMOTE, 1, slot.replacement, False)]
