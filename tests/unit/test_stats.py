@@ -173,3 +173,20 @@ def test_connections_are_counted_without_sock_diag(
     monkeypatch.setattr(stats, "_inet_inodes_from_netlink", refused)
     figures = ProcessMonitor().sample(os.getpid(), detailed=True)
     assert figures.connections == len(psutil.Process().net_connections(kind="inet")) >= 1
+
+
+def test_out_of_file_descriptors_means_no_figures_not_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """psutil opening /proc fails with EMFILE (the master ran out of descriptors just
+    after a fork). Expected: `watch` and `sample_many` raise nothing and report None
+    figures, so that a worker forked at that moment is still supervised."""
+
+    def no_descriptors(pid: int) -> psutil.Process:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(stats.psutil, "Process", no_descriptors)
+    monitor = ProcessMonitor()
+    monitor.watch(os.getpid())
+    figures = monitor.sample_many([os.getpid()], detailed=True)[os.getpid()]
+    assert (figures.rss, figures.cpu_percent, figures.fds) == (None, None, None)
