@@ -219,6 +219,18 @@ class ControlServer:
             if time.monotonic() >= deadline:
                 return  # the rest wait for the next turn: the workers go first
 
+    def drain(self, limit: int = 10_000) -> None:
+        """The master is going (exec, hand-over, exit): answer every request already
+        received, so that no client waits for a master that is gone (admin commands
+        are refused as the master is exiting; read commands are answered)."""
+        for _ in range(limit):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.requests += 1
+            self._receive(frames)
+
     def _receive(self, frames: list[zmq.Frame]) -> None:
         # DEALER clients send [identity, body]; REQ clients [identity, b"", body].
         envelope = [bytes(f.buffer) for f in frames[:-1]]

@@ -27,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from procbus.errors import StartupError
+from procbus.errors import ConfigError, StartupError
 
 
 def bind_fd(zsock: zmq.Socket[Any], sock: socket.socket, endpoint: str) -> None:
@@ -43,27 +43,15 @@ def bind_fd(zsock: zmq.Socket[Any], sock: socket.socket, endpoint: str) -> None:
     sock.detach()
 
 
-def tcp_listener(endpoint: str, backlog: int = 128) -> socket.socket:
-    """A listening TCP socket for ``tcp://HOST:PORT`` (PORT may be 0 or ``*``)."""
-    where = endpoint.removeprefix("tcp://")
-    host, _, port_text = where.rpartition(":")
-    host = host.strip("[]")
-    port = 0 if port_text in ("*", "0") else int(port_text) if port_text.isdigit() else -1
-    if not host or port < 0:
-        raise StartupError(f"control endpoint {endpoint!r}: expected tcp://HOST:PORT")
+def tcp_listener(endpoint: str) -> socket.socket:
+    """A listening TCP socket for ``tcp://HOST:PORT`` (PORT 0: any free port)."""
+    from procbus.master import sockets  # noqa: PLC0415 - the HTTP sockets' binding rules
+
     try:
-        found = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
-    except socket.gaierror:
-        raise StartupError(f"control endpoint {endpoint!r}: cannot resolve {host!r}") from None
-    family, kind, proto, _, address = found[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-    except OSError as exc:
-        sock.close()
-        raise StartupError(f"cannot bind {endpoint}: {exc.strerror or exc}") from None
+        (sock,) = sockets.bind([sockets.parse_address(endpoint.removeprefix("tcp://"))], 128)
+    except ConfigError as exc:
+        raise StartupError(f"control endpoint {endpoint}: {exc}") from None
+    sock.set_inheritable(False)
     return sock
 
 

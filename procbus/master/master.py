@@ -1035,6 +1035,8 @@ class Master:
             self.jobs.abort_queued()
             if self.exec_requested or self.upgraded_to is not None:
                 self._finish_publishes()
+            if self.control is not None:
+                self.control.drain()
             if self.handover is None:
                 self.exit()
             # else: restart --adopt; the workers live on for the next master
