@@ -39,6 +39,9 @@ from procbus.errors import ConfigError, StartupError
 
 log = logging.getLogger("procbus.run")
 
+NOTIFY_RETRY: Final = 0.2
+"""Seconds between attempts at systemd notifications that found its queue full."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``procbus run`` (one per setting of `procbus.config`)."""
@@ -231,6 +234,12 @@ class Host:
         if pidfile is not None and master.successor is None:
             pidfile.start()  # refuse a live instance before any worker is forked
             pidfile.subscribe()
+        if notifier.enabled:
+
+            def retry_notifications() -> None:
+                notifier.retry()
+
+            master.loop.call_every(NOTIFY_RETRY, retry_notifications)
         watchdog = notifier.watchdog_interval
         if watchdog:
             master.loop.call_every(watchdog, lambda: self._watchdog(notifier, watchdog))

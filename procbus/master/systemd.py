@@ -7,10 +7,14 @@ namespace). With ``Type=notify`` (or ``notify-reload``) the master says
 ``READY=1`` again when it is done), ``STOPPING=1`` when it drains, and pings
 ``WATCHDOG=1`` when the unit has ``WatchdogSec=``.
 
-Notifying is best effort: the socket is non-blocking, and a send that fails
-(systemd gone, queue full) is logged once, then again only after a send has
-worked in between; it never raises, because the master must not die when
-systemd cannot listen. Without ``NOTIFY_SOCKET`` every method does nothing.
+Notifying never blocks the master and never raises, because the master must
+not die when systemd cannot listen: the socket is non-blocking. A state change
+(``READY``, ``RELOADING``, ``STOPPING``, ``MAINPID``) that finds systemd's
+queue full waits (bounded, `MAX_PENDING`) and is sent, in order, by the next
+send or `Notifier.retry` (the master calls it from its loop); a watchdog ping
+or a status line is simply dropped, the next one says the same. A failure is
+logged once, then again only after a send has worked in between. Without
+``NOTIFY_SOCKET`` every method does nothing.
 
 The master reads the variables and never unsets them: a master re-exec'd in
 place keeps its pid and must notify again, and an upgraded master with a new
@@ -39,6 +43,8 @@ WATCHDOG_PID_VARIABLE: Final = "WATCHDOG_PID"
 MASTER_ONLY_VARIABLES: Final = (NOTIFY_VARIABLE, WATCHDOG_USEC_VARIABLE, WATCHDOG_PID_VARIABLE)
 """What systemd tells the main process; a worker must not act on them."""
 _NUMBER = re.compile(r"[0-9]+")
+MAX_PENDING: Final = 32
+"""State changes kept while systemd's queue is full (the oldest go first)."""
 
 
 class Notifier:
@@ -54,6 +60,7 @@ class Notifier:
         self._watchdog_usec = _number(environ, WATCHDOG_USEC_VARIABLE)
         self._watchdog_pid = _number(environ, WATCHDOG_PID_VARIABLE)
         self._failing = False
+        self._pending: list[bytes] = []
         self._sock: socket.socket | None = None
         if self._address is None:
             return
@@ -126,27 +133,67 @@ class Notifier:
     ) -> None:
         self.close()
 
+    @property
+    def pending(self) -> int:
+        """State changes waiting for room in systemd's queue."""
+        return len(self._pending)
+
+    def retry(self) -> bool:
+        """Send the state changes that wait, in order; True when none is left."""
+        while self._pending and self._sock is not None and self._address is not None:
+            try:
+                self._sock.sendto(self._pending[0], self._address)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                self._failed(exc)
+                self._pending.clear()
+                return True
+            self._pending.pop(0)
+            self._worked()
+        return not self._pending
+
     def _send(self, state: str | None, status: str | None) -> bool:
         if self._sock is None or self._address is None:
             return False
         lines = [] if state is None else [state]
         if status is not None:
             lines.append("STATUS=" + " ".join(status.splitlines()))
-        try:
-            self._sock.sendto("\n".join(lines).encode(), self._address)
-        except OSError as exc:
-            if not self._failing:
-                self._failing = True
-                log.warning(
-                    "cannot notify systemd on %s: %s (not logged again until it works)",
-                    self._target,
-                    exc.strerror or exc,
-                )
+        message = "\n".join(lines).encode()
+        keep = state is not None and state != "WATCHDOG=1"
+        if not self.retry():
+            self._wait(message, keep)
             return False
+        try:
+            self._sock.sendto(message, self._address)
+        except BlockingIOError as exc:
+            self._failed(exc)
+            self._wait(message, keep)
+            return False
+        except OSError as exc:
+            self._failed(exc)
+            return False
+        self._worked()
+        return True
+
+    def _wait(self, message: bytes, keep: bool) -> None:
+        if keep:
+            self._pending.append(message)
+            del self._pending[:-MAX_PENDING]
+
+    def _failed(self, exc: OSError) -> None:
+        if not self._failing:
+            self._failing = True
+            log.warning(
+                "cannot notify systemd on %s: %s (not logged again until it works)",
+                self._target,
+                exc.strerror or exc,
+            )
+
+    def _worked(self) -> None:
         if self._failing:
             self._failing = False
             log.info("notifying systemd on %s works again", self._target)
-        return True
 
 
 def forget_in_worker(environ: MutableMapping[str, str]) -> None:

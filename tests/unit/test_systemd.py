@@ -274,3 +274,34 @@ def test_worker_forgets_the_notify_and_watchdog_variables_and_nothing_else() -> 
     assert environ == {"LANG": "C.UTF-8", "PATH": "/usr/bin"}
     forget_in_worker(environ)
     assert environ == {"LANG": "C.UTF-8", "PATH": "/usr/bin"}
+
+
+def test_state_changes_wait_for_room_in_a_full_queue_and_go_in_order(tmp_path: Path) -> None:
+    """Steps: a notify socket nobody reads until its queue is full; then READY, a
+    watchdog ping and MAINPID; then the reader drains and `retry` runs. Expected: the
+    sends fail while full; READY and MAINPID arrive afterwards, in that order; the
+    watchdog ping (stale by then) does not."""
+    path = str(tmp_path / "notify")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    receiver.setblocking(False)
+    try:
+        with Notifier({"NOTIFY_SOCKET": path}) as notifier:
+            filler = 0
+            while notifier.status(f"filler {filler}"):
+                filler += 1
+                assert filler < 100_000
+            assert not notifier.ready("up")
+            assert not notifier.watchdog()
+            assert not notifier.mainpid(4242)
+            assert notifier.pending == 2
+            while True:
+                try:
+                    receiver.recv(4096)
+                except BlockingIOError:
+                    break
+            assert notifier.retry()
+            received = [receiver.recv(4096).decode() for _ in range(2)]
+            assert received == ["READY=1\nSTATUS=up", "MAINPID=4242"]
+    finally:
+        receiver.close()
