@@ -11,6 +11,7 @@ extension types are refused, and sizes are capped.
 Who sends what::
 
     master PUB  -> worker SUB      PUBLISH (topic frame b"*" first)
+    master PUB  -> one worker SUB  DRAIN (topic frame: that worker's own topic)
     worker DEALER -> master ROUTER HELLO, STATE, HEARTBEAT, REPLY
     master ROUTER -> worker DEALER WELCOME
     client DEALER -> master ROUTER CONTROL_REQUEST, answered by CONTROL_REPLY
@@ -54,6 +55,9 @@ class MsgType(enum.IntEnum):
     CONTROL_REQUEST = 7
     CONTROL_REPLY = 8
     EVENT = 9
+    DRAIN = 10
+    """Sent to one worker, in order with the publishes, when the master drains it:
+    ``last_seq`` is the last publish sent before; those after are not for it."""
 
 
 _Types = type | tuple[type, ...]
@@ -99,6 +103,7 @@ _SCHEMAS: Final[dict[MsgType, dict[str, tuple[_Types, bool]]]] = {
         "error": (dict, False),
     },
     MsgType.EVENT: {"event": (str, True), "time": (_NUMBER, True), "data": (dict, True)},
+    MsgType.DRAIN: {"last_seq": (int, True)},
 }
 
 _ERROR_FIELDS: Final = ("type", "message", "listener", "traceback")

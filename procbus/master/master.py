@@ -163,6 +163,7 @@ class Master:
         )
         self.pool.on_ready = self._welcome
         self.pool.on_gone = self._worker_gone
+        self.pool.on_drain = self._drain
         self.relay: Relay | None = None
         self.control: ControlServer | None = None
         self.jobs = Jobs(self.submit, self.emit)
@@ -606,6 +607,10 @@ class Master:
         assert self._router is not None and self.relay is not None
         frame = protocol.encode(MsgType.WELCOME, {"next_seq": self.relay.next_seq})
         self._router.send_multipart([f"w.{worker.id}.{worker.generation}.".encode(), frame])
+
+    def _drain(self, worker: WorkerProc) -> None:
+        if self.relay is not None:
+            self.relay.send_drain(worker.topic)
 
     def _worker_gone(self, worker: WorkerProc) -> None:
         self.monitor.forget(worker.pid)

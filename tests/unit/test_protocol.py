@@ -34,6 +34,7 @@ VALID: dict[MsgType, dict[str, Any]] = {
     MsgType.CONTROL_REQUEST: {"id": "r1", "command": "ping", "args": [], "kwargs": {}},
     MsgType.CONTROL_REPLY: {"id": "r1", "ok": True, "result": True},
     MsgType.EVENT: {"event": "spawn", "time": 1.0, "data": {"worker": 1}},
+    MsgType.DRAIN: {"last_seq": 41},
 }
 
 
