@@ -87,6 +87,8 @@ class WorkerSpec:
     heartbeat_interval: float = 1.0
     welcome_timeout: float = 30.0
     graceful_timeout: float = 30.0
+    marker_grace: float = MARKER_GRACE
+    """Seconds a worker told to stop waits for the master's DRAIN marker."""
     sockets: Sequence[Any] = ()
     """Listening sockets inherited from the master."""
     close_fds: Collection[int] = ()
@@ -217,6 +219,11 @@ class Worker:
         if self.stop_requested is None or signum == signal.SIGQUIT:
             self.stop_requested = signum
 
+    def request_stop(self, signum: int) -> None:
+        """Stop as on signal `signum` (TERM, INT: drain first; QUIT: at once); any thread."""
+        self._on_signal(signum, None)
+        self._wake()
+
     # -- the life --------------------------------------------------------
 
     def run(self) -> ExitCode:
@@ -239,7 +246,7 @@ class Worker:
             spec.reply_endpoint,
         )
         try:
-            return self._serve(link)
+            return self.serve(link)
         finally:
             link.close(linger=1000)
             context.term()
@@ -261,7 +268,13 @@ class Worker:
                     f"runtime directory '{spec.runtime_dir}' is not the master's any more"
                 )
 
-    def _serve(self, link: WorkerLink) -> ExitCode:
+    def serve(self, link: WorkerLink) -> ExitCode:
+        """Be the worker on `link`, from the hello to the ``stopped`` state.
+
+        `run` calls this once the process is set up; it runs on any thread
+        (signals only reach it through `request_stop`, or the handlers `run`
+        installs).
+        """
         spec = self.spec
         link.hello(self.pid)
         link.state("starting")
@@ -394,7 +407,7 @@ class Worker:
         # A master that did not send the TERM sends the DRAIN marker once it
         # reads this; a worker that never said it runs is nobody's target.
         link.state("stopping")
-        grace = MARKER_GRACE if self._running_reported else 0.0
+        grace = self.spec.marker_grace if self._running_reported else 0.0
         return Drain(now, self.spec.graceful_timeout, grace)
 
     def _drained(self, link: WorkerLink, drain: Drain, now: float) -> bool:
