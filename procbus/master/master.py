@@ -52,6 +52,7 @@ from procbus.master.pool import Pool
 from procbus.master.relay import Relay, TreeReply, WorkerResult, WorkerStatus
 from procbus.master.runtime import RuntimeDir
 from procbus.master.stats import ProcessMonitor
+from procbus.master.throttle import LogThrottle
 from procbus.master.upgrade import Successor
 from procbus.privatedir import traverse_problem
 from procbus.protocol import MsgType
@@ -187,6 +188,7 @@ class Master:
         self.started_at = time.time()
         self.endpoints: dict[str, str] = {}
         self.dropped_messages = 0
+        self._drop_log = LogThrottle(log, "dropped worker messages")
         self.exit_code = 0
         self._context: zmq.Context[Any] | None = None
         self._zap: ZapHandler | None = None
@@ -573,7 +575,7 @@ class Master:
 
     def _drop(self, identity: bytes, reason: str) -> None:
         self.dropped_messages += 1
-        log.warning("dropped a message from %r: %s", identity[:64], reason)
+        self._drop_log.warn("dropped a message from %r: %s", identity[:64], reason)
 
     def _dispatch(self, identity: bytes, message: protocol.Message) -> None:
         if message.type is MsgType.HELLO:
