@@ -242,20 +242,25 @@ def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
 
 
 def nesting(value: Any) -> int:
-    """How deeply containers nest in `value` (0 for a scalar); iterative, no recursion."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            level += 1
-            stack.extend((child, level) for child in item)
-            stack.extend((child, level) for child in item.values())
-        elif isinstance(item, list | tuple):
-            level += 1
-            stack.extend((child, level) for child in item)
-        deepest = max(deepest, level)
-    return deepest
+    """How deeply containers nest in `value` (0 for a scalar); iterative, no recursion.
+
+    Level by level, and only the containers of a level are looked into: the
+    master runs this on worker replies that hold many containers, so a
+    scalar costs one ``isinstance`` and no stack entry.
+    """
+    depth = 0
+    level: list[Any] = [value]
+    while containers := [item for item in level if isinstance(item, _CONTAINERS)]:
+        depth += 1
+        level = []
+        for item in containers:
+            level.extend(item)  # a sequence's items, a map's keys
+            if isinstance(item, dict):
+                level.extend(item.values())
+    return depth
+
+
+_CONTAINERS: Final = (dict, list, tuple)
 
 
 def encode(msg_type: MsgType, body: Mapping[str, Any]) -> bytes:
