@@ -267,9 +267,9 @@ class WorkerLink:
         if self.drain_seq is not None:
             return
         self.drain_seq = last_seq
-        self._taking = False
-        if self.next_seq is not None and self.next_seq <= last_seq:
+        if self._taking and self.next_seq is not None and self.next_seq <= last_seq:
             log.error("missed publishes %d..%d before the drain marker", self.next_seq, last_seq)
+        self._taking = False
 
     def stop_taking_publishes(self) -> None:
         """Drop every publish read from now on (a stop that saw no DRAIN marker)."""
