@@ -11,6 +11,7 @@ extension types are refused, and sizes are capped.
 Who sends what::
 
     master PUB  -> worker SUB      PUBLISH (topic frame b"*" first)
+    master PUB  -> one worker SUB  DRAIN (topic frame: that worker's own topic)
     worker DEALER -> master ROUTER HELLO, STATE, HEARTBEAT, REPLY
     master ROUTER -> worker DEALER WELCOME
     client DEALER -> master ROUTER CONTROL_REQUEST, answered by CONTROL_REPLY
@@ -54,6 +55,9 @@ class MsgType(enum.IntEnum):
     CONTROL_REQUEST = 7
     CONTROL_REPLY = 8
     EVENT = 9
+    DRAIN = 10
+    """Sent to one worker, in order with the publishes, when the master drains it:
+    ``last_seq`` is the last publish sent before; those after are not for it."""
 
 
 _Types = type | tuple[type, ...]
@@ -99,6 +103,7 @@ _SCHEMAS: Final[dict[MsgType, dict[str, tuple[_Types, bool]]]] = {
         "error": (dict, False),
     },
     MsgType.EVENT: {"event": (str, True), "time": (_NUMBER, True), "data": (dict, True)},
+    MsgType.DRAIN: {"last_seq": (int, True)},
 }
 
 _ERROR_FIELDS: Final = ("type", "message", "listener", "traceback")
@@ -237,20 +242,25 @@ def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
 
 
 def nesting(value: Any) -> int:
-    """How deeply containers nest in `value` (0 for a scalar); iterative, no recursion."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            level += 1
-            stack.extend((child, level) for child in item)
-            stack.extend((child, level) for child in item.values())
-        elif isinstance(item, list | tuple):
-            level += 1
-            stack.extend((child, level) for child in item)
-        deepest = max(deepest, level)
-    return deepest
+    """How deeply containers nest in `value` (0 for a scalar); iterative, no recursion.
+
+    Level by level, and only the containers of a level are looked into: the
+    master runs this on worker replies that hold many containers, so a
+    scalar costs one ``isinstance`` and no stack entry.
+    """
+    depth = 0
+    level: list[Any] = [value]
+    while containers := [item for item in level if isinstance(item, _CONTAINERS)]:
+        depth += 1
+        level = []
+        for item in containers:
+            level.extend(item)  # a sequence's items, a map's keys
+            if isinstance(item, dict):
+                level.extend(item.values())
+    return depth
+
+
+_CONTAINERS: Final = (dict, list, tuple)
 
 
 def encode(msg_type: MsgType, body: Mapping[str, Any]) -> bytes:

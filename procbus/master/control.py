@@ -45,6 +45,7 @@ from procbus.errors import ConfigError, ProtocolError, StartupError
 from procbus.master.auth import LOCAL_DOMAIN, ZapHandler, describe_peer, peer_uid
 from procbus.master.jobs import Job, JobState
 from procbus.master.relay import TreeReply
+from procbus.master.throttle import LogThrottle
 from procbus.protocol import MsgType
 
 if TYPE_CHECKING:
@@ -80,28 +81,6 @@ class Request:
     wait: bool
     timeout: float | None
     peer: Peer
-
-
-class _Throttle:
-    """Log at most `limit` warnings per `period`, then count the rest."""
-
-    def __init__(self, limit: int = 20, period: float = 10.0) -> None:
-        self.limit, self.period = limit, period
-        self.window_start = 0.0
-        self.logged = 0
-        self.suppressed = 0
-
-    def warn(self, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self.window_start >= self.period:
-            if self.suppressed:
-                log.warning("%d more bad control messages were not logged", self.suppressed)
-            self.window_start, self.logged, self.suppressed = now, 0, 0
-        if self.logged < self.limit:
-            self.logged += 1
-            log.warning(message, *args)
-        else:
-            self.suppressed += 1
 
 
 @dataclass
@@ -190,7 +169,7 @@ class ControlServer:
         self.key_names = dict(settings.key_names)
         self.requests = 0
         self.bad_requests = 0
-        self._throttle = _Throttle()
+        self._throttle = LogThrottle(log, "bad control messages")
         self._handlers: dict[str, Callable[[Request], None]] = {
             "ping": self._ping,
             "version": self._version,

@@ -54,6 +54,7 @@ from procbus.master.pool import Pool
 from procbus.master.relay import Relay, TreeReply, WorkerResult, WorkerStatus
 from procbus.master.runtime import RuntimeDir
 from procbus.master.stats import ProcessMonitor
+from procbus.master.throttle import LogThrottle
 from procbus.master.upgrade import Successor
 from procbus.privatedir import traverse_problem
 from procbus.protocol import MsgType
@@ -162,6 +163,7 @@ class Master:
         )
         self.pool.on_ready = self._welcome
         self.pool.on_gone = self._worker_gone
+        self.pool.on_drain = self._drain
         self.relay: Relay | None = None
         self.control: ControlServer | None = None
         self.jobs = Jobs(self.submit, self.emit)
@@ -189,6 +191,7 @@ class Master:
         self.started_at = time.time()
         self.endpoints: dict[str, str] = {}
         self.dropped_messages = 0
+        self._drop_log = LogThrottle(log, "dropped worker messages")
         self.exit_code = 0
         self._context: zmq.Context[Any] | None = None
         self._zap: ZapHandler | None = None
@@ -668,7 +671,7 @@ class Master:
 
     def _drop(self, identity: bytes, reason: str) -> None:
         self.dropped_messages += 1
-        log.warning("dropped a message from %r: %s", identity[:64], reason)
+        self._drop_log.warn("dropped a message from %r: %s", identity[:64], reason)
 
     def _dispatch(self, identity: bytes, message: protocol.Message) -> None:
         if message.type is MsgType.HELLO:
@@ -702,6 +705,10 @@ class Master:
         assert self._router is not None and self.relay is not None
         frame = protocol.encode(MsgType.WELCOME, {"next_seq": self.relay.next_seq})
         self._router.send_multipart([f"w.{worker.id}.{worker.generation}.".encode(), frame])
+
+    def _drain(self, worker: WorkerProc) -> None:
+        if self.relay is not None:
+            self.relay.send_drain(worker.topic)
 
     def _worker_gone(self, worker: WorkerProc) -> None:
         self.monitor.forget(worker.pid)

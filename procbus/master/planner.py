@@ -120,6 +120,11 @@ class WorkerProc:
     def alive(self) -> bool:
         return self.state is not WorkerState.EXITED
 
+    @property
+    def topic(self) -> bytes:
+        """What it subscribes to on the master's PUB, and names itself by on ROUTER."""
+        return f"w.{self.id}.{self.generation}.".encode()
+
 
 @dataclass(eq=False)
 class WorkerSlot:

@@ -76,6 +76,9 @@ class Pool:
         """What draining workers are sent: SIGTERM (graceful) or SIGQUIT (fast)."""
         self.on_ready: Callable[[WorkerProc], None] = lambda worker: None
         self.on_gone: Callable[[WorkerProc], None] = lambda worker: None
+        self.on_drain: Callable[[WorkerProc], None] = lambda worker: None
+        """Called when a running worker stops being a target of publishes to drain
+        (the master tells it which publishes it still owes), before it is signalled."""
         self.on_other_child: Callable[[int, int], None] = lambda pid, status: None
         self.generations: dict[int, int] = {}
         """Worker id -> last generation a previous master used (restart, upgrade):
@@ -259,7 +262,7 @@ class Pool:
             worker.request_jitter = random.randint(0, self.policy.max_requests_jitter)
         self.by_pid[pid] = worker
         # Known from the fork on: the subscription may arrive before the hello.
-        self.by_topic[_topic(worker)] = worker
+        self.by_topic[worker.topic] = worker
         if replace:
             slot.replacement = worker
         else:
@@ -285,18 +288,21 @@ class Pool:
         worker.adopted = True
         worker.last_heartbeat = self.loop.clock()
         self.by_pid[pid] = worker
-        self.by_topic[_topic(worker)] = worker
+        self.by_topic[worker.topic] = worker
         slot.current = worker
         self._emit("adopt", worker=worker_id, pid=pid, generation=generation)
         return worker
 
     def _retire(self, worker: WorkerProc, reason: str) -> None:
-        """Drain `worker`: SIGTERM now, SIGKILL after the graceful timeout."""
+        """Drain `worker`: SIGTERM now (after its DRAIN marker, if it is a target of
+        publishes: see `on_drain`), SIGKILL after the graceful timeout."""
         if worker not in self.view.retired:
             self.view.retired.append(worker)
         if worker.stop_requested or not worker.alive:
             return
         worker.stop_requested = True
+        if worker.state is WorkerState.RUNNING and self.stop_signal == signal.SIGTERM:
+            self.on_drain(worker)
         worker.state = WorkerState.STOPPING
         worker.stop_deadline = self.loop.clock() + self.policy.graceful_timeout
         self._emit("drain", worker=worker.id, pid=worker.pid, reason=reason)
@@ -327,7 +333,7 @@ class Pool:
     def _exited(self, worker: WorkerProc, code: int) -> None:
         worker.exit_status = code
         worker.state = WorkerState.EXITED
-        self.by_topic.pop(_topic(worker), None)
+        self.by_topic.pop(worker.topic, None)
         if worker in self.view.retired:
             self.view.retired.remove(worker)
         slot = self.view.slots.get(worker.id)
@@ -393,6 +399,8 @@ class Pool:
             state in ("stopping", "stopped", "failed") and worker.state is not WorkerState.STOPPING
         ):
             # The worker stops on its own (a signal from someone else, its app ended).
+            if state == "stopping" and worker.state is WorkerState.RUNNING:
+                self.on_drain(worker)  # it drains: it answers what it was sent
             worker.state = WorkerState.STOPPING
             worker.stop_deadline = self.loop.clock() + self.policy.graceful_timeout
             self.replan()
@@ -421,7 +429,3 @@ class Pool:
             self.on_ready(worker)
             self._emit("ready", worker=worker.id, pid=worker.pid, generation=worker.generation)
             self.replan()
-
-
-def _topic(worker: WorkerProc) -> bytes:
-    return f"w.{worker.id}.{worker.generation}.".encode()

@@ -5,6 +5,10 @@ waits for; it completes when every one of them answered, died (`lost`) or the
 deadline passed (`timeout`). Replies are matched by number, so publishes may
 overlap; a reply that comes after its gather completed is counted and
 dropped. A slow worker delays nobody else's answer, only its own.
+
+A worker the master drains is sent a DRAIN marker after the publishes it is a
+target of, so it answers them before it stops: only a worker that dies or is
+cut short is `lost`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from procbus.bus import ChannelFailures
 from procbus.errors import ProtocolError, RemoteError
 from procbus.master.loop import EventLoop, Timer
 from procbus.master.planner import WorkerProc
+from procbus.protocol import MsgType
 
 log = logging.getLogger("procbus.master")
 
@@ -174,6 +179,17 @@ class Relay:
         else:
             gather.timer = self.loop.call_later(timeout, lambda: self._expire(seq))
         return gather
+
+    def send_drain(self, topic: bytes) -> None:
+        """Tell the worker subscribed to `topic` that the master drains it.
+
+        The DRAIN marker goes out on PUB after every publish sent so far, and
+        ZeroMQ keeps the order on the way to one subscriber: once the worker
+        reads it, it has read every publish it may be a target of, and it
+        answers those before it stops (see `procbus.worker.drain`).
+        """
+        frame = protocol.encode(MsgType.DRAIN, {"last_seq": self.seq})
+        self.pub.send_multipart([topic, frame], copy=False)
 
     def on_reply(self, worker: WorkerProc, message: protocol.Message) -> None:
         seq: int = message["seq"]

@@ -14,6 +14,11 @@ it as a target until its subscription is proven again. So the link forgets
 its sequence and holds publishes back, as a new worker does, until the WELCOME
 the master sends once the subscription is proven says which publish to answer
 first: a publish the worker could not see is no gap.
+
+When the master drains this worker it sends a DRAIN marker on the worker's
+own topic, after the last publish the worker may be a target of (see
+`procbus.worker.drain`): the link notes it (`drain_seq`) and drops every
+publish after it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ from procbus.protocol import Message, MsgType
 log = logging.getLogger("procbus.worker")
 
 _FROM_MASTER = frozenset({MsgType.WELCOME})
+_ON_SUB = frozenset({MsgType.PUBLISH, MsgType.DRAIN})
+_CONTAINER_BYTES = bytes([*range(0x80, 0xA0), *range(0xDC, 0xE0)])
+_NOT_CONTAINER_BYTES = bytes(set(range(256)) - set(_CONTAINER_BYTES))
+"""msgpack's map and array headers; any other byte is deleted when counting
+them (a string's bytes may look like headers too: the count is an upper bound)."""
 MAX_HELD = 10_000
 """Publishes held back before WELCOME, at most."""
 
@@ -71,6 +81,29 @@ def _link_error(kind: LinkError, message: str) -> dict[str, str]:
     return {"type": kind.value, "message": message, "listener": "", "traceback": ""}
 
 
+def _beyond_limits(frame: bytes) -> str | None:
+    """Why the master would refuse the REPLY `frame`, or None if it would not.
+
+    Most replies are small and hold few containers: they are not decoded
+    again. A reply could exceed the element budget only if it were longer (an
+    element costs at least a byte), and the depth budget only if it held more
+    map and array headers.
+    """
+    if len(frame) > protocol.MAX_MESSAGE_SIZE - 64:
+        return f"reply of {len(frame)} bytes exceeds the limit of {protocol.MAX_MESSAGE_SIZE}"
+    limits = protocol.WORKER_LIMITS
+    if (
+        len(frame) <= limits.elements
+        and len(frame.translate(None, _NOT_CONTAINER_BYTES)) <= limits.depth
+    ):
+        return None
+    try:
+        protocol.unpack(frame[2:], limits)
+    except ProtocolError as exc:
+        return f"reply holds more than the master accepts from a worker: {exc}"
+    return None
+
+
 class WorkerLink:
     """The sockets a worker talks to its master on."""
 
@@ -90,6 +123,10 @@ class WorkerLink:
         self._gaps: dict[int, tuple[int, int]] = {}
         """Publish number -> the numbers missed just before it, told with its reply."""
         self._held: list[Message] = []
+        self.drain_seq: int | None = None
+        """Set by the master's DRAIN marker: the last publish it sent before it."""
+        self._taking = True
+        """False after the marker (or `stop_taking_publishes`): publishes are dropped."""
 
         self.sub = context.socket(zmq.SUB)
         self.sub.linger = 0
@@ -141,7 +178,9 @@ class WorkerLink:
         """Answer publish `seq` with each listener's result or error.
 
         A result msgpack cannot carry becomes an error of its listener; a
-        reply too large for the wire becomes one error for the whole publish.
+        reply the master would refuse (too large for the wire, or holding more
+        than `protocol.WORKER_LIMITS`) becomes one error for the whole publish,
+        so that the master shows why instead of a timeout.
         """
         errors = self._link_errors(seq)
         results = [outcome.result for outcome in outcomes]
@@ -162,16 +201,14 @@ class WorkerLink:
                     message = f"result of listener {name} is not serializable: {exc}"
                     errors.append(error_record(TypeError(message), name))
             frame = protocol.encode(MsgType.REPLY, body)
-        if len(frame) > protocol.MAX_MESSAGE_SIZE - 64:
-            too_big = ValueError(
-                f"reply of {len(frame)} bytes exceeds the limit of {protocol.MAX_MESSAGE_SIZE}"
-            )
+        problem = _beyond_limits(frame)
+        if problem is not None:
             frame = protocol.encode(
                 MsgType.REPLY,
                 {
                     "seq": seq,
                     "results": [None] * len(results),
-                    "errors": [error_record(too_big, "")],
+                    "errors": [error_record(ValueError(problem), "")],
                 },
             )
         self.dealer.send(frame)
@@ -194,28 +231,54 @@ class WorkerLink:
     # -- receiving ---------------------------------------------------------
 
     def receive_publish(self, flags: int = 0) -> Message | None:
-        """Read one frame from SUB: the publish to handle now, or None.
+        """Read one message from SUB: the publish to handle now, or None.
 
         With ``flags=zmq.NOBLOCK``, raises ``zmq.Again`` when none is waiting.
 
         Before WELCOME, publishes are held back (a publish may overtake the
         WELCOME, which travels on the other socket); `take_held` returns
-        those that turn out to be addressed to this worker.
+        those that turn out to be addressed to this worker. A DRAIN marker
+        sets `drain_seq`; the publishes after it are dropped.
         """
         frames = self.sub.recv_multipart(flags)
         if len(frames) != 2:
             log.warning("dropped a publish of %d frames (expected 2)", len(frames))
             return None
         try:
-            message = protocol.decode(frames[1], expect=frozenset({MsgType.PUBLISH}))
+            message = protocol.decode(frames[1], expect=_ON_SUB)
         except ProtocolError as exc:
             log.warning("dropped a malformed publish: %s", exc)
+            return None
+        if message.type is MsgType.DRAIN:
+            self._drain_marker(frames[0], message["last_seq"])
+            return None
+        if not self._taking:
             return None
         if self.next_seq is None:
             if len(self._held) < MAX_HELD:
                 self._held.append(message)
             return None
         return self._sequence(message)
+
+    def _drain_marker(self, topic: bytes, last_seq: int) -> None:
+        if topic != self.topic:
+            log.warning("dropped a DRAIN marker for topic %r", topic[:64])
+            return
+        if self.drain_seq is not None:
+            return
+        self.drain_seq = last_seq
+        if self._taking and self.next_seq is not None and self.next_seq <= last_seq:
+            log.error("missed publishes %d..%d before the drain marker", self.next_seq, last_seq)
+        self._taking = False
+
+    def stop_taking_publishes(self) -> None:
+        """Drop every publish read from now on (a stop that saw no DRAIN marker)."""
+        self._taking = False
+
+    @property
+    def held(self) -> int:
+        """Publishes held back until a WELCOME says which to answer."""
+        return len(self._held)
 
     def take_held(self) -> list[Message]:
         """After WELCOME: the held-back publishes this worker must answer."""

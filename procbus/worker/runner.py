@@ -95,7 +95,12 @@ class ListenerRunner:
         return found
 
     def stop(self) -> None:
-        """Start no further publish: the one running finishes, those waiting are dropped."""
+        """Start no further publish: the one running finishes, those waiting are dropped.
+
+        A graceful stop calls this once every publish the master sent before it
+        drained the worker was answered (`procbus.worker.drain`): nothing waits
+        then, unless the drain ran out of time.
+        """
         self._stopping = True
         self._inbox.put(None)
 

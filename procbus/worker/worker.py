@@ -9,7 +9,8 @@ loop in the main thread: publishes from the master arrive there and replies
 and heartbeats leave from there, on time, and signals arrive through a wake-up
 fd. The app runs in a second thread, the listeners of the master's publishes
 in a third (`procbus.worker.runner`), so a slow listener never silences the
-heartbeats.
+heartbeats. Asked to stop gracefully, the loop first answers every publish
+its master sent it before it decided to drain it (`procbus.worker.drain`).
 
 Exit statuses are part of the contract with the master (`ExitCode`): a worker
 that cannot boot says so, so that the master backs off instead of forking in a
@@ -45,6 +46,7 @@ from procbus.privatedir import DirectoryId
 from procbus.protocol import Message, MsgType
 from procbus.worker.apps import WorkerApp, WorkerContext, load_app
 from procbus.worker.credentials import Credentials
+from procbus.worker.drain import MARKER_GRACE, Drain
 from procbus.worker.link import WorkerLink
 from procbus.worker.runner import ListenerRunner
 
@@ -85,6 +87,8 @@ class WorkerSpec:
     heartbeat_interval: float = 1.0
     welcome_timeout: float = 30.0
     graceful_timeout: float = 30.0
+    marker_grace: float = MARKER_GRACE
+    """Seconds a worker told to stop waits for the master's DRAIN marker."""
     sockets: Sequence[Any] = ()
     """Listening sockets inherited from the master."""
     close_fds: Collection[int] = ()
@@ -168,6 +172,8 @@ class Worker:
         self._app_done = threading.Event()
         self._reports_ready = False
         self._running_reported = False
+        self._drain: Drain | None = None
+        """Set when a graceful stop was asked for: the publishes still owed."""
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._runner = ListenerRunner(bus, self._wake)
 
@@ -213,6 +219,11 @@ class Worker:
         if self.stop_requested is None or signum == signal.SIGQUIT:
             self.stop_requested = signum
 
+    def request_stop(self, signum: int) -> None:
+        """Stop as on signal `signum` (TERM, INT: drain first; QUIT: at once); any thread."""
+        self._on_signal(signum, None)
+        self._wake()
+
     # -- the life --------------------------------------------------------
 
     def run(self) -> ExitCode:
@@ -235,7 +246,7 @@ class Worker:
             spec.reply_endpoint,
         )
         try:
-            return self._serve(link)
+            return self.serve(link)
         finally:
             link.close(linger=1000)
             context.term()
@@ -257,7 +268,13 @@ class Worker:
                     f"runtime directory '{spec.runtime_dir}' is not the master's any more"
                 )
 
-    def _serve(self, link: WorkerLink) -> ExitCode:
+    def serve(self, link: WorkerLink) -> ExitCode:
+        """Be the worker on `link`, from the hello to the ``stopped`` state.
+
+        `run` calls this once the process is set up; it runs on any thread
+        (signals only reach it through `request_stop`, or the handlers `run`
+        installs).
+        """
         spec = self.spec
         link.hello(self.pid)
         link.state("starting")
@@ -287,16 +304,23 @@ class Worker:
 
         code = self._loop(link, ctx)
 
-        link.state("stopping")
+        if self._drain is None:
+            link.state("stopping")
         ctx.stopping.set()
         # A quick stop (SIGQUIT, or the master gone) skips the drain: the
         # stop and exit listeners may wait for in-flight work.
         fast = code is ExitCode.ORPHANED or self.stop_requested == signal.SIGQUIT
         self._runner.stop()
         if not fast:
-            # Like a request in flight, the publish whose listeners run now
-            # finishes and is answered before the stop listeners run.
-            if not self._runner.join(spec.graceful_timeout):
+            # After a drain nothing runs any more, unless it ran out of time: like
+            # a request in flight, the publish whose listeners run now finishes
+            # and is answered before the stop listeners run.
+            deadline = (
+                self._drain.deadline
+                if self._drain is not None
+                else time.monotonic() + spec.graceful_timeout
+            )
+            if not self._runner.join(max(0.0, deadline - time.monotonic())):
                 log.warning(
                     "worker %d: listeners still running after %gs",
                     spec.worker_id,
@@ -340,21 +364,30 @@ class Worker:
         poller.register(self._wake_r, zmq.POLLIN)
         next_beat = time.monotonic()
         while True:
+            now = time.monotonic()
+            drain_check = math.inf
             if self.stop_requested is not None:
                 if os.getppid() != spec.master_pid:
                     return ExitCode.ORPHANED
-                return ExitCode.OK
-            if self._app_done.is_set():
+                if self.stop_requested == signal.SIGQUIT:
+                    return ExitCode.OK
+                if self._drain is None:
+                    self._drain = self._start_drain(link, now)
+                if self._drained(link, self._drain, now):
+                    return ExitCode.OK
+                drain_check = self._drain.next_check(now, marked=link.drain_seq is not None)
+            elif self._app_done.is_set():
                 return self._app_ended(link)
-            self._report_ready(link, ctx)
-            now = time.monotonic()
+            else:
+                self._report_ready(link, ctx)
             if now >= next_beat:
                 if os.getppid() != spec.master_pid:
                     log.error("worker %d: master %d is gone", spec.worker_id, spec.master_pid)
                     return ExitCode.ORPHANED
                 link.heartbeat(ctx.counters.snapshot())
                 next_beat = now + spec.heartbeat_interval
-            timeout_ms = math.ceil(max(0.0, next_beat - time.monotonic()) * 1000)
+            wake_at = min(next_beat, drain_check)
+            timeout_ms = math.ceil(max(0.0, wake_at - time.monotonic()) * 1000)
             ready = dict(poller.poll(timeout_ms))
             # A lost connection first: the publishes read after it are held
             # back until the next WELCOME (see `WorkerLink.watch_connection`).
@@ -369,11 +402,37 @@ class Worker:
                     os.read(self._wake_r, 512)
                 self._send_replies(link, ctx)
 
+    def _start_drain(self, link: WorkerLink, now: float) -> Drain:
+        """A graceful stop was asked for: say so, and owe what the master sent."""
+        # A master that did not send the TERM sends the DRAIN marker once it
+        # reads this; a worker that never said it runs is nobody's target.
+        link.state("stopping")
+        grace = self.spec.marker_grace if self._running_reported else 0.0
+        return Drain(now, self.spec.graceful_timeout, grace)
+
+    def _drained(self, link: WorkerLink, drain: Drain, now: float) -> bool:
+        """Whether every publish owed was answered (or the drain ran out of time)."""
+        marked = link.drain_seq is not None
+        if not drain.taking_publishes(now, marked=marked):
+            link.stop_taking_publishes()
+        unanswered = self._runner.backlog
+        if not drain.done(now, marked=marked, unanswered=unanswered, held=link.held):
+            return False
+        if unanswered or (marked and link.held):
+            log.warning(
+                "worker %d: %d publishes not answered after %gs",
+                self.spec.worker_id,
+                unanswered + link.held,
+                self.spec.graceful_timeout,
+            )
+        return True
+
     def _handle_publishes(self, link: WorkerLink, ctx: WorkerContext) -> None:
         # Everything waiting, without a poll per message (a poll costs a Poller),
         # handed to the listener thread in batches (a hand-off costs a thread switch).
+        # A graceful stop goes on reading, up to the master's DRAIN marker.
         batch: list[Message] = []
-        while self.stop_requested is None:
+        while self.stop_requested != signal.SIGQUIT:
             try:
                 message = link.receive_publish(zmq.NOBLOCK)
             except zmq.Again:

@@ -63,6 +63,26 @@ def test_malformed_worker_messages_are_dropped_and_master_keeps_serving() -> Non
         assert [w["state"] for w in master.workers()] == ["running", "running"]
 
 
+def test_a_burst_of_bad_worker_messages_logs_a_bounded_number_of_lines() -> None:
+    """Steps: a rogue DEALER on the workers' reply endpoint sends 200 garbage frames.
+    Expected: all 200 are dropped (counted), but the master logs at most 20 lines about
+    them (the control socket's throttle), and keeps serving."""
+    with running_master(workers=1) as master:
+        context = zmq.Context()
+        rogue = context.socket(zmq.DEALER)
+        rogue.linger = 0
+        try:
+            rogue.connect(f"ipc://{master.runtime_dir}/rep")
+            for _ in range(200):
+                rogue.send(b"\x00garbage")
+            wait_until(lambda: master.call("stats")["master"]["dropped_messages"] >= 200, 10)
+        finally:
+            rogue.close(0)
+            context.term()
+        assert master.call("publish", "echo")["ok"] is True
+        assert 1 <= master.log().count("dropped a message from") <= 20
+
+
 def test_garbage_on_the_publish_socket_is_ignored() -> None:
     """Steps: a rogue SUB connects to the publish endpoint and sends (un)subscriptions
     and junk upstream. Expected: the master keeps serving publishes."""

@@ -156,3 +156,22 @@ def test_worker_pid_in_results_matches_status() -> None:
             assert me["pid"] == status[int(worker_id)]["pid"] == answer["pid"]
             assert me["generation"] == status[int(worker_id)]["generation"]
             assert me["pid"] not in (os.getpid(), master.pid)
+
+
+def test_reply_beyond_the_masters_limits_is_an_error_not_a_timeout() -> None:
+    """Steps: 2 workers; publish 'huge' whose listener returns 300000 empty maps (more
+    elements than the master decodes from a worker), with a 20 s timeout.
+    Expected: each worker's status is 'error' (not 'timeout': the worker saw that its
+    reply is too much and said so), with a None result and one error naming the limit;
+    the master answers status afterwards with both workers running."""
+    with running_master(workers=2) as master:
+        result = master.call("publish", "huge", 300000, timeout=20)
+        for answer in result["workers"].values():
+            assert answer["status"] == "error", answer["status"]
+            assert answer["results"] == [None]
+            (error,) = answer["errors"]
+            assert error["message"] == (
+                "reply holds more than the master accepts from a worker: "
+                "message holds more than 262144 elements"
+            )
+        assert [w["state"] for w in master.workers()] == ["running", "running"]

@@ -1,4 +1,5 @@
-"""The worker's link: WELCOME, held-back publishes, and sequence gap detection."""
+"""The worker's link: WELCOME, held-back publishes, sequence gap detection, the DRAIN
+marker, and replies bounded as the master bounds them."""
 
 from __future__ import annotations
 
@@ -10,54 +11,11 @@ import pytest
 import zmq
 
 from procbus import protocol
-from procbus.bus import Bus
+from procbus.bus import Bus, ListenerOutcome
 from procbus.protocol import MsgType
 from procbus.worker.link import WorkerLink
+from tests.fake_master import FakeMaster
 from tests.helpers import wait_until
-
-
-class FakeMaster:
-    """The master's two sockets, bound on ipc in a temporary directory."""
-
-    def __init__(self, context: zmq.Context[Any], directory: Path) -> None:
-        self.xpub = context.socket(zmq.XPUB)
-        self.router = context.socket(zmq.ROUTER)
-        for sock in (self.xpub, self.router):
-            sock.linger = 0
-        self.publish_endpoint = f"ipc://{directory}/pub"
-        self.reply_endpoint = f"ipc://{directory}/rep"
-        self.xpub.bind(self.publish_endpoint)
-        self.router.bind(self.reply_endpoint)
-
-    def publish(self, seq: int, channel: str = "ch", *args: Any) -> None:
-        template = protocol.PublishTemplate(channel, list(args), {}, 1.0)
-        self.xpub.send_multipart([protocol.BROADCAST_TOPIC, template.frame(seq)])
-
-    def welcome(self, identity: bytes, next_seq: int) -> None:
-        self.router.send_multipart(
-            [identity, protocol.encode(MsgType.WELCOME, {"next_seq": next_seq})]
-        )
-
-    def receive(self) -> protocol.Message:
-        assert self.router.poll(5000), "no message from the worker"
-        _identity, frame = self.router.recv_multipart()
-        return protocol.decode(frame)
-
-    def close(self) -> None:
-        self.xpub.close(0)
-        self.router.close(0)
-
-    def wait_subscribed(self, link: WorkerLink) -> None:
-        """Until the worker's own topic arrives on XPUB: its subscription is in place."""
-        expected = b"\x01" + link.topic
-
-        def subscribed() -> bool:
-            # After a reconnect the SUB socket sends its subscriptions again once
-            # its thread looks at it (the worker's loop polls it all the time).
-            link.sub.poll(0)
-            return bool(self.xpub.poll(10)) and self.xpub.recv() == expected
-
-        wait_until(subscribed, 5)
 
 
 @pytest.fixture
@@ -275,3 +233,127 @@ def test_welcome_read_before_the_monitor_event_still_resets_the_sequence(
         assert link.next_seq == 20
     finally:
         new.close()
+
+
+def read_all(link: WorkerLink, count: int) -> list[int | None]:
+    """Read `count` messages off SUB as the worker does: the publish seq, or None."""
+    seqs: list[int | None] = []
+    for _ in range(count):
+        assert link.sub.poll(5000), f"only {len(seqs)} of {count} messages arrived"
+        message = link.receive_publish()
+        seqs.append(None if message is None else message["seq"])
+    return seqs
+
+
+def test_publishes_after_the_drain_marker_are_dropped(
+    tree: tuple[FakeMaster, WorkerLink],
+) -> None:
+    """Steps: welcomed at 1; publishes 1 and 2, the DRAIN marker (last_seq 2) on the
+    worker's own topic, then publish 3.
+    Expected: 1 and 2 are handled; the marker sets drain_seq 2; 3 is dropped."""
+    master, link = tree
+    welcome(master, link, 1)
+    master.publish(1)
+    master.publish(2)
+    master.drain(link.topic, 2)
+    master.publish(3)
+    assert read_all(link, 4) == [1, 2, None, None]
+    assert link.drain_seq == 2
+    assert link.held == 0
+
+
+def test_drain_marker_before_welcome_keeps_the_held_publishes_only(
+    tree: tuple[FakeMaster, WorkerLink],
+) -> None:
+    """Steps: publishes 1 and 2, the marker (last_seq 2) and publish 3 arrive before
+    WELCOME(2).
+    Expected: 1 and 2 are held, 3 is not; WELCOME releases 2 only."""
+    master, link = tree
+    master.publish(1)
+    master.publish(2)
+    master.drain(link.topic, 2)
+    master.publish(3)
+    assert read_all(link, 4) == [None] * 4
+    assert (link.drain_seq, link.held) == (2, 2)
+    welcome(master, link, 2)
+    assert [m["seq"] for m in link.take_held()] == [2]
+    assert link.held == 0
+
+
+def test_drain_marker_on_the_broadcast_topic_is_ignored(
+    tree: tuple[FakeMaster, WorkerLink],
+) -> None:
+    """Steps: welcomed at 1; a DRAIN marker under the broadcast topic, then publish 1.
+    Expected: the marker is dropped (a marker names one worker); publish 1 is handled."""
+    master, link = tree
+    welcome(master, link, 1)
+    master.drain(protocol.BROADCAST_TOPIC, 5)
+    master.publish(1)
+    assert read_all(link, 2) == [None, 1]
+    assert link.drain_seq is None
+
+
+def test_no_publish_is_taken_after_stop_taking_publishes(
+    tree: tuple[FakeMaster, WorkerLink],
+) -> None:
+    """Steps: welcomed at 1; publish 1; stop_taking_publishes; publish 2.
+    Expected: 1 handled, 2 dropped (a stop that saw no marker)."""
+    master, link = tree
+    welcome(master, link, 1)
+    master.publish(1)
+    assert read_all(link, 1) == [1]
+    link.stop_taking_publishes()
+    master.publish(2)
+    assert read_all(link, 1) == [None]
+
+
+def outcome(result: Any) -> ListenerOutcome:
+    return ListenerOutcome(listener=outcome, result=result)
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("result", "limit"),
+    [
+        ([{} for _ in range(protocol.WORKER_LIMITS.elements)], "elements"),
+        (nested(protocol.WORKER_LIMITS.depth), "levels deep"),
+    ],
+    ids=["elements", "depth"],
+)
+def test_reply_beyond_the_masters_limits_becomes_one_error(
+    tree: tuple[FakeMaster, WorkerLink], result: Any, limit: str
+) -> None:
+    """Steps: a listener returns a value that makes the reply hold more elements than
+    WORKER_LIMITS allow (262144 empty maps), or nest deeper (a list 64 deep, in the
+    results list, in the body); the next reply is small.
+    Expected: the master receives a reply with a None result and one error naming the
+    limit (not a frame it would drop); the next reply is whole."""
+    master, link = tree
+    link.reply(7, [outcome(result), outcome("fine")])
+    message = protocol.decode(master.receive_frame(), limits=protocol.WORKER_LIMITS)
+    assert message["results"] == [None, None]
+    (error,) = message["errors"]
+    assert error["type"] == "ValueError"
+    assert error["message"].startswith("reply holds more than the master accepts")
+    assert limit in error["message"]
+    link.reply(8, [outcome(nested(protocol.WORKER_LIMITS.depth - 2))])
+    assert master.receive()["results"] == [nested(protocol.WORKER_LIMITS.depth - 2)]
+
+
+def test_reply_with_many_containers_within_the_limits_is_sent_whole(
+    tree: tuple[FakeMaster, WorkerLink],
+) -> None:
+    """Steps: a listener returns 5000 small maps (checked against the limits, within them).
+    Expected: the master receives them all."""
+    master, link = tree
+    result = [{"n": n} for n in range(5000)]
+    link.reply(3, [outcome(result)])
+    message = protocol.decode(master.receive_frame(), limits=protocol.WORKER_LIMITS)
+    assert message["results"] == [result]
+    assert message["errors"] == []

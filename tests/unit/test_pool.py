@@ -1,8 +1,11 @@
-"""The pool's records of workers it adopted from a previous master (``restart --adopt``)."""
+"""The pool's records: workers adopted from a previous master (``restart --adopt``), and
+the DRAIN marker a worker is sent before its SIGTERM."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -65,3 +68,89 @@ def test_adopted_worker_is_welcomed_once_subscribed_and_heard(
     assert adopting.welcomed == [worker]
     pool.heartbeat(worker, {})
     assert adopting.welcomed == [worker]
+
+
+class Draining:
+    """A pool on a real `EventLoop` that forks nothing: what it marks and signals, in order."""
+
+    def __init__(self, loop: EventLoop, target: int) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.pool = Pool(
+            loop,
+            policy=Supervision(),
+            spawn=self._spawn,
+            emit=lambda event, **data: None,
+            target=target,
+            kill=lambda pid, signum: self.events.append(("signal", pid, signum)),
+        )
+        self.pool.on_drain = lambda worker: self.events.append(("drain", worker.id))
+
+    @staticmethod
+    def _spawn(worker_id: int, generation: int) -> int:
+        return 1000 * worker_id + generation
+
+    def run(self, worker: WorkerProc) -> None:
+        """`worker` says hello, subscribes and runs (a target of publishes from now on)."""
+        self.pool.hello(worker)
+        self.pool.subscribed(worker.topic)
+        self.pool.worker_state(worker, "running", None)
+        assert worker.state is WorkerState.RUNNING
+
+    def worker(self, worker_id: int) -> WorkerProc:
+        slot = self.pool.slot(worker_id)
+        assert slot is not None and slot.current is not None
+        return slot.current
+
+
+@pytest.fixture
+def draining() -> Iterator[Draining]:
+    loop = EventLoop()
+    try:
+        yield Draining(loop, target=2)
+    finally:
+        loop.close()
+
+
+def test_running_worker_drained_is_sent_its_marker_before_its_sigterm(
+    draining: Draining,
+) -> None:
+    """Steps: 2 running workers; scale to 1.
+    Expected: worker 2 is sent its DRAIN marker, then SIGTERM; worker 1 neither."""
+    draining.pool.activate()
+    second = draining.worker(2)
+    for worker_id in (1, 2):
+        draining.run(draining.worker(worker_id))
+    draining.pool.scale(1)
+    assert draining.events == [("drain", 2), ("signal", second.pid, signal.SIGTERM)]
+    assert second.state is WorkerState.STOPPING
+
+
+def test_no_marker_for_a_worker_not_yet_running_or_stopped_fast(draining: Draining) -> None:
+    """Steps: worker 1 runs, worker 2 is still booting; scale to 1, then stop fast.
+    Expected: worker 2 (nobody's target yet) gets SIGTERM only; worker 1, cut by a fast
+    stop, gets SIGQUIT only: neither drains."""
+    draining.pool.activate()
+    first, second = draining.worker(1), draining.worker(2)
+    draining.run(first)
+    draining.pool.scale(1)
+    draining.pool.deactivate(fast=True)
+    assert draining.events == [
+        ("signal", second.pid, signal.SIGTERM),
+        ("signal", first.pid, signal.SIGQUIT),
+    ]
+
+
+def test_worker_that_stops_on_its_own_is_sent_its_marker_once(draining: Draining) -> None:
+    """Steps: 2 running workers; worker 2 reports 'stopping' (someone else's TERM), then
+    'stopped'; worker 1 reports 'failed' (its app ended).
+    Expected: worker 2 is sent its marker once, when it reports stopping, and is no
+    longer a target; worker 1, which does not drain, is sent none; nobody is signalled."""
+    draining.pool.activate()
+    first, second = draining.worker(1), draining.worker(2)
+    draining.run(first)
+    draining.run(second)
+    draining.pool.worker_state(second, "stopping", None)
+    draining.pool.worker_state(second, "stopped", None)
+    draining.pool.worker_state(first, "failed", "app: it broke")
+    assert draining.events == [("drain", 2)]
+    assert draining.pool.publish_targets() == ([], [])

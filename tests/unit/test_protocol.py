@@ -34,6 +34,7 @@ VALID: dict[MsgType, dict[str, Any]] = {
     MsgType.CONTROL_REQUEST: {"id": "r1", "command": "ping", "args": [], "kwargs": {}},
     MsgType.CONTROL_REPLY: {"id": "r1", "ok": True, "result": True},
     MsgType.EVENT: {"event": "spawn", "time": 1.0, "data": {"worker": 1}},
+    MsgType.DRAIN: {"last_seq": 41},
 }
 
 
@@ -219,3 +220,36 @@ def test_publish_template_refuses_unserializable_arguments() -> None:
     """An argument msgpack cannot carry is refused before anything is sent."""
     with pytest.raises(TypeError, match="not serializable"):
         protocol.PublishTemplate("ch", [object()], {}, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "depth"),
+    [
+        (7, 0),
+        ([], 1),
+        ([1, [2, [3]]], 3),
+        ({"a": {"b": [1, [2, {"c": ()}]]}}, 6),
+        ({(1, (2,)): "a tuple key nests too"}, 3),
+        ([{"n": n} for n in range(100)], 2),
+    ],
+)
+def test_nesting_counts_the_deepest_chain_of_containers(value: Any, depth: int) -> None:
+    assert protocol.nesting(value) == depth
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (list(range(10)), "message holds more than 10 elements"),
+        ([{} for _ in range(5)], "message holds more than 10 elements"),
+        ([[[[1]]]], "message is nested more than 3 levels deep"),
+    ],
+)
+def test_unpack_refuses_a_body_beyond_its_limits(body: Any, error: str) -> None:
+    """Steps: bodies of 11 elements, of 6 containers (each counts), and 4 levels deep,
+    decoded with at most 10 elements and 3 levels.
+    Expected: ProtocolError naming the limit; a body at the limits decodes."""
+    limits = protocol.Limits(elements=10, depth=3)
+    with pytest.raises(ProtocolError, match=f"^{error}$"):
+        protocol.unpack(msgpack.packb(body), limits)
+    assert protocol.unpack(msgpack.packb([[[1]], 2, 3, 4, 5]), limits) == [[[1]], 2, 3, 4, 5]

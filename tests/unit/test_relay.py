@@ -147,6 +147,22 @@ def test_publish_without_targets_completes_at_once(relay: Relay, pub: RecordingP
     assert relay.pending == {}
 
 
+def test_drain_marker_goes_to_one_worker_with_the_last_sequence_number_sent(
+    relay: Relay, pub: RecordingPub
+) -> None:
+    """Steps: send two publishes, then a drain marker for worker 2 (generation 3).
+    Expected: a third PUB send, under that worker's topic only, carrying a DRAIN whose
+    last_seq is 2; no publish number was used by it."""
+    for _ in range(2):
+        relay.send(template(), [worker(2, 3)], 5.0, TreeReply("reconfigure", None))
+    relay.send_drain(worker(2, 3).topic)
+    topic, frame = pub.sent[-1]
+    assert topic == b"w.2.3."
+    message = protocol.decode(frame)
+    assert (message.type, message.body) == (MsgType.DRAIN, {"last_seq": 2})
+    assert relay.next_seq == 3
+
+
 # -- gathering -----------------------------------------------------------------
 
 
