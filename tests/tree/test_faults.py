@@ -72,7 +72,7 @@ def test_a_burst_of_bad_worker_messages_logs_a_bounded_number_of_lines() -> None
         rogue = context.socket(zmq.DEALER)
         rogue.linger = 0
         try:
-            rogue.connect(f"ipc://{master.runtime_dir}/rep")
+            rogue.connect(master.status()["master"]["endpoints"]["replies"])
             for _ in range(200):
                 rogue.send(b"\x00garbage")
             wait_until(lambda: master.call("stats")["master"]["dropped_messages"] >= 200, 10)
