@@ -182,6 +182,7 @@ class Master:
         self.handover: Adoption | None = None
         """Set by ``restart --adopt``: the live workers the next master adopts."""
         self._adoption: Adoption | None = None
+        self._adopt_on_exec = False
         self._name_fds: dict[str, int] = {}
         """Role -> a descriptor of the name's listening socket (control,
         events, events_remote), kept to hand on across exec or to a successor."""
@@ -934,8 +935,10 @@ class Master:
             if problem is not None:
                 raise JobFailed(f"cannot re-execute: {problem}; nothing was stopped")
             if adopt:
-                self.handover = self._adoption_state()
-                result: dict[str, Any] = {"adopted": len(self.handover.workers)}
+                # The state itself is taken just before the exec (`run`): a worker
+                # that dies in between must not be adopted.
+                self._adopt_on_exec = True
+                result: dict[str, Any] = {"adopted": len(self._adoption_state().workers)}
             else:
                 result = reload_jobs.stop_tree(self, job)
             self.exec_requested = True
@@ -1044,6 +1047,9 @@ class Master:
                 self._finish_publishes()
             if self.control is not None:
                 self.control.drain()
+            if self._adopt_on_exec:
+                self.pool.reap()
+                self.handover = self._adoption_state()
             if self.handover is None:
                 self.exit()
             # else: restart --adopt; the workers live on for the next master

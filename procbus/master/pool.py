@@ -9,7 +9,6 @@ arms one timer for the planner's next deadline, so the master never polls.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -61,12 +60,14 @@ class Pool:
         emit: EmitFn,
         target: int,
         kill: Callable[[int, int], None] = os.kill,
+        waitpid: Callable[[int, int], tuple[int, int]] = os.waitpid,
     ) -> None:
         self.loop = loop
         self.policy = policy
         self._spawn = spawn
         self._emit = emit
         self._kill = kill
+        self._waitpid = waitpid
         self.view = PoolView(slots={}, target=target, active=False)
         self.by_pid: dict[int, WorkerProc] = {}
         self.by_topic: dict[bytes, WorkerProc] = {}
@@ -178,8 +179,21 @@ class Pool:
         self.replan()
 
     def signal(self, worker: WorkerProc, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
+        try:
             self._kill(worker.pid, signum)
+        except ProcessLookupError:
+            self._vanished(worker)
+
+    def _vanished(self, worker: WorkerProc) -> None:
+        """`worker`'s process does not exist, not even as a zombie to reap: forget it as
+        if it had died, or the pool would wait for it (and signal its pid) forever."""
+        if self.by_pid.get(worker.pid) is not worker:
+            return
+        del self.by_pid[worker.pid]
+        log.warning("worker %d (pid %d) is gone, not reaped here", worker.id, worker.pid)
+        worker.last_error = worker.last_error or "the process is gone (not a child of this master)"
+        self._exited(worker, -signal.SIGKILL)
+        self.replan()
 
     def _unflap(self, slot: WorkerSlot) -> None:
         if slot.flapping or slot.early_deaths:
@@ -269,7 +283,7 @@ class Pool:
             slot.current = worker
         self._emit("spawn", worker=slot.id, pid=pid, generation=slot.generation, reason=reason)
 
-    def adopt(self, worker_id: int, generation: int, pid: int) -> WorkerProc:
+    def adopt(self, worker_id: int, generation: int, pid: int) -> WorkerProc | None:
         """Take over a live worker a previous master forked (``restart --adopt``).
 
         It counts as starting until its subscription reaches this master's
@@ -277,7 +291,18 @@ class Pool:
         ROUTER: a WELCOME sent before its DEALER reconnected would be dropped,
         and the worker, which forgot its sequence when its connection was
         lost, would wait for one forever. It already said hello and runs.
+
+        A worker that died meanwhile (before the exec, or since) is not
+        adopted: its slot is filled again. Returns the worker, or None.
         """
+        try:
+            done, _ = self._waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            log.warning("worker %d (pid %d) died before it could be adopted", worker_id, pid)
+            self.generations[worker_id] = max(self.generations.get(worker_id, 0), generation)
+            return None
         slot = self.view.slots.get(worker_id)
         if slot is None:
             slot = self.view.slots[worker_id] = WorkerSlot(worker_id)
@@ -315,7 +340,7 @@ class Pool:
         changed = False
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = self._waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:

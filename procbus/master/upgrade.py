@@ -58,8 +58,9 @@ GO: Final = b"go\n"
 TAKEOVER_LIMIT: Final = 10.0
 """Seconds the old master gives the new one to serve the name after ``go``."""
 TAKEOVER_RETRY: Final = 0.05
-"""Seconds between attempts at the lock the old master is releasing."""
-TAKEOVER_ATTEMPTS: Final = 200
+"""Seconds before the first new attempt at the lock the old master is releasing;
+each later attempt waits twice as long, up to `TAKEOVER_RETRY_MAX`."""
+TAKEOVER_RETRY_MAX: Final = 2.0
 
 
 @dataclass
@@ -270,7 +271,7 @@ class Successor:
             master.loop.remove_reader(fd)
             os.close(fd)
             self.alive_fd = None
-            self._take_lock(master, TAKEOVER_ATTEMPTS)
+            self._take_lock(master, TAKEOVER_RETRY)
 
         master.loop.add_reader(fd, readable)
 
@@ -286,16 +287,17 @@ class Successor:
         self.took_over = True
         self._say(TOOK_OVER, last=True)
 
-    def _take_lock(self, master: Master, attempts: int) -> None:
-        if not self.took_over:
+    def _take_lock(self, master: Master, wait: float) -> None:
+        """Until it works: the old master may take a while to exit (its last workers)."""
+        if not self.took_over or master.exiting:
             return
         try:
             master.take_name_lock()
         except StartupError as exc:
-            if attempts <= 0:
-                log.error("upgrade: cannot take the runtime directory's lock: %s", exc)
-                return
-            master.loop.call_later(TAKEOVER_RETRY, lambda: self._take_lock(master, attempts - 1))
+            if wait >= TAKEOVER_RETRY_MAX:
+                log.warning("upgrade: still waiting for the runtime directory's lock: %s", exc)
+            later = min(wait * 2, TAKEOVER_RETRY_MAX)
+            master.loop.call_later(wait, lambda: self._take_lock(master, later))
             return
         self.has_lock = True
 

@@ -26,6 +26,7 @@ class Adopting:
             emit=lambda event, **data: None,
             target=1,
             kill=self._no_kill,
+            waitpid=lambda pid, flags: (0, 0),  # every adopted pid is a live child
         )
         self.pool.on_ready = self.welcomed.append
 
@@ -154,3 +155,63 @@ def test_worker_that_stops_on_its_own_is_sent_its_marker_once(draining: Draining
     draining.pool.worker_state(first, "failed", "app: it broke")
     assert draining.events == [("drain", 2)]
     assert draining.pool.publish_targets() == ([], [])
+
+
+def test_a_worker_that_died_before_the_exec_is_not_adopted() -> None:
+    """Steps: adopt pid 4242, which is no child of ours any more (it died and was reaped
+    before the master re-executed). Expected: nothing adopted, no slot made for it, and
+    the slot's next worker goes on from its generation."""
+    loop = EventLoop()
+    spawned: list[tuple[int, int]] = []
+
+    def not_a_child(pid: int, flags: int) -> tuple[int, int]:
+        raise ChildProcessError(pid)
+
+    try:
+        pool = Pool(
+            loop,
+            policy=Supervision(),
+            spawn=lambda worker_id, generation: spawned.append((worker_id, generation)) or 5000,
+            emit=lambda event, **data: None,
+            target=1,
+            kill=lambda pid, signum: None,
+            waitpid=not_a_child,
+        )
+        assert pool.adopt(1, 7, 4242) is None
+        assert pool.by_pid == {}
+        pool.activate()
+        assert spawned == [(1, 8)]
+    finally:
+        loop.close()
+
+
+def test_a_worker_whose_process_vanished_is_forgotten_when_signalled() -> None:
+    """Steps: a worker whose pid no longer exists (kill raises ProcessLookupError) is
+    drained. Expected: it is counted as exited (not waited for forever), with an error
+    saying so, and its slot counts a restart (it is filled again after the backoff)."""
+    loop = EventLoop()
+    spawned: list[int] = []
+
+    def gone(pid: int, signum: int) -> None:
+        raise ProcessLookupError(pid)
+
+    try:
+        pool = Pool(
+            loop,
+            policy=Supervision(),
+            spawn=lambda worker_id, generation: spawned.append(worker_id) or 6000 + len(spawned),
+            emit=lambda event, **data: None,
+            target=1,
+            kill=gone,
+            waitpid=lambda pid, flags: (0, 0),
+        )
+        pool.activate()
+        (worker,) = pool.by_pid.values()
+        pool.signal(worker, signal.SIGTERM)
+        assert worker.state is WorkerState.EXITED
+        assert worker.last_error is not None and "gone" in worker.last_error
+        slot = pool.slot(1)
+        assert slot is not None and slot.current is None and slot.restarts == 1
+        assert pool.by_pid == {}
+    finally:
+        loop.close()
