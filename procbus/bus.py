@@ -47,7 +47,7 @@ import sys
 import threading
 import traceback as _traceback
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard, TypeVar, overload
 
@@ -71,6 +71,18 @@ def _startup_directory() -> str:
     except OSError:
         pass
     return cwd
+
+
+def extend_pythonpath(env: MutableMapping[str, str]) -> None:
+    """Put the current directory on PYTHONPATH when it is on sys.path as ''.
+
+    With ``python -m``, ``sys.path[0]`` is the working directory; a
+    re-executed process must still find what it imported from there.
+    """
+    prefix = "." + os.pathsep
+    existing = env.get("PYTHONPATH", "")
+    if sys.path and sys.path[0] == "" and not existing.startswith(prefix):
+        env["PYTHONPATH"] = prefix + existing
 
 
 STARTUP_CWD: Final = _startup_directory()
@@ -556,18 +568,6 @@ class Bus:
             argv = [sys.executable, *flags, *sys.argv]
         return sys.executable, argv
 
-    @staticmethod
-    def _extend_pythonpath(env: dict[str, str] | os._Environ[str]) -> None:
-        """Put the current directory on PYTHONPATH when it is on sys.path as ''.
-
-        With ``python -m``, ``sys.path[0]`` is the working directory; the
-        re-executed process must still find what it imported from there.
-        """
-        prefix = "." + os.pathsep
-        existing = env.get("PYTHONPATH", "")
-        if sys.path and sys.path[0] == "" and not existing.startswith(prefix):
-            env["PYTHONPATH"] = prefix + existing
-
     def _open_fds(self) -> Iterable[int]:
         try:
             return sorted(int(name) for name in os.listdir("/proc/self/fd"))
@@ -588,7 +588,7 @@ class Bus:
         """Re-execute the current process (main thread only)."""
         executable, argv = self.exec_args()
         self.log("Re-spawning " + " ".join(argv))
-        self._extend_pythonpath(os.environ)
+        extend_pythonpath(os.environ)
         os.chdir(STARTUP_CWD)
         if self.max_cloexec_files:
             self._set_cloexec()

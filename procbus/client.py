@@ -32,6 +32,7 @@ import zmq
 from procbus import protocol
 from procbus.commands import ErrorCode
 from procbus.errors import ProcbusError, ProtocolError
+from procbus.paths import check_endpoint, control_endpoint
 from procbus.protocol import MsgType
 
 DEFAULT_TIMEOUT = 10.0
@@ -55,15 +56,6 @@ def _code(value: str) -> ErrorCode:
         return ErrorCode(value)
     except ValueError:
         return ErrorCode.INTERNAL
-
-
-def control_endpoint(name: str, runtime_dir: str | Path | None = None) -> str:
-    """The default control endpoint of the master called `name`."""
-    from procbus.master.runtime import RuntimeDir  # noqa: PLC0415 - keeps start-up light
-
-    return RuntimeDir.for_name(name, Path(runtime_dir) if runtime_dir else None).endpoint(
-        "control"
-    )
 
 
 class Client:
@@ -188,7 +180,6 @@ class Client:
             raise ControlError(
                 ErrorCode.UNREACHABLE, f"cannot reach {self.endpoint}: {exc.strerror}"
             ) from None
-        from procbus.master.runtime import check_endpoint  # noqa: PLC0415
         from procbus.privatedir import UnsafeDirectory  # noqa: PLC0415
 
         try:

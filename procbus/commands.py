@@ -133,7 +133,12 @@ COMMANDS: Final[Mapping[str, CommandSpec]] = _spec(
     ),
     CommandSpec("stop", Role.ADMIN, "drain and stop every worker; the master stays up", job=True),
     CommandSpec("start", Role.ADMIN, "start the workers again after stop", job=True),
-    CommandSpec("exit", Role.ADMIN, "stop every worker and end the master"),
+    CommandSpec(
+        "exit",
+        Role.ADMIN,
+        "stop every worker and end the master",
+        options=(Option("fast", bool, help="cut requests in flight (as SIGQUIT does)"),),
+    ),
     CommandSpec(
         "scale",
         Role.ADMIN,
@@ -164,16 +169,17 @@ COMMANDS: Final[Mapping[str, CommandSpec]] = _spec(
     ),
 )
 
-SIGNAL_COMMANDS: Final[Mapping[int, str]] = {
-    signal.SIGHUP: "reload",
-    signal.SIGUSR1: "graceful",
-    signal.SIGUSR2: "upgrade",
-    signal.SIGTTIN: "incr",
-    signal.SIGTTOU: "decr",
-    signal.SIGTERM: "exit",
-    signal.SIGINT: "exit",
+SIGNAL_COMMANDS: Final[Mapping[int, tuple[str, Mapping[str, Any]]]] = {
+    signal.SIGHUP: ("reload", {}),
+    signal.SIGUSR1: ("graceful", {}),
+    signal.SIGUSR2: ("upgrade", {}),
+    signal.SIGTTIN: ("incr", {}),
+    signal.SIGTTOU: ("decr", {}),
+    signal.SIGTERM: ("exit", {}),
+    signal.SIGINT: ("exit", {}),
+    signal.SIGQUIT: ("exit", {"fast": True}),
 }
-"""Signals to the master run these commands (SIGQUIT is a fast exit)."""
+"""Signals to the master run these commands (name, options), as ``procbus ctl`` would."""
 
 
 def parse_signal(value: str | int) -> int:

@@ -194,8 +194,8 @@ def targets(args: argparse.Namespace) -> list[str]:
                 ErrorCode.BAD_ARGUMENTS, f"--ctl-file {ctl_file!r}: {exc.strerror}"
             ) from None
     if not endpoints:
-        from procbus.client import control_endpoint  # noqa: PLC0415
         from procbus.errors import StartupError  # noqa: PLC0415
+        from procbus.paths import control_endpoint  # noqa: PLC0415
 
         name = _option(args, "name", None) or os.environ.get("PROCBUS_NAME", "procbus")
         try:

@@ -219,19 +219,19 @@ class Host:
             credentials=self.credentials,
         )
         self.master = master
-        master.inherit(Inherited.take(os.environ), config.workers)
+        master.lineage.inherit(Inherited.take(os.environ), config.workers)
         if resumed is not None:
             master.jobs.record_failure("restart", f"cannot re-execute: {resumed}")
         master.reload_config = self.reload_config
-        if master.successor is not None and WATCHDOG_PID_VARIABLE in os.environ:
+        if master.lineage.successor is not None and WATCHDOG_PID_VARIABLE in os.environ:
             os.environ[WATCHDOG_PID_VARIABLE] = str(os.getpid())  # the watchdog is ours now
         notifier = Notifier(os.environ)
-        master.observers.append(self._observer(notifier))
+        master.event_stream.observers.append(self._observer(notifier))
         pidfile = PIDFile(master.bus, config.pidfile) if config.pidfile else None
         self.pidfile = pidfile
         # A new master from an upgrade writes it when it takes over: until
         # then the old master's pid is in it, and rightly so.
-        if pidfile is not None and master.successor is None:
+        if pidfile is not None and master.lineage.successor is None:
             pidfile.start()  # refuse a live instance before any worker is forked
             pidfile.subscribe()
         if notifier.enabled:
@@ -246,14 +246,14 @@ class Host:
         try:
             code = master.run()
         finally:
-            if master.exec_requested:
+            if master.lineage.exec_requested:
                 notifier.reloading("re-executing")
-            elif master.upgraded_to is None:
+            elif master.lineage.upgraded_to is None:
                 notifier.stopping()
             notifier.close()
             if pidfile is not None:
                 pidfile.unsubscribe()
-        if master.exec_requested:
+        if master.lineage.exec_requested:
             self._reexec(master)
         if self.boot_error is not None:
             print(f"procbus run: {self.boot_error}", file=sys.stderr)
@@ -273,10 +273,7 @@ class Host:
                     master.pool.target,
                     master.generation,
                 )
-                if master.successor is not None:
-                    master.successor.announce_ready()
-                    master.successor.watch(master)
-                else:
+                if master.lineage.successor is None:  # a successor says READY when it takes over
                     notifier.ready(f"{master.pool.target} workers")
             elif event == "takeover":
                 if self.pidfile is not None:
@@ -335,7 +332,7 @@ class Host:
         master.app = worker_app(new)
         master.apply_settings(tree_settings(new))
         if new.workers != self.config.workers:
-            master.scale(new.workers)
+            master.pool.scale(new.workers)
         self.config = new
         if changes:
             log.info("configuration reloaded: %s", ", ".join(sorted(changes)))
@@ -346,31 +343,11 @@ class Host:
         Should ``execv`` fail, the hand-over stays in the environment and
         `exec_failure` says why: `run` serves on with what was handed over.
         """
-        from procbus.bus import STARTUP_CWD  # noqa: PLC0415
         from procbus.master import handover  # noqa: PLC0415
 
-        keep = handover.export(
-            os.environ,
-            generation=master.generation + 1,
-            worker_generations=master.slot_generations(),
-            target=(master.pool.target, master.settings.workers),
-            control_fds=master.name_fds(),
-            listening_fds=[sock.fileno() for sock in self.sockets],
-            lock_fd=master.runtime.lock_fd,
-            adoption=master.handover,
-        )
-        executable, argv = master.bus.exec_args()
-        master.bus._extend_pythonpath(os.environ)
-        if not os.path.isdir(STARTUP_CWD):
-            log.warning("%s is gone: re-executing from /", STARTUP_CWD)
-        log.info("master %d re-executing (generation %d)", master.pid, master.generation + 1)
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        try:
-            handover.reexec(executable, argv, STARTUP_CWD, set(keep))
-        except OSError as exc:
-            self.exec_failure = f"execv {executable}: {exc.strerror or exc}"
-            log.error("restart: %s; this process serves on", self.exec_failure)
+        failure = handover.re_execute(master.lineage.hand_over(), *master.bus.exec_args())
+        self.exec_failure = failure
+        log.error("restart: %s; this process serves on", failure)
 
 
 _RESTART_ONLY: Final = frozenset(
@@ -423,7 +400,7 @@ def worker_credentials(config: Config) -> Any:
 
 def control_settings(config: Config) -> Any:
     """Who may use the control socket, and where it is."""
-    from procbus.master.control import ControlSettings  # noqa: PLC0415
+    from procbus.master.control_server import ControlSettings  # noqa: PLC0415
 
     return ControlSettings.from_config(
         config.ctl, config.curve_keys, config.admin_uids, config.read_uids

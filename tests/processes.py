@@ -276,7 +276,7 @@ CTL_AS_UID = textwrap.dedent(
     """
     import json, os, sys
     import procbus.cli, procbus.client, procbus.ctl, procbus.render, procbus.watch
-    import procbus.master.runtime, procbus.privatedir
+    import procbus.paths, procbus.privatedir
     # Parsed and imported while still root: the interpreter's own files may be
     # unreadable to the other uid. Only the request runs as that uid.
     args = procbus.cli.build_parser().parse_args(sys.argv[2:])

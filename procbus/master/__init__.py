@@ -1,7 +1,7 @@
 """The master process: event loop, pool, relay and runtime directory.
 
 The names below are imported on first use: ``procbus ctl`` imports
-``procbus.master.runtime`` to find a master's control socket, and must not pay
+``procbus.paths`` to find a master's control socket, and must not pay
 for the whole master (pyzmq's poller, psutil, the planner, the worker) when it
 does.
 """
@@ -12,16 +12,17 @@ import importlib
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from procbus.master.master import Master, TreeSettings
+    from procbus.master.master import Master
     from procbus.master.planner import Backoff, Supervision, WorkerState
     from procbus.master.relay import TreeReply, WorkerResult, WorkerStatus
+    from procbus.master.settings import TreeSettings
 
 _HOMES: Final = {
     "Backoff": "procbus.master.planner",
     "Master": "procbus.master.master",
     "Supervision": "procbus.master.planner",
     "TreeReply": "procbus.master.relay",
-    "TreeSettings": "procbus.master.master",
+    "TreeSettings": "procbus.master.settings",
     "WorkerResult": "procbus.master.relay",
     "WorkerState": "procbus.master.planner",
     "WorkerStatus": "procbus.master.relay",

@@ -30,7 +30,7 @@ from procbus.protocol import MsgType
 
 if TYPE_CHECKING:
     from procbus.master.auth import ZapHandler
-    from procbus.master.control import ControlSettings
+    from procbus.master.control_server import ControlSettings
 
 log = logging.getLogger("procbus.master")
 
@@ -67,6 +67,8 @@ class EventStream:
         """Returns the ``stats`` event's fields."""
         self.interval = interval
         self.sockets: list[zmq.Socket[bytes]] = []
+        self.observers: list[Callable[[str, dict[str, Any]], None]] = []
+        """Called in the loop with every event, before it goes out (the host's hooks)."""
         self._stats_wanted: set[zmq.Socket[bytes]] = set()
         self._stats_timer: Timer | None = None
 
@@ -95,8 +97,15 @@ class EventStream:
         self.attach(sock)
         return sock
 
-    def emit(self, event: str, data: dict[str, Any]) -> None:
-        """Send one event on every socket (dropped, with a log line, if unsendable)."""
+    def emit(self, event: str, **data: Any) -> None:
+        """Tell the observers, then send one event on every socket (dropped, with a log
+        line, if unsendable)."""
+        log.debug("event %s %s", event, data)
+        for observer in self.observers:
+            try:
+                observer(event, data)
+            except Exception:
+                log.exception("observer %r failed on event %s", observer, event)
         if not self.sockets:
             return
         body = {"event": event, "time": time.time(), "data": data}
@@ -155,7 +164,7 @@ class EventStream:
         self._stats_timer = None
 
     def _emit_stats(self) -> None:
-        self.emit("stats", self.sample())
+        self.emit("stats", **self.sample())
 
 
 def _shortened(data: dict[str, Any]) -> dict[str, Any]:

@@ -26,14 +26,23 @@ later exec see stale values); a malformed value is a `ConfigError`.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import logging
 import os
 import sys
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final, Protocol
 
-from procbus.errors import ConfigError
+from procbus.bus import STARTUP_CWD, extend_pythonpath
+from procbus.errors import ConfigError, StartupError
+
+if TYPE_CHECKING:
+    from procbus.master.loop import EventLoop
+
+log = logging.getLogger("procbus.master")
 
 FDS_VARIABLE: Final = "PROCBUS_FDS"
 CONTROL_FDS_VARIABLE: Final = "PROCBUS_CONTROL_FDS"
@@ -45,6 +54,20 @@ ADOPT_VARIABLE: Final = "PROCBUS_ADOPT"
 SUCCESSOR_VARIABLE: Final = "PROCBUS_SUCCESSOR"
 
 CONTROL_ROLES: Final = ("control", "events", "events_remote")
+
+# The upgrade's two pipes (see `procbus.master.jobs.upgrade` for the old master's side):
+READY: Final = b"ready\n"
+"""New -> old: every worker of the new master runs."""
+TOOK_OVER: Final = b"took-over\n"
+"""New -> old: the new master serves the name's sockets."""
+FAILED: Final = b"failed\n"
+"""New -> old: the new master cannot serve the name (it exits)."""
+GO: Final = b"go\n"
+"""Old -> new: take the name over (end of file: the old master is gone)."""
+TAKEOVER_RETRY: Final = 0.05
+"""Seconds before the first new attempt at the lock the old master is releasing;
+each later attempt waits twice as long, up to `TAKEOVER_RETRY_MAX`."""
+TAKEOVER_RETRY_MAX: Final = 2.0
 
 
 @dataclass(frozen=True)
@@ -161,35 +184,41 @@ def _role_fds(text: str) -> dict[str, int]:
     return fds
 
 
-def export(
-    environ: MutableMapping[str, str],
-    *,
-    generation: int,
-    worker_generations: Mapping[int, int],
-    target: tuple[int, int],
-    control_fds: Mapping[str, int],
-    listening_fds: Sequence[int],
-    lock_fd: int | None = None,
-    adoption: Adoption | None = None,
-    successor: tuple[int, int] | None = None,
-) -> list[int]:
+@dataclass(frozen=True)
+class HandOver:
+    """What a master gives the next one (its own re-exec, or its successor)."""
+
+    generation: int
+    """The next master's."""
+    worker_generations: Mapping[int, int]
+    target: tuple[int, int]
+    """(worker count set at runtime, configured count it replaced)."""
+    control_fds: Mapping[str, int]
+    listening_fds: Sequence[int]
+    lock_fd: int | None = None
+    adoption: Adoption | None = None
+    successor: tuple[int, int] | None = None
+
+
+def export(environ: MutableMapping[str, str], hand: HandOver) -> list[int]:
     """Write the hand-over into `environ`; return the fds that must stay open."""
-    environ[GENERATION_VARIABLE] = str(generation)
+    environ[GENERATION_VARIABLE] = str(hand.generation)
     environ[WORKER_GENERATIONS_VARIABLE] = json.dumps(
-        {str(k): v for k, v in worker_generations.items()}
+        {str(k): v for k, v in hand.worker_generations.items()}
     )
-    environ[TARGET_VARIABLE] = f"{target[0]}:{target[1]}"
-    environ[FDS_VARIABLE] = ",".join(str(fd) for fd in listening_fds)
-    environ[CONTROL_FDS_VARIABLE] = ",".join(f"{r}={fd}" for r, fd in control_fds.items())
-    keep = [*listening_fds, *control_fds.values()]
-    if lock_fd is not None:
-        environ[LOCK_VARIABLE] = str(lock_fd)
-        keep.append(lock_fd)
-    if adoption is not None:
-        environ[ADOPT_VARIABLE] = adoption.to_json()
-    if successor is not None:
-        environ[SUCCESSOR_VARIABLE] = f"{successor[0]},{successor[1]}"
-        keep.extend(successor)
+    environ[TARGET_VARIABLE] = f"{hand.target[0]}:{hand.target[1]}"
+    environ[FDS_VARIABLE] = ",".join(str(fd) for fd in hand.listening_fds)
+    environ[CONTROL_FDS_VARIABLE] = ",".join(f"{r}={fd}" for r, fd in hand.control_fds.items())
+    keep = [*hand.listening_fds, *hand.control_fds.values()]
+    if hand.lock_fd is not None:
+        environ[LOCK_VARIABLE] = str(hand.lock_fd)
+        keep.append(hand.lock_fd)
+    if hand.adoption is not None:
+        environ[ADOPT_VARIABLE] = hand.adoption.to_json()
+    if hand.successor is not None:
+        environ[SUCCESSOR_VARIABLE] = f"{hand.successor[0]},{hand.successor[1]}"
+        keep.extend(hand.successor)
+    extend_pythonpath(environ)
     return keep
 
 
@@ -225,6 +254,25 @@ def _script(argv: Sequence[str]) -> str | None:
     return None
 
 
+def re_execute(hand: HandOver, executable: str, argv: Sequence[str]) -> str:
+    """``restart``: replace this process with the next master, given `hand`.
+
+    Returns only when ``execv`` failed, saying why; `hand` is then still in
+    the environment, for this process to serve on as the next master would.
+    """
+    keep = export(os.environ, hand)
+    if not os.path.isdir(STARTUP_CWD):
+        log.warning("%s is gone: re-executing from /", STARTUP_CWD)
+    log.info("master %d re-executing (generation %d)", os.getpid(), hand.generation)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    try:
+        reexec(executable, argv, STARTUP_CWD, set(keep))
+    except OSError as exc:
+        return f"execv {executable}: {exc.strerror or exc}"
+    raise AssertionError("execv returned")  # pragma: no cover
+
+
 def reexec(executable: str, argv: Sequence[str], cwd: str, keep_fds: set[int]) -> None:
     """Replace this process (main thread only); returns only by raising ``OSError``.
 
@@ -244,3 +292,138 @@ def reexec(executable: str, argv: Sequence[str], cwd: str, keep_fds: set[int]) -
             except OSError:
                 continue
     os.execv(executable, list(argv))
+
+
+@dataclass(frozen=True)
+class SpawnedSuccessor:
+    """The old master's ends of an upgrade's pipes to the new master."""
+
+    pid: int
+    ready_fd: int
+    """Non-blocking: what the new master says (`READY`, `TOOK_OVER`, `FAILED`)."""
+    alive_fd: int
+    """Write `GO` here; closing it (or exiting) tells the new master the name is free."""
+
+
+def spawn_successor(hand: HandOver, executable: str, argv: Sequence[str]) -> SpawnedSuccessor:
+    """Fork and execute the next master (``upgrade``) with `hand` and both pipes."""
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(ready_r, False)
+    environ = dict(os.environ)
+    keep = export(environ, dataclasses.replace(hand, successor=(ready_w, alive_r)))
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    try:
+        pid = os.fork()
+    except OSError:
+        for fd in (ready_r, ready_w, alive_r, alive_w):
+            os.close(fd)
+        raise
+    if pid == 0:  # pragma: no cover - replaced by exec at once
+        try:
+            for fd in keep:
+                os.set_inheritable(fd, True)
+            os.execve(executable, list(argv), environ)
+        finally:
+            os._exit(127)
+    os.close(ready_w)
+    os.close(alive_r)
+    log.info("upgrade: new master pid %d (generation %d)", pid, hand.generation)
+    return SpawnedSuccessor(pid=pid, ready_fd=ready_r, alive_fd=alive_w)
+
+
+# -- the new master's side ------------------------------------------------------
+
+
+class SuccessorMaster(Protocol):
+    """What a successor's hand-over asks of its master."""
+
+    loop: EventLoop
+    exit_code: int
+
+    @property
+    def exiting(self) -> bool: ...
+
+    def take_over_name(self) -> None:
+        """Serve the name's sockets (handed over by the old master)."""
+
+    def take_name_lock(self) -> None:
+        """Take the runtime directory's lock; `StartupError` while it is held."""
+
+    def request_exit(self, fast: bool = False) -> None: ...
+
+
+class Successor:
+    """A new master started by `upgrade`, until it has taken over the name."""
+
+    def __init__(self, ready_fd: int, alive_fd: int) -> None:
+        self.ready_fd: int | None = ready_fd
+        self.alive_fd: int | None = alive_fd
+        self.took_over = False
+        self.has_lock = False
+        self.announced = False
+
+    def announce_ready(self) -> None:
+        """Tell the old master that every worker runs (once)."""
+        self.announced = True
+        self._say(READY)
+
+    def _say(self, what: bytes, last: bool = False) -> None:
+        if self.ready_fd is None:
+            return
+        with contextlib.suppress(OSError):  # the old master is gone: nothing to tell
+            os.write(self.ready_fd, what)
+        if last:
+            os.close(self.ready_fd)
+            self.ready_fd = None
+
+    def watch(self, master: SuccessorMaster) -> None:
+        """Take the name over on ``go`` (or when the old master is gone), then the lock."""
+        fd = self.alive_fd
+        assert fd is not None
+        os.set_blocking(fd, False)
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, 64)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not self.took_over:
+                self._take_over(master)
+            if data:
+                return  # "go": the old master exits next (end of file)
+            master.loop.remove_reader(fd)
+            os.close(fd)
+            self.alive_fd = None
+            self._take_lock(master, TAKEOVER_RETRY)
+
+        master.loop.add_reader(fd, readable)
+
+    def _take_over(self, master: SuccessorMaster) -> None:
+        try:
+            master.take_over_name()
+        except (StartupError, OSError) as exc:
+            log.error("upgrade: cannot serve the name: %s", exc)
+            self._say(FAILED, last=True)
+            master.exit_code = 1
+            master.request_exit(fast=True)
+            return
+        self.took_over = True
+        self._say(TOOK_OVER, last=True)
+
+    def _take_lock(self, master: SuccessorMaster, wait: float) -> None:
+        """Until it works: the old master may take a while to exit (its last workers)."""
+        if not self.took_over or master.exiting:
+            return
+        try:
+            master.take_name_lock()
+        except StartupError as exc:
+            if wait >= TAKEOVER_RETRY_MAX:
+                log.warning("upgrade: still waiting for the runtime directory's lock: %s", exc)
+            later = min(wait * 2, TAKEOVER_RETRY_MAX)
+            master.loop.call_later(wait, lambda: self._take_lock(master, later))
+            return
+        self.has_lock = True

@@ -80,7 +80,7 @@ class Pool:
         self.on_drain: Callable[[WorkerProc], None] = lambda worker: None
         """Called when a running worker stops being a target of publishes to drain
         (the master tells it which publishes it still owes), before it is signalled."""
-        self.on_other_child: Callable[[int, int], None] = lambda pid, status: None
+        self._other_children: dict[int, Callable[[int], None]] = {}
         self.generations: dict[int, int] = {}
         """Worker id -> last generation a previous master used (restart, upgrade):
         a new slot goes on from there, so generations never repeat."""
@@ -178,6 +178,14 @@ class Pool:
             slot.replacement = None
         self.replan()
 
+    def signal_current(self, worker_id: int, signum: int) -> WorkerProc:
+        """Send `signum` to the current worker of slot `worker_id`; `LookupError` if none."""
+        slot = self.slot(worker_id)
+        if slot is None or slot.current is None or worker_id > self.target:
+            raise LookupError(f"no worker {worker_id}")
+        self.signal(slot.current, signum)
+        return slot.current
+
     def signal(self, worker: WorkerProc, signum: int) -> None:
         try:
             self._kill(worker.pid, signum)
@@ -194,6 +202,13 @@ class Pool:
         worker.last_error = worker.last_error or "the process is gone (not a child of this master)"
         self._exited(worker, -signal.SIGKILL)
         self.replan()
+
+    def watch_child(self, pid: int, exited: Callable[[int], None]) -> None:
+        """Call `exited(status)` when `pid`, a child that is not a worker, is reaped."""
+        self._other_children[pid] = exited
+
+    def forget_child(self, pid: int) -> None:
+        self._other_children.pop(pid, None)
 
     def _unflap(self, slot: WorkerSlot) -> None:
         if slot.flapping or slot.early_deaths:
@@ -348,7 +363,9 @@ class Pool:
             code = os.waitstatus_to_exitcode(status)
             worker = self.by_pid.pop(pid, None)
             if worker is None:
-                self.on_other_child(pid, code)
+                exited = self._other_children.pop(pid, None)
+                if exited is not None:
+                    exited(code)
                 continue
             changed = True
             self._exited(worker, code)

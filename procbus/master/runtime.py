@@ -39,40 +39,25 @@ import os
 import re
 import socket
 import stat
-import tempfile
 from pathlib import Path
 from typing import Final
 
 from procbus.errors import StartupError
-from procbus.privatedir import DirectoryId, PrivateDir, check_directory, open_private
+from procbus.paths import (
+    CONTROL_FILES,
+    LOCK_FILE,
+    MAX_IPC_PATH,
+    WORKER_FILES,
+    check_name,
+    default_runtime_dir,
+)
+from procbus.privatedir import DirectoryId, PrivateDir, open_private
 
-# sockaddr_un.sun_path is 108 bytes with the trailing NUL.
-MAX_IPC_PATH: Final = 107
-
-CONTROL_FILES: Final = {"control": "ctl", "events": "evt"}
-"""The name's sockets."""
-WORKER_FILES: Final = {"publish": "w{tag}.pub", "replies": "w{tag}.rep"}
-"""One tree of workers' sockets."""
 _WORKER_FILE: Final = re.compile(r"w[0-9]+\.(pub|rep)")
-LOCK_FILE: Final = "master.lock"
 PRIVATE_MODE: Final = 0o700
 SHARED_MODE: Final = 0o711
 """Others may enter (to reach a socket they are allowed), never list or write."""
 LISTEN_BACKLOG: Final = 128
-
-
-def default_runtime_dir(name: str) -> Path:
-    """``$XDG_RUNTIME_DIR/procbus/NAME``, else ``$TMPDIR/procbus-UID/NAME``."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if base and os.path.isdir(base):
-        return Path(base) / "procbus" / name
-    return Path(tempfile.gettempdir()) / f"procbus-{os.getuid()}" / name
-
-
-def check_name(name: str) -> str:
-    if not name or "/" in name or name in {".", ".."} or "\0" in name:
-        raise StartupError(f"instance name {name!r} must be a non-empty file name (no '/')")
-    return name
 
 
 def _missing_components(path: Path) -> int:
@@ -321,41 +306,6 @@ class RuntimeDir:
                 info = os.stat(name, dir_fd=self.dir.fd, follow_symlinks=False)
                 if stat.S_ISSOCK(info.st_mode):
                     self.dir.unlink(name)
-
-
-def check_endpoint(endpoint: str) -> None:
-    """Before connecting to an ``ipc://`` endpoint: its directory must pass the checks.
-
-    A directory where procbus would put the caller's own masters
-    (``$TMPDIR/procbus-UID/NAME`` with the caller's uid) must belong to the
-    caller or root; elsewhere, its owner is whoever the caller chose to reach.
-    Either way nobody else may be able to write to it or to any directory
-    above it. Raises `procbus.privatedir.UnsafeDirectory`.
-    """
-    if not endpoint.startswith("ipc://"):
-        return
-    directory = Path(os.path.abspath(endpoint.removeprefix("ipc://"))).parent
-    own_default = directory.parent == default_runtime_dir("-").parent
-    check_directory(directory, {0, os.getuid()} if own_default else None)
-
-
-def lock_held(endpoint: str) -> bool:
-    """Whether a master holds the lock of the runtime directory of `endpoint` (best effort:
-    False when the lock file cannot be read, e.g. by another uid)."""
-    if not endpoint.startswith("ipc://"):
-        return False
-    path = Path(endpoint.removeprefix("ipc://")).parent / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def _read_pid(fd: int) -> int | None:

@@ -7,15 +7,41 @@ the control channel and the stats stream; rendering for humans is the CLI's.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from procbus.bus import Bus
+from procbus.master.control_server import ControlServer
+from procbus.master.hub import Hub
+from procbus.master.loop import EventLoop
+from procbus.master.pool import Pool
+from procbus.master.stats import ProcessMonitor
 from procbus.worker.apps import COUNTER_NAMES
 
-if TYPE_CHECKING:
-    from procbus.master.master import Master
+
+class Observed(Protocol):
+    """What a snapshot reads of the master (and never changes)."""
+
+    pid: int
+    name: str
+    started_at: float
+    """Wall-clock time."""
+    pool: Pool
+    monitor: ProcessMonitor
+    loop: EventLoop
+    bus: Bus
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """Role -> endpoint of every socket the master listens on."""
+
+    hub: Hub | None
+    control: ControlServer | None
 
 
-def status(master: Master) -> dict[str, Any]:
+def status(master: Observed) -> dict[str, Any]:
     """A snapshot of the master and its workers (plain data)."""
     now = master.loop.clock()
     slots = master.pool.slots()
@@ -53,13 +79,13 @@ def status(master: Master) -> dict[str, Any]:
             "state": master.bus.state.name,
             "generation": master.generation,
             "uptime": time.time() - master.started_at,
-            "endpoints": dict(master.endpoints),
+            "endpoints": master.addresses,
         },
         "workers": workers,
     }
 
 
-def stats(master: Master) -> dict[str, Any]:
+def stats(master: Observed) -> dict[str, Any]:
     """Process figures and counters of the master and every live worker.
 
     This is also the body of each ``stats`` event. Worker counters are
@@ -80,7 +106,6 @@ def stats(master: Master) -> dict[str, Any]:
                 "counters": {**dict.fromkeys(COUNTER_NAMES, 0), **worker.counters},
             }
         )
-    relay = master.relay
     return {
         "master": {
             "name": master.name,
@@ -88,12 +113,20 @@ def stats(master: Master) -> dict[str, Any]:
             "uptime": time.time() - master.started_at,
             "target_workers": master.pool.target,
             **sampled[master.pid].to_dict(),
-            "publishes": relay.sent if relay else 0,
-            "in_flight": len(relay.pending) if relay else 0,
-            "late_replies": relay.late_replies if relay else 0,
-            "dropped_messages": master.dropped_messages,
-            "control_requests": master.control.requests if master.control else 0,
-            "bad_control_requests": master.control.bad_requests if master.control else 0,
+            **counters(master.hub, master.control),
         },
         "workers": workers,
+    }
+
+
+def counters(hub: Hub | None, control: ControlServer | None) -> dict[str, int]:
+    """The master's own counters: publishes, control requests, messages dropped."""
+    relay = hub.relay if hub else None
+    return {
+        "publishes": relay.sent if relay else 0,
+        "in_flight": len(relay.pending) if relay else 0,
+        "late_replies": relay.late_replies if relay else 0,
+        "dropped_messages": hub.dropped_messages if hub else 0,
+        "control_requests": control.requests if control else 0,
+        "bad_control_requests": control.bad_requests if control else 0,
     }

@@ -42,7 +42,7 @@ from typing import Final
 
 from procbus.errors import ConfigError
 from procbus.master.handover import FDS_VARIABLE
-from procbus.master.runtime import MAX_IPC_PATH
+from procbus.paths import MAX_IPC_PATH
 
 SD_LISTEN_FDS_START: Final = 3
 """The first fd systemd passes (``SD_LISTEN_FDS_START`` in ``sd-daemon.h``)."""

@@ -34,7 +34,7 @@ import msgpack
 import zmq
 
 from procbus import protocol
-from procbus.master.control import CONTROL_MAX_MESSAGE
+from procbus.master.control_server import CONTROL_MAX_MESSAGE
 from procbus.protocol import MsgType
 
 REPLY_WAIT: Final = 5.0

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from procbus import protocol
 from procbus.commands import COMMANDS, Role
-from procbus.master.control import CONTROL_MAX_MESSAGE
+from procbus.master.control_server import CONTROL_MAX_MESSAGE
 from procbus.protocol import MsgType
 from tests.processes import running_master
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from procbus.errors import ConfigError, StartupError
 from procbus.master import Backoff, Master, Supervision, TreeSettings
-from procbus.master.control import ControlSettings
+from procbus.master.control_server import ControlSettings
 from tests.tree.apps import systemd_environment
 
 

@@ -18,7 +18,7 @@ import pytest
 
 import procbus
 from procbus import Bus, ChannelFailures, states
-from procbus.bus import BUILTIN_CHANNELS
+from procbus.bus import BUILTIN_CHANNELS, extend_pythonpath
 
 
 class LogRecorder:
@@ -632,12 +632,12 @@ def test_extend_pythonpath_when_path0_is_cwd(monkeypatch: pytest.MonkeyPatch) ->
     """With sys.path[0] == '', '.' is prepended to PYTHONPATH once."""
     monkeypatch.setattr(sys, "path", ["", *sys.path[1:]])
     env = {"PYTHONPATH": "/opt/lib"}
-    Bus._extend_pythonpath(env)
-    Bus._extend_pythonpath(env)
+    extend_pythonpath(env)
+    extend_pythonpath(env)
     assert env["PYTHONPATH"] == "." + os.pathsep + "/opt/lib"
     monkeypatch.setattr(sys, "path", ["/somewhere", *sys.path[1:]])
     other: dict[str, str] = {}
-    Bus._extend_pythonpath(other)
+    extend_pythonpath(other)
     assert "PYTHONPATH" not in other
 
 

@@ -22,16 +22,19 @@ def test_export_then_take_gives_everything_back_and_clears_the_environment() -> 
         adoption = Adoption((AdoptedWorker(1, 4, 123), AdoptedWorker(2, 5, 124)), 30, 3)
         keep = handover.export(
             environ,
-            generation=7,
-            worker_generations={1: 4, 2: 5},
-            target=(6, 2),
-            control_fds={"control": read_end},
-            listening_fds=[write_end],
-            lock_fd=None,
-            adoption=adoption,
+            handover.HandOver(
+                generation=7,
+                worker_generations={1: 4, 2: 5},
+                target=(6, 2),
+                control_fds={"control": read_end},
+                listening_fds=[write_end],
+                lock_fd=None,
+                adoption=adoption,
+            ),
         )
         assert sorted(keep) == sorted([read_end, write_end])
         environ.pop(handover.FDS_VARIABLE)  # the listening sockets: procbus.master.sockets'
+        environ.pop("PYTHONPATH", None)  # extended for the next master to import as we did
         found = Inherited.take(environ)
         assert environ == {"OTHER": "kept"}
         assert found.generation == 7

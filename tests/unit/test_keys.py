@@ -19,7 +19,7 @@ from procbus import cli, keys
 from procbus.commands import Role
 from procbus.errors import ConfigError, StartupError
 from procbus.master.auth import QUIET_PERIOD, Denial, ZapHandler
-from procbus.master.control import ControlSettings
+from procbus.master.control_server import ControlSettings
 from procbus.master.loop import EventLoop
 from tests.helpers import wait_until
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from procbus.errors import StartupError
-from procbus.master.runtime import RuntimeDir, check_endpoint, default_runtime_dir
+from procbus.master.runtime import RuntimeDir
+from procbus.paths import check_endpoint, default_runtime_dir
 from procbus.privatedir import (
     UnsafeDirectory,
     check_directory,

@@ -89,8 +89,10 @@ JobBody = Callable[[Job], Any]
 class Jobs:
     """The master's job queue and the record of recent jobs."""
 
-    def __init__(self, submit: Callable[[Callable[[], None]], None], emit: Callable[..., None]):
-        self._submit = submit
+    def __init__(self, wake: Callable[[], None], emit: Callable[..., None]) -> None:
+        """`wake()` makes the master's loop return to its top, where jobs run."""
+        self._wake = wake
+        self._queue: collections.deque[tuple[Job, JobBody]] = collections.deque()
         self._emit = emit
         self._numbers = itertools.count(1)
         self._active: list[Job] = []
@@ -113,8 +115,15 @@ class Jobs:
         job = Job(f"{kind}-{next(self._numbers)}", kind, dict(args or {}), emit=self._emit)
         self._active.append(job)
         self._emit("job_queued", job=job.id, kind=kind, args=job.args)
-        self._submit(lambda: self.run(job, body))
+        self._queue.append((job, body))
+        self._wake()
         return job
+
+    def run_queued(self, stop: Callable[[], bool]) -> None:
+        """Run the queued jobs, in order, until none is left or `stop()` (at the top
+        of the loop, where a job may wait)."""
+        while self._queue and not stop():
+            self.run(*self._queue.popleft())
 
     def run(self, job: Job, body: JobBody) -> None:
         """Run `job` now (at the top of the loop)."""

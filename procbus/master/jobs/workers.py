@@ -9,41 +9,44 @@
 - `stop_tree`, `start_tree`, `scale_tree`: the bus transitions and scaling,
   waited for until the pool has settled.
 
-These functions run as jobs (`procbus.master.jobs`), at the top of the loop.
+These functions run as jobs (`procbus.master.jobs`), at the top of the loop,
+and see the tree only through the `Tree` protocol.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import logging
+from typing import Any
 
-from procbus.master.jobs import Job, JobFailed
+from procbus.master.jobs.queue import Job, JobFailed
+from procbus.master.jobs.tree import Tree
 from procbus.master.planner import WorkerProc, WorkerSlot, WorkerState
+from procbus.master.settings import boot_limit, stop_limit
 
-if TYPE_CHECKING:
-    from procbus.master.master import Master
+log = logging.getLogger("procbus.master")
 
 
-def reload_tree(master: Master, job: Job, batch: int = 1) -> dict[str, Any]:
+def reload_tree(tree: Tree, job: Job, batch: int = 1) -> dict[str, Any]:
     """Replace every worker, `batch` at a time, never below N running."""
     if batch < 1:
         raise JobFailed(f"batch must be >= 1, got {batch}")
-    pool = master.pool
-    master.reload_config()
+    pool = tree.pool
+    tree.reload_config()
     ids = [slot.id for slot in pool.slots()]
     replaced: list[dict[str, Any]] = []
     pool.view.recycling = False
     try:
         for start in range(0, len(ids), batch):
             chunk = ids[start : start + batch]
-            replaced.extend(_replace_batch(master, job, chunk))
+            replaced.extend(_replace_batch(tree, job, chunk))
     finally:
         pool.view.recycling = True
         pool.replan()
     return {"replaced": replaced, "workers": len(ids)}
 
 
-def _replace_batch(master: Master, job: Job, chunk: list[int]) -> list[dict[str, Any]]:
-    pool = master.pool
+def _replace_batch(tree: Tree, job: Job, chunk: list[int]) -> list[dict[str, Any]]:
+    pool = tree.pool
     slots: dict[int, WorkerSlot] = {}
     olds: dict[int, WorkerProc | None] = {}
     news: dict[int, WorkerProc] = {}
@@ -83,8 +86,8 @@ def _replace_batch(master: Master, job: Job, chunk: list[int]) -> list[dict[str,
                 return False
         return True
 
-    policy = master.settings.supervision
-    master.wait_until(lambda: promoted() or failed() is not None, policy.boot_timeout + 5)
+    policy = tree.settings.supervision
+    tree.wait_until(lambda: promoted() or failed() is not None, boot_limit(policy))
     bad = failed()
     if bad is not None or not promoted():
         for worker_id in slots:
@@ -113,10 +116,7 @@ def _replace_batch(master: Master, job: Job, chunk: list[int]) -> list[dict[str,
 
     # The old workers were retired at promotion: wait until they are reaped.
     old_workers = [w for w in olds.values() if w is not None]
-    master.wait_until(
-        lambda: all(not w.alive for w in old_workers),
-        policy.graceful_timeout + policy.abort_grace + 5,
-    )
+    tree.wait_until(lambda: all(not w.alive for w in old_workers), stop_limit(policy))
     done = []
     for worker_id, new in sorted(news.items()):
         slots[worker_id].replace_requested = False
@@ -130,45 +130,43 @@ def _replace_batch(master: Master, job: Job, chunk: list[int]) -> list[dict[str,
     return done
 
 
-def stop_tree(master: Master, job: Job) -> dict[str, Any]:
+def stop_tree(tree: Tree, job: Job) -> dict[str, Any]:
     """Drain and stop every worker; the master stays up (bus STOPPED)."""
-    before = len(master.pool.by_pid)
-    master.bus.stop()
-    master.wait_until(master.pool.no_children, _stop_limit(master))
-    return {"stopped": before, "state": master.bus.state.name}
+    before = len(tree.pool.by_pid)
+    tree.bus.stop()
+    tree.wait_until(tree.pool.no_children, stop_limit(tree.settings.supervision))
+    return {"stopped": before, "state": tree.bus.state.name}
 
 
-def start_tree(master: Master, job: Job) -> dict[str, Any]:
+def start_tree(tree: Tree, job: Job) -> dict[str, Any]:
     """Start the bus again (after stop) and wait for every worker."""
-    master.bus.start()
-    master.wait_until(master.pool.settled, master.settings.supervision.boot_timeout + 5)
-    return _settled_result(master)
+    tree.bus.start()
+    tree.wait_until(tree.pool.settled, boot_limit(tree.settings.supervision))
+    return _settled_result(tree)
 
 
-def scale_tree(master: Master, job: Job, workers: int) -> dict[str, Any]:
+def scale_tree(tree: Tree, job: Job, workers: int) -> dict[str, Any]:
     """Run `workers` workers and wait until the pool has settled."""
-    master.scale(workers)
-    master.wait_until(
-        lambda: master.pool.settled() and not master.pool.view.retired,
-        max(master.settings.supervision.boot_timeout, _stop_limit(master)) + 5,
+    log.info("scaling from %d to %d workers", tree.pool.target, workers)
+    tree.emit("scale", before=tree.pool.target, after=workers)
+    tree.pool.scale(workers)
+    policy = tree.settings.supervision
+    tree.wait_until(
+        lambda: tree.pool.settled() and not tree.pool.view.retired,
+        max(boot_limit(policy), stop_limit(policy)),
     )
-    return _settled_result(master)
+    return _settled_result(tree)
 
 
-def _settled_result(master: Master) -> dict[str, Any]:
-    slots = master.pool.slots()
+def _settled_result(tree: Tree) -> dict[str, Any]:
+    slots = tree.pool.slots()
     running = sum(1 for s in slots if s.current and s.current.state is WorkerState.RUNNING)
     flapping = [s.id for s in slots if s.flapping]
-    result = {"workers": master.pool.target, "running": running, "flapping": flapping}
-    if running < master.pool.target:
+    result = {"workers": tree.pool.target, "running": running, "flapping": flapping}
+    if running < tree.pool.target:
         raise JobFailed(
-            f"{running} of {master.pool.target} workers running"
+            f"{running} of {tree.pool.target} workers running"
             + (f"; flapping: {', '.join(map(str, flapping))}" if flapping else ""),
             result,
         )
     return result
-
-
-def _stop_limit(master: Master) -> float:
-    policy = master.settings.supervision
-    return policy.graceful_timeout + policy.abort_grace + 5

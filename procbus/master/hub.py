@@ -1,0 +1,128 @@
+"""The hub: the workers' two sockets, their handshake, and everything they say.
+
+The master's XPUB carries publishes (and DRAIN markers) to the workers; its
+ROUTER receives what the workers say: HELLO, STATE, HEARTBEAT and REPLY. The
+hub reads both, checks every message (size, elements, depth, type; a worker
+speaks only for itself: its hello must match what the master forked and its
+later messages must come from the identity it said hello with), and hands
+each to its owner: the pool (`procbus.master.pool`: hello, state,
+heartbeats, subscriptions) or the relay (`procbus.master.relay`: replies to
+publishes). It sends each worker its WELCOME (from which publish on it is a
+target) and its DRAIN marker.
+
+This is the tree publish's hot path: one ``send`` per publish on the XPUB,
+one decode per reply, read to exhaustion before the loop looks elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+import zmq
+
+from procbus import protocol
+from procbus.errors import ProtocolError
+from procbus.master.loop import EventLoop
+from procbus.master.planner import WorkerProc
+from procbus.master.pool import Pool
+from procbus.master.relay import Relay
+from procbus.master.throttle import LogThrottle
+from procbus.protocol import MsgType
+
+log = logging.getLogger("procbus.master")
+
+WORKER_MESSAGES: Final = frozenset(
+    {MsgType.HELLO, MsgType.STATE, MsgType.HEARTBEAT, MsgType.REPLY}
+)
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+"""As a plain int: pyzmq combines enum flags per call, which shows in profiles."""
+_BATCH: Final = 1000
+"""Messages read from one socket before the loop looks at the others."""
+_SUBSCRIBE: Final = b"\x01"
+
+
+class Hub:
+    """Reads and writes the workers' sockets for the master (see the module docstring)."""
+
+    def __init__(
+        self, xpub: zmq.Socket[Any], router: zmq.Socket[Any], loop: EventLoop, pool: Pool
+    ) -> None:
+        self.xpub = xpub
+        self.router = router
+        self.loop = loop
+        self.pool = pool
+        self.relay = Relay(xpub, loop)
+        self.dropped_messages = 0
+        self._drop_log = LogThrottle(log, "dropped worker messages")
+
+    def on_xpub(self) -> None:
+        """Subscriptions: a worker's own topic is the proof that it receives publishes."""
+        for _ in range(_BATCH):
+            try:
+                frame = self.xpub.recv(_NOBLOCK)
+            except zmq.Again:
+                return
+            if frame[:1] == _SUBSCRIBE:
+                self.pool.subscribed(frame[1:])
+
+    def on_router(self) -> None:
+        for _ in range(_BATCH):
+            try:
+                frames = self.router.recv_multipart(_NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                self._drop(frames[0] if frames else b"", f"{len(frames)} frames (expected 2)")
+                continue
+            identity, frame = frames
+            try:
+                message = protocol.decode(
+                    frame, expect=WORKER_MESSAGES, limits=protocol.WORKER_LIMITS
+                )
+            except ProtocolError as exc:
+                self._drop(identity, str(exc))
+                continue
+            self._dispatch(identity, message)
+
+    def _drop(self, identity: bytes, reason: str) -> None:
+        self.dropped_messages += 1
+        self._drop_log.warn("dropped a message from %r: %s", identity[:64], reason)
+
+    def _dispatch(self, identity: bytes, message: protocol.Message) -> None:
+        if message.type is MsgType.HELLO:
+            worker = self.pool.by_pid.get(message["pid"])
+            if (
+                worker is None
+                or worker.id != message["worker"]
+                or worker.generation != message["generation"]
+                or identity != worker.topic
+                or message["topic"] != worker.topic
+            ):
+                self._drop(identity, f"hello from an unknown worker (pid {message['pid']})")
+                return
+            self.pool.hello(worker)
+            return
+        found = self.pool.by_topic.get(identity)
+        if found is None or not found.hello:
+            self._drop(identity, f"{message.type.name} from a worker that did not say hello")
+            return
+        if message.type is MsgType.HEARTBEAT:
+            self.pool.heartbeat(found, message["counters"])
+        elif message.type is MsgType.STATE:
+            self.pool.worker_state(found, message["state"], message.get("error"))
+        else:
+            found.last_heartbeat = self.loop.clock()
+            self.relay.on_reply(found, message)
+
+    def welcome(self, worker: WorkerProc) -> None:
+        """Tell a worker whose subscription is proven from which publish on it is a target."""
+        frame = protocol.encode(MsgType.WELCOME, {"next_seq": self.relay.next_seq})
+        self.router.send_multipart([worker.topic, frame])
+
+    def drain(self, worker: WorkerProc) -> None:
+        """The DRAIN marker, in order with the publishes: answer those, then stop."""
+        self.relay.send_drain(worker.topic)
+
+    def worker_gone(self, worker: WorkerProc) -> None:
+        self.relay.on_worker_gone(worker)
