@@ -54,6 +54,8 @@ from procbus.paths import (
 from procbus.privatedir import DirectoryId, PrivateDir, open_private
 
 _WORKER_FILE: Final = re.compile(r"w[0-9]+\.(pub|rep)")
+_TEMPORARY_FILE: Final = re.compile(r"\.(ctl|evt|w[0-9]+\.(pub|rep))\.[0-9]+")
+"""A socket file `RuntimeDir.listen` had not renamed into place yet (its master died)."""
 PRIVATE_MODE: Final = 0o700
 SHARED_MODE: Final = 0o711
 """Others may enter (to reach a socket they are allowed), never list or write."""
@@ -200,7 +202,11 @@ class RuntimeDir:
         """
         assert self.dir is not None
         for filename in os.listdir(self.dir.fd):
-            ours = filename in CONTROL_FILES.values() or _WORKER_FILE.fullmatch(filename)
+            ours = (
+                filename in CONTROL_FILES.values()
+                or _WORKER_FILE.fullmatch(filename)
+                or _TEMPORARY_FILE.fullmatch(filename)
+            )
             if not ours or filename in keep or filename in self._made:
                 continue
             info = os.stat(filename, dir_fd=self.dir.fd, follow_symlinks=False)

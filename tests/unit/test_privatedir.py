@@ -219,3 +219,22 @@ def test_traverse_problem_names_the_directory_another_uid_cannot_enter() -> None
         assert traverse_problem(runtime, 0, set()) is None
     finally:
         shutil.rmtree(top)
+
+
+def test_a_socket_a_dead_master_left_half_made_is_removed(tmp: Path) -> None:
+    """Steps: a runtime directory holding a stale temporary socket (``.ctl.1234``: a
+    master died between binding it and renaming it into place) and a stale worker
+    socket; a master acquires the directory. Expected: both are gone."""
+    import socket
+
+    path = tmp / "rt"
+    path.mkdir(mode=0o700)
+    for name in (".ctl.1234", "w3.pub"):
+        with socket.socket(socket.AF_UNIX) as stale:
+            stale.bind(str(path / name))
+    runtime = RuntimeDir(path)
+    runtime.acquire()
+    try:
+        assert sorted(p.name for p in path.iterdir()) == ["master.lock"]
+    finally:
+        runtime.release()
