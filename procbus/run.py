@@ -265,6 +265,9 @@ class Host:
         yield SystemdNotify(master)
 
     def _observer(self, master: Master) -> Callable[[str, dict[str, Any]], None]:
+        """The boot, from the master's events: logged once every worker runs; before
+        that, a worker that cannot boot stops the master (exit 1, `boot_error`)."""
+
         def observe(event: str, data: dict[str, Any]) -> None:
             if event == "ready" and not self._booted and master.pool.all_running():
                 self._booted = True
