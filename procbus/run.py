@@ -12,7 +12,11 @@ touched and the terminal still sees it:
 3. take the listening sockets: those a previous master passed across
    ``execv`` (``PROCBUS_FDS``), else systemd's (``LISTEN_FDS``), else bind
    ``--bind`` (a generic worker binds only when ``--bind`` is given);
-4. detach (``--daemon``), apply ``--umask``, write the pidfile;
+4. detach (``--daemon``), apply ``--umask``, build the `Master` with what a
+   previous master handed over, and subscribe its plugins: the pidfile
+   (`procbus.plugins.process.MasterPIDFile`, written at once: a live instance
+   is refused before anything is bound) and systemd's notifications
+   (`procbus.plugins.systemd.SystemdNotify`);
 5. run the `Master` until TERM, INT, QUIT or ``ctl exit``; re-execute the
    process when ``ctl restart`` asked for it.
 
@@ -25,22 +29,32 @@ address in use, unresolvable or not bindable).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any, Final
 
 from procbus import config as config_module
 from procbus.bus import ChannelFailures
 from procbus.config import DEMO_APP, Config, Source
 from procbus.errors import ConfigError, StartupError
+from procbus.master import sockets
+from procbus.master.control_server import ControlSettings
+from procbus.master.handover import Inherited, re_execute
+from procbus.master.master import Master
+from procbus.master.planner import Supervision
+from procbus.master.settings import TreeSettings
+from procbus.plugins.base import SimplePlugin
+from procbus.plugins.process import Daemonizer, MasterPIDFile
+from procbus.plugins.systemd import SystemdNotify
+from procbus.worker.apps import WorkerApp, import_object
+from procbus.worker.credentials import Credentials
+from procbus.worker.worker import ExitCode
 
 log = logging.getLogger("procbus.run")
-
-NOTIFY_RETRY: Final = 0.2
-"""Seconds between attempts at systemd notifications that found its queue full."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,30 +125,28 @@ def _setup_logging(config: Config) -> None:
         logging.getLogger("procbus.access").setLevel(logging.INFO)
 
 
-def worker_app(config: Config) -> Any:
+def worker_app(config: Config) -> str | WorkerApp:
     """The worker app `config` asks for (imported now only with ``preload``)."""
-    from procbus.worker.apps import import_object  # noqa: PLC0415
-
     if config.worker is not None:
-        app: Any = import_object(config.worker) if config.preload else config.worker
-    else:
-        from procbus.worker.wsgi import wsgi_worker  # noqa: PLC0415
+        if not config.preload:
+            return config.worker
+        worker: WorkerApp = import_object(config.worker)
+        return worker
+    # waitress only when a WSGI app is hosted (a generic worker has no use for it).
+    from procbus.worker.wsgi import wsgi_worker  # noqa: PLC0415
 
-        target = config.app or DEMO_APP
-        wsgi_app = import_object(target) if config.preload else target
-        app = wsgi_worker(
-            wsgi_app,
-            threads=config.threads,
-            access_log=config.access_log,
-            graceful_timeout=config.graceful_timeout,
-        )
-    return app
+    target = config.app or DEMO_APP
+    wsgi_app = import_object(target) if config.preload else target
+    return wsgi_worker(
+        wsgi_app,
+        threads=config.threads,
+        access_log=config.access_log,
+        graceful_timeout=config.graceful_timeout,
+    )
 
 
 def check_app(config: Config) -> None:
     """Import the app (or worker function) as a worker would; `StartupError` if it fails."""
-    from procbus.worker.apps import import_object  # noqa: PLC0415
-
     target = config.worker or config.app or DEMO_APP
     obj = import_object(target)
     if not callable(obj):
@@ -142,10 +154,10 @@ def check_app(config: Config) -> None:
         raise StartupError(f"{kind} {target!r} is not callable (got {type(obj).__name__})")
 
 
-def listening_sockets(config: Config, environ: Any = None) -> list[socket.socket]:
+def listening_sockets(
+    config: Config, environ: MutableMapping[str, str] | None = None
+) -> list[socket.socket]:
     """The sockets the workers accept on: inherited, from systemd, or bound now."""
-    from procbus.master import sockets  # noqa: PLC0415
-
     environ = os.environ if environ is None else environ
     inherited = sockets.inherit_from_env(environ)
     if inherited is not None:
@@ -159,17 +171,22 @@ def listening_sockets(config: Config, environ: Any = None) -> list[socket.socket
 
 
 class Host:
-    """One ``procbus run``: the configuration, the sockets and the master."""
+    """One ``procbus run``: the configuration, the app, the sockets and the master.
+
+    The master's plugins do the rest: `MasterPIDFile` (``--pidfile``) and
+    `SystemdNotify` (``NOTIFY_SOCKET``). What is left here is the boot (a
+    worker that cannot boot before any served stops the master), the
+    configuration a reload re-reads, and the re-exec of ``restart``.
+    """
 
     def __init__(self, config: Config, args: argparse.Namespace | dict[str, Any]) -> None:
         self.config = config
         self.args = args
         self.sockets: list[socket.socket] = []
-        self.master: Any = None
+        self.master: Master | None = None
         self._booted = False
         self.boot_error: str | None = None
-        self.pidfile: Any = None
-        self.credentials: Any = None
+        self.credentials: Credentials | None = None
         self.exec_failure: str | None = None
         """Set when ``restart`` could not ``execv``: this process goes on as the next master."""
 
@@ -192,23 +209,40 @@ class Host:
             for sock in self.sockets:
                 sock.close()
 
-    def _serve(self, app: Any) -> int:
-        from procbus.master import Master  # noqa: PLC0415
-        from procbus.master import sockets as sockets_module  # noqa: PLC0415
-        from procbus.master.handover import Inherited  # noqa: PLC0415
-        from procbus.master.systemd import WATCHDOG_PID_VARIABLE, Notifier  # noqa: PLC0415
-        from procbus.plugins.process import Daemonizer, PIDFile  # noqa: PLC0415
-
-        config = self.config
+    def _serve(self, app: str | WorkerApp) -> int:
+        """One master's life: detach, build the master, run it with its plugins."""
         resumed, self.exec_failure = self.exec_failure, None
         for sock in self.sockets:
-            log.info("listening on %s", sockets_module.describe(sock))
-        if config.daemon and resumed is None:
+            log.info("listening on %s", sockets.describe(sock))
+        self._detach(first=resumed is None)
+        master = self._master(app)
+        if resumed is not None:
+            master.jobs.record_failure("restart", f"cannot re-execute: {resumed}")
+        with contextlib.ExitStack() as plugins:
+            for plugin in self._plugins(master):
+                plugin.subscribe()  # the pidfile refuses a live instance here
+                plugins.callback(plugin.unsubscribe)
+            code = master.run()
+        if master.lineage.exec_requested:
+            self._reexec(master)
+        if self.boot_error is not None:
+            print(f"procbus run: {self.boot_error}", file=sys.stderr)
+        return code
+
+    def _detach(self, first: bool) -> None:
+        """``--daemon`` (once: a master that serves on after a failed exec is detached)
+        and ``--umask``."""
+        config = self.config
+        if config.daemon and first:
             # What the app prints (and any crash) goes to the log file, if any.
             output = str(config.log_file) if config.log_file is not None else "/dev/null"
             Daemonizer.daemonize(stdout=output, stderr=output)
         if config.umask is not None:
             os.umask(config.umask)
+
+    def _master(self, app: str | WorkerApp) -> Master:
+        """The master, with what a previous master handed over (restart, upgrade)."""
+        config = self.config
         master = Master(
             app,
             name=config.name,
@@ -220,49 +254,19 @@ class Host:
         )
         self.master = master
         master.lineage.inherit(Inherited.take(os.environ), config.workers)
-        if resumed is not None:
-            master.jobs.record_failure("restart", f"cannot re-execute: {resumed}")
         master.reload_config = self.reload_config
-        if master.lineage.successor is not None and WATCHDOG_PID_VARIABLE in os.environ:
-            os.environ[WATCHDOG_PID_VARIABLE] = str(os.getpid())  # the watchdog is ours now
-        notifier = Notifier(os.environ)
-        master.event_stream.observers.append(self._observer(notifier))
-        pidfile = PIDFile(master.bus, config.pidfile) if config.pidfile else None
-        self.pidfile = pidfile
-        # A new master from an upgrade writes it when it takes over: until
-        # then the old master's pid is in it, and rightly so.
-        if pidfile is not None and master.lineage.successor is None:
-            pidfile.start()  # refuse a live instance before any worker is forked
-            pidfile.subscribe()
-        if notifier.enabled:
+        master.event_stream.observers.append(self._observer(master))
+        return master
 
-            def retry_notifications() -> None:
-                notifier.retry()
+    def _plugins(self, master: Master) -> Iterator[SimplePlugin]:
+        """The plugins of `master`'s bus, each made when the one before is subscribed."""
+        if self.config.pidfile is not None:
+            yield MasterPIDFile(master, self.config.pidfile)
+        yield SystemdNotify(master)
 
-            master.loop.call_every(NOTIFY_RETRY, retry_notifications)
-        watchdog = notifier.watchdog_interval
-        if watchdog:
-            master.loop.call_every(watchdog, lambda: self._watchdog(notifier, watchdog))
-        try:
-            code = master.run()
-        finally:
-            if master.lineage.exec_requested:
-                notifier.reloading("re-executing")
-            elif master.lineage.upgraded_to is None:
-                notifier.stopping()
-            notifier.close()
-            if pidfile is not None:
-                pidfile.unsubscribe()
-        if master.lineage.exec_requested:
-            self._reexec(master)
-        if self.boot_error is not None:
-            print(f"procbus run: {self.boot_error}", file=sys.stderr)
-        return code
-
-    def _observer(self, notifier: Any) -> Callable[[str, dict[str, Any]], None]:
-        from procbus.worker.worker import ExitCode  # noqa: PLC0415 - loaded with Master
-
-        master = self.master
+    def _observer(self, master: Master) -> Callable[[str, dict[str, Any]], None]:
+        """The boot, from the master's events: logged once every worker runs; before
+        that, a worker that cannot boot stops the master (exit 1, `boot_error`)."""
 
         def observe(event: str, data: dict[str, Any]) -> None:
             if event == "ready" and not self._booted and master.pool.all_running():
@@ -273,14 +277,6 @@ class Host:
                     master.pool.target,
                     master.generation,
                 )
-                if master.lineage.successor is None:  # a successor says READY when it takes over
-                    notifier.ready(f"{master.pool.target} workers")
-            elif event == "takeover":
-                if self.pidfile is not None:
-                    self.pidfile.start()
-                    self.pidfile.subscribe()
-                notifier.mainpid(master.pid)
-                notifier.ready(f"took over, generation {master.generation}")
             elif not self._booted and (
                 event == "flapping"
                 or (event == "exit" and data.get("status") == ExitCode.BOOT_FAILED)
@@ -294,37 +290,13 @@ class Host:
                 log.error("%s; stopping", self.boot_error)
                 master.exit_code = 1
                 master.request_exit(fast=True)
-            elif event == "job_started" and data.get("kind") == "reload":
-                notifier.reloading()
-            elif event == "job_done" and data.get("kind") == "reload":
-                notifier.ready()
-            if event in ("ready", "scale", "job_done", "exit") and self._booted:
-                running = sum(1 for w in master.pool.by_pid.values() if w.state.value == "running")
-                notifier.status(
-                    f"{running} of {master.pool.target} workers running, "
-                    f"generation {master.generation}"
-                )
 
         return observe
-
-    def _watchdog(self, notifier: Any, interval: float) -> None:
-        """Ping systemd's watchdog while the workers heartbeat (or none is wanted).
-
-        A tree whose every worker went silent stops the pings, and systemd
-        restarts the service; one healthy worker is enough to go on.
-        """
-        pool = self.master.pool
-        now = self.master.loop.clock()
-        beating = any(
-            w.last_heartbeat is not None and now - w.last_heartbeat < 2 * interval
-            for w in pool.by_pid.values()
-        )
-        if beating or pool.target == 0:
-            notifier.watchdog()
 
     def reload_config(self) -> None:
         """Re-read the configuration for a reload; raise (abort the reload) if it is bad."""
         master = self.master
+        assert master is not None, "reload_config runs inside the master's loop"
         new = config_module.load(self.args)
         changes = self.config.changed(new)
         for name in sorted(set(changes) & _RESTART_ONLY):
@@ -337,15 +309,13 @@ class Host:
         if changes:
             log.info("configuration reloaded: %s", ", ".join(sorted(changes)))
 
-    def _reexec(self, master: Any) -> None:
+    def _reexec(self, master: Master) -> None:
         """Replace this process with a fresh one, keeping sockets and lock (restart).
 
         Should ``execv`` fail, the hand-over stays in the environment and
         `exec_failure` says why: `run` serves on with what was handed over.
         """
-        from procbus.master import handover  # noqa: PLC0415
-
-        failure = handover.re_execute(master.lineage.hand_over(), *master.bus.exec_args())
+        failure = re_execute(master.lineage.hand_over(), *master.bus.exec_args())
         self.exec_failure = failure
         log.error("restart: %s; this process serves on", failure)
 
@@ -371,10 +341,8 @@ _RESTART_ONLY: Final = frozenset(
 """Settings a reload cannot apply: they belong to the master itself."""
 
 
-def tree_settings(config: Config) -> Any:
+def tree_settings(config: Config) -> TreeSettings:
     """The master's `TreeSettings` for `config`."""
-    from procbus.master import Supervision, TreeSettings  # noqa: PLC0415
-
     return TreeSettings(
         workers=config.workers,
         heartbeat_interval=config.heartbeat_interval,
@@ -391,17 +359,13 @@ def tree_settings(config: Config) -> Any:
     )
 
 
-def worker_credentials(config: Config) -> Any:
+def worker_credentials(config: Config) -> Credentials | None:
     """Who the workers run as (`Credentials`), or None; `ConfigError` for unknown names."""
-    from procbus.worker.credentials import Credentials  # noqa: PLC0415
-
     return Credentials.resolve(config.user, config.group)
 
 
-def control_settings(config: Config) -> Any:
+def control_settings(config: Config) -> ControlSettings:
     """Who may use the control socket, and where it is."""
-    from procbus.master.control_server import ControlSettings  # noqa: PLC0415
-
     return ControlSettings.from_config(
         config.ctl, config.curve_keys, config.admin_uids, config.read_uids
     )

@@ -15,6 +15,10 @@ importable from ``procbus.plugins``. They live in one module per concern:
 - `procbus.plugins.tasks`: `PerpetualTimer`, `BackgroundTask`, `Monitor`,
   `Autoreloader`, `ThreadManager`, which work on threads.
 
+Two more follow a procbus master (``procbus run``) as well as its bus, and are
+not part of the wspbus set: `procbus.plugins.process.MasterPIDFile` (beside
+`PIDFile`) and `procbus.plugins.systemd.SystemdNotify` (not imported here).
+
 Where CherryPy's behaviour is a trap, procbus does the safer thing:
 
 - `PIDFile` refuses to overwrite the PID file of a live process, replaces a

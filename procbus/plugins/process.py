@@ -3,7 +3,9 @@
 `DropPrivileges` switches user, group and umask, `Daemonizer` detaches from
 the terminal and `PIDFile` records the PID. They share the channel priorities
 that order them (daemonize 65, PID file 70, privileges 77) and the POSIX
-calls they make, and none of them starts a thread.
+calls they make, and none of them starts a thread. `MasterPIDFile` is the PID
+file of a procbus master (``procbus run --pidfile``), which follows the
+master's hand-over to a successor.
 """
 
 from __future__ import annotations
@@ -19,10 +21,15 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from procbus.bus import Bus
 from procbus.errors import ConfigError, StartupError
 from procbus.plugins.base import SimplePlugin, _priority
+
+if TYPE_CHECKING:
+    from procbus.master.events import EventStream
+    from procbus.master.lineage import Lineage
 
 
 def _user_name(uid: int) -> str | int:
@@ -314,6 +321,61 @@ class PIDFile(SimplePlugin):
             return
         self.finalized = False
         self.bus.log(f"PID file removed: {path!r}.")
+
+
+class NamedMaster(Protocol):
+    """What `MasterPIDFile` reads of the master (`procbus.master.Master` is one)."""
+
+    @property
+    def bus(self) -> Bus: ...
+
+    @property
+    def lineage(self) -> Lineage:
+        """Whether the master is a successor still waiting to take the name over."""
+
+    @property
+    def event_stream(self) -> EventStream:
+        """Where the ``takeover`` event comes from."""
+
+
+class MasterPIDFile(PIDFile):
+    """The PID file of a procbus master: the pid of the master that serves the name.
+
+    A master writes it when the plugin is subscribed, before its bus starts:
+    a live instance is refused (`StartupError`, one line) before anything is
+    bound or any worker forked, whereas a failing ``start`` listener would
+    tear the bus down and log its traceback. A new master started by
+    ``upgrade`` writes it when it takes the name over (its ``takeover``
+    event): until then the old master's pid is in it, and rightly so. Either
+    way it then follows the bus as a `PIDFile` does (removed on ``exit``);
+    until it is written, it is not on the bus at all, so that the ``exit``
+    of a master that never wrote it leaves it alone.
+    """
+
+    def __init__(self, master: NamedMaster, pidfile: str | os.PathLike[str]) -> None:
+        super().__init__(master.bus, pidfile)
+        self.master = master
+
+    def subscribe(self) -> None:
+        """Write the file and join the bus, or (a successor) wait for the takeover."""
+        if self.master.lineage.successor is None:
+            self._take()
+        elif self._observe not in self.master.event_stream.observers:
+            self.master.event_stream.observers.append(self._observe)
+
+    def unsubscribe(self) -> None:
+        super().unsubscribe()
+        observers = self.master.event_stream.observers
+        if self._observe in observers:
+            observers.remove(self._observe)
+
+    def _take(self) -> None:
+        self.start()
+        super().subscribe()
+
+    def _observe(self, event: str, data: dict[str, Any]) -> None:
+        if event == "takeover":
+            self._take()
 
 
 def _describe_dir_error(directory: str, exc: OSError) -> str:

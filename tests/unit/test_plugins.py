@@ -39,7 +39,9 @@ from procbus.plugins import (
     SimplePlugin,
     ThreadManager,
 )
+from procbus.plugins.process import MasterPIDFile
 from tests.helpers import wait_until
+from tests.hosted_master import HostedMaster
 
 TOUCHED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 Logs = list[tuple[str, int]]
@@ -625,6 +627,106 @@ def test_pidfile_exit_without_file_does_nothing(bus: Bus, logs: Logs, tmp_path: 
     Expected: no error and nothing logged."""
     PIDFile(bus, tmp_path / "app.pid").exit()
     assert logs == []
+
+
+# -- MasterPIDFile (procbus run --pidfile) -------------------------------------
+
+
+@pytest.fixture
+def master(bus: Bus) -> Iterator[HostedMaster]:
+    hosted = HostedMaster(bus=bus)
+    try:
+        yield hosted
+    finally:
+        hosted.close()
+
+
+def test_master_pidfile_is_written_when_subscribed_before_the_bus_starts(
+    bus: Bus, master: HostedMaster, tmp_path: Path
+) -> None:
+    """Steps: the master's own start listener (priority 70, subscribed first, as
+    the Master does when built) records what it finds; subscribe a MasterPIDFile;
+    publish start, then exit.
+    Expected: the file holds our pid as soon as it is subscribed, so before the
+    master's start listener forks anything; exit removes it."""
+    path = tmp_path / "master.pid"
+    seen: list[str | None] = []
+    bus.subscribe(
+        "start", lambda: seen.append(path.read_text() if path.exists() else None), priority=70
+    )
+    MasterPIDFile(master, path).subscribe()
+    assert path.read_text() == f"{os.getpid()}\n"
+    bus.publish("start")
+    assert seen == [f"{os.getpid()}\n"]
+    bus.publish("exit")
+    assert not path.exists()
+
+
+def test_master_pidfile_of_a_live_instance_is_refused_and_stays_off_the_bus(
+    bus: Bus, logs: Logs, master: HostedMaster, tmp_path: Path
+) -> None:
+    """Steps: the file holds our parent's pid (alive, not ours); subscribe a
+    MasterPIDFile; publish exit.
+    Expected: StartupError on subscribe, one line naming the file and the pid;
+    no listener of it on the bus, so the exit leaves the file and logs nothing
+    about it."""
+    path = tmp_path / "master.pid"
+    other = os.getppid()
+    path.write_text(f"{other}\n")
+    with pytest.raises(StartupError, match=f"belongs to running process {other}") as caught:
+        MasterPIDFile(master, path).subscribe()
+    assert "\n" not in str(caught.value)
+    assert bus.listeners["start"] == bus.listeners["exit"] == set()
+    bus.publish("exit")
+    assert path.read_text() == f"{other}\n"
+    assert not any("PID" in message for message in messages(logs))
+
+
+def test_successor_writes_the_master_pidfile_when_it_takes_over(
+    bus: Bus, logs: Logs, master: HostedMaster, tmp_path: Path
+) -> None:
+    """Steps: the file holds the old master's pid (our parent, alive); a master
+    started by an upgrade subscribes a MasterPIDFile; its workers run; the old
+    master exits (its own exit listener removes the file); the new one takes
+    over (``takeover``); publish exit.
+    Expected: the old master's pid stays while the new one boots; ours after the
+    takeover; exit removes it; the plugin then follows the event stream no more."""
+    path = tmp_path / "master.pid"
+    path.write_text(f"{os.getppid()}\n")
+    master.lineage.successor = object()
+    plugin = MasterPIDFile(master, path)
+    plugin.subscribe()
+    master.run_workers()
+    assert path.read_text() == f"{os.getppid()}\n"
+    path.unlink()
+    master.emit("takeover", pid=os.getpid(), generation=2)
+    assert path.read_text() == f"{os.getpid()}\n"
+    bus.publish("exit")
+    assert not path.exists()
+    plugin.unsubscribe()
+    assert master.event_stream.observers == []
+    assert f"PID {os.getpid()!r} written to {str(path)!r}." in messages(logs)
+
+
+def test_successor_that_never_took_over_leaves_the_master_pidfile_alone(
+    bus: Bus, logs: Logs, master: HostedMaster, tmp_path: Path
+) -> None:
+    """Steps: the file holds a pid that is not running (the old master's, say,
+    killed); a master started by an upgrade subscribes a MasterPIDFile, its
+    workers run (``ready`` events), and it exits before any takeover.
+    Expected: the file is untouched (only the takeover makes it ours, even over
+    a stale pid); nothing logged about it."""
+    path = tmp_path / "master.pid"
+    stale = dead_pid()
+    path.write_text(f"{stale}\n")
+    master.lineage.successor = object()
+    plugin = MasterPIDFile(master, path)
+    plugin.subscribe()
+    master.run_workers()
+    bus.publish("exit")
+    plugin.unsubscribe()
+    assert path.read_text() == f"{stale}\n"
+    assert not any("PID" in message for message in messages(logs))
 
 
 # -- Daemonizer ---------------------------------------------------------------

@@ -1,13 +1,17 @@
-"""sd_notify without libsystemd: payloads, watchdog interval, and never raising.
+"""sd_notify without libsystemd: payloads, watchdog interval, and never raising;
+and the master's plugin that decides what systemd hears, and when.
 
 A fake systemd is a bound AF_UNIX datagram socket, on a path in `tmp_path` or
-in the abstract namespace under a random name, that the test reads.
+in the abstract namespace under a random name, that the test reads. The
+plugin follows a `HostedMaster`: a real bus, loop and event stream, the
+workers' figures set by hand.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -16,7 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from procbus.master.planner import WorkerState
 from procbus.master.systemd import Notifier, forget_in_worker
+from procbus.plugins.systemd import SystemdNotify
+from tests.hosted_master import HostedMaster
 
 
 class FakeSystemd:
@@ -32,6 +39,19 @@ class FakeSystemd:
     def receive(self) -> str:
         """The next datagram (a notify message is delivered before `sendto` returns)."""
         return self.sock.recv(4096).decode()
+
+    def received(self) -> list[str]:
+        """Every datagram waiting now, monotonic clock readings replaced by ``N``."""
+        self.sock.setblocking(False)
+        messages = []
+        try:
+            while True:
+                messages.append(self.sock.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.settimeout(5)
+        return [re.sub(r"MONOTONIC_USEC=[0-9]+", "MONOTONIC_USEC=N", m) for m in messages]
 
     def pending(self) -> bool:
         self.sock.setblocking(False)
@@ -304,4 +324,261 @@ def test_state_changes_wait_for_room_in_a_full_queue_and_go_in_order(tmp_path: P
             received = [receiver.recv(4096).decode() for _ in range(2)]
             assert received == ["READY=1\nSTATUS=up", "MAINPID=4242"]
     finally:
+        receiver.close()
+
+
+# -- SystemdNotify: what the master says, and when -----------------------------
+
+
+@pytest.fixture
+def master() -> Iterator[HostedMaster]:
+    hosted = HostedMaster(workers=2)
+    try:
+        yield hosted
+    finally:
+        hosted.close()
+
+
+@pytest.fixture
+def notify(master: HostedMaster, systemd: FakeSystemd) -> Iterator[SystemdNotify]:
+    plugin = SystemdNotify(master, {"NOTIFY_SOCKET": systemd.notify_socket})
+    plugin.subscribe()
+    try:
+        yield plugin
+    finally:
+        plugin.unsubscribe()
+
+
+def test_ready_once_every_worker_runs_then_a_status_line_per_change(
+    notify: SystemdNotify, master: HostedMaster, systemd: FakeSystemd
+) -> None:
+    """Steps: the first worker runs (``ready``); the second; ``ready`` again, and a
+    ``scale``; a worker exits (``exit``).
+
+    Expected: nothing until both run; then ``READY=1`` with ``STATUS=2 workers``
+    and a status line; afterwards a status line per event, never READY again.
+    """
+    master.pool.add(WorkerState.RUNNING)
+    master.emit("ready", worker=1)
+    assert systemd.received() == []
+    master.pool.add(WorkerState.RUNNING)
+    master.emit("ready", worker=2)
+    assert systemd.received() == [
+        "READY=1\nSTATUS=2 workers",
+        "STATUS=2 of 2 workers running, generation 1",
+    ]
+    master.emit("ready", worker=2)
+    master.pool.target = 3
+    master.emit("scale", workers=3)
+    master.pool.by_pid[10_001].state = WorkerState.EXITED
+    master.emit("exit", worker=1, status=0)
+    assert systemd.received() == [
+        "STATUS=2 of 2 workers running, generation 1",
+        "STATUS=2 of 3 workers running, generation 1",
+        "STATUS=1 of 3 workers running, generation 1",
+    ]
+
+
+def test_a_reload_is_reloading_then_ready_and_other_jobs_are_status_only(
+    notify: SystemdNotify, master: HostedMaster, systemd: FakeSystemd
+) -> None:
+    """Steps: the workers run; a reload job starts and ends; a scale job starts and ends.
+
+    Expected: ``RELOADING=1`` with ``MONOTONIC_USEC`` once when the reload starts,
+    ``READY=1`` when it is done, then a status line; the scale job gets a status
+    line when done and nothing else.
+    """
+    master.run_workers()
+    systemd.received()
+    master.emit("job_started", job="reload-1", kind="reload")
+    master.emit("job_done", job="reload-1", kind="reload", state="done", error=None)
+    master.emit("job_started", job="scale-2", kind="scale")
+    master.emit("job_done", job="scale-2", kind="scale", state="done", error=None)
+    assert systemd.received() == [
+        "RELOADING=1\nMONOTONIC_USEC=N",
+        "READY=1",
+        "STATUS=2 of 2 workers running, generation 1",
+        "STATUS=2 of 2 workers running, generation 1",
+    ]
+
+
+def test_stopping_on_the_bus_exit_but_not_on_its_stop(
+    notify: SystemdNotify, master: HostedMaster, systemd: FakeSystemd
+) -> None:
+    """Steps: the workers run; publish ``stop`` (``ctl stop``: the master stays up),
+    then ``exit``.
+
+    Expected: nothing on stop; ``STOPPING=1`` on exit.
+    """
+    master.run_workers()
+    systemd.received()
+    master.bus.publish("stop")
+    assert systemd.received() == []
+    master.bus.publish("exit")
+    assert systemd.received() == ["STOPPING=1"]
+
+
+def test_a_master_that_handed_over_exits_without_stopping(
+    notify: SystemdNotify, master: HostedMaster, systemd: FakeSystemd
+) -> None:
+    """Steps: the workers run; the master hands the tree over to a successor
+    (``upgraded_to``); publish ``exit``.
+
+    Expected: nothing: the service goes on in the new master.
+    """
+    master.run_workers()
+    systemd.received()
+    master.lineage.upgraded_to = 4242
+    master.bus.publish("exit")
+    assert systemd.received() == []
+
+
+@pytest.mark.parametrize("exits_bus", [True, False], ids=["drained", "adopt"])
+def test_a_re_exec_is_reloading_once_and_never_stopping(
+    notify: SystemdNotify, master: HostedMaster, systemd: FakeSystemd, exits_bus: bool
+) -> None:
+    """Steps: the workers run; a restart job that fails (the exec would not work)
+    ends; then one that succeeds (``exec_requested``); the bus exits (drained
+    workers) or not (``--adopt``).
+
+    Expected: the failed restart is a status line only; the successful one a
+    status line, then ``RELOADING=1`` with ``STATUS=re-executing``; no
+    ``STOPPING`` either way.
+    """
+    master.run_workers()
+    systemd.received()
+    master.emit("job_done", job="restart-1", kind="restart", state="failed", error="gone")
+    assert systemd.received() == ["STATUS=2 of 2 workers running, generation 1"]
+    master.lineage.exec_requested = True
+    master.emit("job_done", job="restart-2", kind="restart", state="done", error=None)
+    if exits_bus:
+        master.bus.publish("exit")
+    assert systemd.received() == [
+        "STATUS=2 of 2 workers running, generation 1",
+        "RELOADING=1\nMONOTONIC_USEC=N\nSTATUS=re-executing",
+    ]
+
+
+def test_a_successor_says_ready_only_when_it_takes_over_and_owns_the_watchdog(
+    master: HostedMaster, systemd: FakeSystemd
+) -> None:
+    """Steps: a master started by an upgrade (``successor``) with the old master's
+    pid in WATCHDOG_PID builds the plugin; its workers all run; it takes over.
+
+    Expected: WATCHDOG_PID is now our pid (and the plugin pings); no READY at
+    boot, only the status line; at takeover ``MAINPID=`` our pid, then ``READY=1``
+    naming the generation.
+    """
+    master.lineage.successor = object()
+    environ = {
+        "NOTIFY_SOCKET": systemd.notify_socket,
+        "WATCHDOG_USEC": "2000000",
+        "WATCHDOG_PID": str(os.getppid()),
+    }
+    plugin = SystemdNotify(master, environ)
+    plugin.subscribe()
+    try:
+        assert environ["WATCHDOG_PID"] == str(os.getpid())
+        assert plugin.notifier.watchdog_interval == 1.0
+        master.run_workers()
+        assert systemd.received() == ["STATUS=2 of 2 workers running, generation 1"]
+        master.generation = 2
+        master.emit("takeover", pid=os.getpid(), generation=2)
+        assert systemd.received() == [
+            f"MAINPID={os.getpid()}",
+            "READY=1\nSTATUS=took over, generation 2",
+        ]
+    finally:
+        plugin.unsubscribe()
+
+
+def test_watchdog_pings_while_a_worker_heartbeats_or_none_is_wanted(
+    master: HostedMaster, systemd: FakeSystemd
+) -> None:
+    """Steps: WATCHDOG_USEC=2 s (a ping every second); the bus starts (twice, as
+    ``ctl start`` after ``ctl stop`` does); the workers run and heartbeat; the
+    clock moves 1 s; then 2 s more without heartbeats; then the pool wants no
+    worker; one worker heartbeats again.
+
+    Expected: one ping for the first second (the second start added no timer);
+    none while every heartbeat is two intervals old; one when no worker is
+    wanted; one when a worker heartbeats again.
+    """
+    environ = {"NOTIFY_SOCKET": systemd.notify_socket, "WATCHDOG_USEC": "2000000"}
+    plugin = SystemdNotify(master, environ)
+    plugin.subscribe()
+    try:
+        master.bus.publish("start")
+        master.bus.publish("start")
+        master.run_workers()
+        systemd.received()
+        master.advance(1.0)
+        assert systemd.received() == ["WATCHDOG=1"]
+        master.advance(1.0)
+        master.advance(1.0)
+        assert systemd.received() == []
+        master.pool.target = 0
+        master.advance(1.0)
+        assert systemd.received() == ["WATCHDOG=1"]
+        master.pool.target = 2
+        master.pool.by_pid[10_002].last_heartbeat = master.clock.now
+        master.advance(1.0)
+        assert systemd.received() == ["WATCHDOG=1"]
+    finally:
+        plugin.unsubscribe()
+
+
+def test_unsubscribed_plugin_says_nothing_more(master: HostedMaster, systemd: FakeSystemd) -> None:
+    """Steps: subscribe the plugin, start the bus (the timers), unsubscribe it;
+    then the workers run, the clock moves past a watchdog interval, the bus exits.
+
+    Expected: no message at all, no listener of it left on the bus, no observer
+    on the event stream, the socket closed.
+    """
+    environ = {"NOTIFY_SOCKET": systemd.notify_socket, "WATCHDOG_USEC": "2000000"}
+    plugin = SystemdNotify(master, environ)
+    plugin.subscribe()
+    master.bus.publish("start")
+    plugin.unsubscribe()
+    master.run_workers()
+    master.advance(2.0)
+    master.bus.publish("exit")
+    assert systemd.received() == []
+    assert not any(master.bus.listeners.values())
+    assert master.event_stream.observers == []
+    assert not plugin.notifier.enabled
+
+
+def test_state_changes_that_found_the_queue_full_are_retried_from_the_loop(
+    master: HostedMaster, tmp_path: Path
+) -> None:
+    """Steps: a notify socket nobody reads until its queue is full; the bus starts;
+    the workers run (READY cannot go); the reader drains; the clock moves 0.2 s.
+
+    Expected: READY arrives from the loop's retry timer, without a new event.
+    """
+    path = str(tmp_path / "notify")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    receiver.setblocking(False)
+    plugin = SystemdNotify(master, {"NOTIFY_SOCKET": path})
+    plugin.subscribe()
+    try:
+        master.bus.publish("start")
+        filler = 0
+        while plugin.notifier.status(f"filler {filler}"):
+            filler += 1
+            assert filler < 100_000
+        master.run_workers()
+        assert plugin.notifier.pending == 1
+        while True:
+            try:
+                receiver.recv(4096)
+            except BlockingIOError:
+                break
+        master.advance(0.2)
+        assert receiver.recv(4096).decode() == "READY=1\nSTATUS=2 workers"
+        assert plugin.notifier.pending == 0
+    finally:
+        plugin.unsubscribe()
         receiver.close()
