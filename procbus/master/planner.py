@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from procbus.protocol import WorkerBusState
+
 
 class WorkerState(enum.StrEnum):
     """Where a worker process is in its life, as the master sees it."""
@@ -92,7 +94,8 @@ class WorkerProc:
     state: WorkerState = WorkerState.BOOTING
     subscribed: bool = False
     hello: bool = False
-    bus_state: str | None = None
+    bus_state: WorkerBusState | None = None
+    """What it said last in a STATE message."""
     last_heartbeat: float | None = None
     counters: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None

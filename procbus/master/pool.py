@@ -14,7 +14,7 @@ import os
 import random
 import signal
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Final
 
 from procbus.master.loop import EventLoop, Timer
 from procbus.master.planner import (
@@ -29,6 +29,7 @@ from procbus.master.planner import (
     record_exit,
     request_limit,
 )
+from procbus.protocol import WorkerBusState
 
 log = logging.getLogger("procbus.master")
 
@@ -36,6 +37,11 @@ SpawnFn = Callable[[int, int], int]
 """(worker id, generation) -> pid of the forked worker."""
 EmitFn = Callable[..., None]
 """emit(event name, **fields): the master's event stream."""
+
+_ENDING: Final = frozenset(
+    {WorkerBusState.STOPPING, WorkerBusState.STOPPED, WorkerBusState.FAILED}
+)
+"""What a worker says when it stops, whether the master asked or not."""
 
 
 def describe_status(status: int) -> str:
@@ -426,7 +432,7 @@ class Pool:
         worker.subscribed = True
         self._maybe_ready(worker)
 
-    def worker_state(self, worker: WorkerProc, state: str, error: str | None) -> None:
+    def worker_state(self, worker: WorkerProc, state: WorkerBusState, error: str | None) -> None:
         worker.bus_state = state
         worker.last_heartbeat = self.loop.clock()
         if error:
@@ -434,14 +440,12 @@ class Pool:
             slot = self.view.slots.get(worker.id)
             if slot is not None:
                 slot.last_error = error
-        self._emit("state", worker=worker.id, pid=worker.pid, state=state, error=error)
-        if state == "running":
+        self._emit("state", worker=worker.id, pid=worker.pid, state=state.value, error=error)
+        if state is WorkerBusState.RUNNING:
             self._maybe_ready(worker)
-        elif (
-            state in ("stopping", "stopped", "failed") and worker.state is not WorkerState.STOPPING
-        ):
+        elif state in _ENDING and worker.state is not WorkerState.STOPPING:
             # The worker stops on its own (a signal from someone else, its app ended).
-            if state == "stopping" and worker.state is WorkerState.RUNNING:
+            if state is WorkerBusState.STOPPING and worker.state is WorkerState.RUNNING:
                 self.on_drain(worker)  # it drains: it answers what it was sent
             worker.state = WorkerState.STOPPING
             worker.stop_deadline = self.loop.clock() + self.policy.graceful_timeout
@@ -453,7 +457,7 @@ class Pool:
         if worker.adopted and worker.bus_state is None:
             # An adopted worker's first heartbeat here: it runs, and a WELCOME
             # reaches it now.
-            worker.bus_state = "running"
+            worker.bus_state = WorkerBusState.RUNNING
             self._maybe_ready(worker)
         limit = request_limit(worker, self.policy)
         if limit and worker.requests >= limit and worker.state is WorkerState.RUNNING:
@@ -463,7 +467,7 @@ class Pool:
         if (
             worker.state in (WorkerState.BOOTING, WorkerState.STARTING)
             and worker.subscribed
-            and worker.bus_state == "running"
+            and worker.bus_state is WorkerBusState.RUNNING
         ):
             worker.state = WorkerState.RUNNING
             worker.ran = True

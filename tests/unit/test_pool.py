@@ -12,6 +12,7 @@ import pytest
 from procbus.master.loop import EventLoop
 from procbus.master.planner import Supervision, WorkerProc, WorkerState
 from procbus.master.pool import Pool
+from procbus.protocol import WorkerBusState
 
 
 class Adopting:
@@ -94,7 +95,7 @@ class Draining:
         """`worker` says hello, subscribes and runs (a target of publishes from now on)."""
         self.pool.hello(worker)
         self.pool.subscribed(worker.topic)
-        self.pool.worker_state(worker, "running", None)
+        self.pool.worker_state(worker, WorkerBusState.RUNNING, None)
         assert worker.state is WorkerState.RUNNING
 
     def worker(self, worker_id: int) -> WorkerProc:
@@ -150,9 +151,9 @@ def test_worker_that_stops_on_its_own_is_sent_its_marker_once(draining: Draining
     first, second = draining.worker(1), draining.worker(2)
     draining.run(first)
     draining.run(second)
-    draining.pool.worker_state(second, "stopping", None)
-    draining.pool.worker_state(second, "stopped", None)
-    draining.pool.worker_state(first, "failed", "app: it broke")
+    draining.pool.worker_state(second, WorkerBusState.STOPPING, None)
+    draining.pool.worker_state(second, WorkerBusState.STOPPED, None)
+    draining.pool.worker_state(first, WorkerBusState.FAILED, "app: it broke")
     assert draining.events == [("drain", 2)]
     assert draining.pool.publish_targets() == ([], [])
 
