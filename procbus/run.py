@@ -167,7 +167,6 @@ class Host:
         self.sockets: list[socket.socket] = []
         self.master: Any = None
         self._booted = False
-        self.boot_error: str | None = None
         self.pidfile: Any = None
         self.credentials: Any = None
         self.exec_failure: str | None = None
@@ -255,13 +254,11 @@ class Host:
                 pidfile.unsubscribe()
         if master.lineage.exec_requested:
             self._reexec(master)
-        if self.boot_error is not None:
-            print(f"procbus run: {self.boot_error}", file=sys.stderr)
+        if master.pool.view.halted is not None:  # no worker could boot: the pool gave up
+            print(f"procbus run: {master.pool.view.halted}", file=sys.stderr)
         return code
 
     def _observer(self, notifier: Any) -> Callable[[str, dict[str, Any]], None]:
-        from procbus.worker.worker import ExitCode  # noqa: PLC0415 - loaded with Master
-
         master = self.master
 
         def observe(event: str, data: dict[str, Any]) -> None:
@@ -281,19 +278,6 @@ class Host:
                     self.pidfile.subscribe()
                 notifier.mainpid(master.pid)
                 notifier.ready(f"took over, generation {master.generation}")
-            elif not self._booted and (
-                event == "flapping"
-                or (event == "exit" and data.get("status") == ExitCode.BOOT_FAILED)
-            ):
-                # No worker ever served and one cannot boot (the app does not
-                # import, ...): at start nobody will fix it, so give up at
-                # once instead of forking again. Later, a reload rolls back
-                # and supervision backs off instead.
-                error = str(data.get("error") or "no error reported").removeprefix("boot: ")
-                self.boot_error = f"worker {data['worker']} could not boot: {error}"
-                log.error("%s; stopping", self.boot_error)
-                master.exit_code = 1
-                master.request_exit(fast=True)
             elif event == "job_started" and data.get("kind") == "reload":
                 notifier.reloading()
             elif event == "job_done" and data.get("kind") == "reload":
