@@ -189,11 +189,11 @@ class RolloutFault(enum.StrEnum):
     """How the new worker of a slot failed its rollout."""
 
     NOT_STARTED = "not started"
-    """No process could be forked for it within the boot timeout."""
+    """No process could be forked for it within the boot timeout (or its slot flapped)."""
     DIED = "died"
-    """It died before it ran (or its slot flapped)."""
+    """It died before its batch was promoted."""
     NOT_READY = "not ready"
-    """It was alive but not running at its boot deadline."""
+    """It was alive but not running at its boot deadline (or its slot flapped)."""
 
 
 @dataclass(frozen=True)
@@ -215,10 +215,10 @@ class Rollout:
     N workers run), and starts the next batch once the old workers of this one
     are gone. The first new process seen in a slot is the one judged: if it
     dies, its slot flaps, or it is not running at its boot deadline, the
-    batch's new workers not yet promoted are drained, the old workers keep
-    serving, and the rollout fails. Once it is done or failed, `plan()` takes
-    it out of the view (recycling resumes) and whoever started it reads the
-    outcome here.
+    batch's new workers still booting are drained, the old workers of their
+    slots keep serving, and the rollout fails. Once it is done or failed,
+    `plan()` takes it out of the view (recycling resumes) and whoever started
+    it reads the outcome here.
     """
 
     slots: tuple[int, ...]
@@ -262,6 +262,7 @@ class PoolView:
 
     @property
     def recycling(self) -> bool:
+        """Whether workers are recycled (max_requests, max_age): not during a rollout."""
         return self.rollout is None
 
 
@@ -298,7 +299,11 @@ class Plan:
 
 
 def plan(view: PoolView, now: float, policy: Supervision) -> Plan:
-    """Return what to do now and when to look again."""
+    """Return what to do now and when to look again.
+
+    As it goes it advances the view's rollout (see `Rollout`), the planner's
+    own record; the processes it leaves to the actions.
+    """
     actions: list[Action] = []
     wake = math.inf
 
@@ -405,8 +410,8 @@ def _advance_rollout(
 ) -> None:
     """Move `rollout` on: start batches, judge their new workers, finish or roll back.
 
-    The only state `plan` changes: the rollout's own record, the slots a new
-    batch forgives (their backoff), and the view's `rollout` once it ended.
+    What `plan` changes: the rollout's own record, the backoff of the slots a
+    new batch takes (forgiven), and the view's `rollout` once it ended.
     """
     while True:
         if not rollout.batch:
