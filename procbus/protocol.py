@@ -60,6 +60,21 @@ class MsgType(enum.IntEnum):
     ``last_seq`` is the last publish sent before; those after are not for it."""
 
 
+class WorkerBusState(enum.StrEnum):
+    """Where a worker's own bus is, as its STATE messages say (the wire carries the value)."""
+
+    STARTING = "starting"
+    """Said hello; loading the app and starting its bus."""
+    RUNNING = "running"
+    """The app serves: the worker may become a target of publishes."""
+    STOPPING = "stopping"
+    """Draining: it answers what it was sent, then stops."""
+    STOPPED = "stopped"
+    """Its bus stopped; the process exits next."""
+    FAILED = "failed"
+    """The app could not boot, returned or raised (`error` says which); it exits next."""
+
+
 _Types = type | tuple[type, ...]
 _NUMBER: Final = (int, float)
 _OPTIONAL_STR: Final = (str, type(None))
@@ -323,6 +338,8 @@ def decode(
     if not isinstance(body, dict):
         raise ProtocolError(f"{msg_type.name} body must be a map, got {type(body).__name__}")
     validate(msg_type, body)
+    if msg_type is MsgType.STATE:
+        body["state"] = WorkerBusState(body["state"])
     return Message(msg_type, body)
 
 
@@ -347,6 +364,10 @@ def validate(msg_type: MsgType, body: Mapping[str, Any]) -> None:
     if msg_type is MsgType.REPLY:
         for error in body["errors"]:
             check_error(error)
+    elif msg_type is MsgType.STATE and body["state"] not in _BUS_STATES:
+        raise ProtocolError(
+            f"STATE field 'state' must be one of {', '.join(_BUS_STATES)}, got {body['state']!r}"
+        )
 
 
 def check_error(error: object) -> dict[str, str]:
@@ -379,6 +400,7 @@ _COMPILED: Final = {
 }
 """The schemas ready for `validate` (run for every message, so precomputed)."""
 _BY_VALUE: Final = {int(msg_type): msg_type for msg_type in MsgType}
+_BUS_STATES: Final = tuple(state.value for state in WorkerBusState)
 
 
 def _names(types: _Types) -> str:

@@ -52,7 +52,6 @@ from procbus.plugins.process import Daemonizer, MasterPIDFile
 from procbus.plugins.systemd import SystemdNotify
 from procbus.worker.apps import WorkerApp, import_object
 from procbus.worker.credentials import Credentials
-from procbus.worker.worker import ExitCode
 
 log = logging.getLogger("procbus.run")
 
@@ -185,7 +184,6 @@ class Host:
         self.sockets: list[socket.socket] = []
         self.master: Master | None = None
         self._booted = False
-        self.boot_error: str | None = None
         self.credentials: Credentials | None = None
         self.exec_failure: str | None = None
         """Set when ``restart`` could not ``execv``: this process goes on as the next master."""
@@ -225,8 +223,8 @@ class Host:
             code = master.run()
         if master.lineage.exec_requested:
             self._reexec(master)
-        if self.boot_error is not None:
-            print(f"procbus run: {self.boot_error}", file=sys.stderr)
+        if master.pool.view.halted is not None:  # no worker could boot: the pool gave up
+            print(f"procbus run: {master.pool.view.halted}", file=sys.stderr)
         return code
 
     def _detach(self, first: bool) -> None:
@@ -265,8 +263,8 @@ class Host:
         yield SystemdNotify(master)
 
     def _observer(self, master: Master) -> Callable[[str, dict[str, Any]], None]:
-        """The boot, from the master's events: logged once every worker runs; before
-        that, a worker that cannot boot stops the master (exit 1, `boot_error`)."""
+        """The boot, from the master's events: logged once every worker runs (a worker
+        that cannot boot before is the planner's to halt: ``pool.view.halted``)."""
 
         def observe(event: str, data: dict[str, Any]) -> None:
             if event == "ready" and not self._booted and master.pool.all_running():
@@ -277,19 +275,6 @@ class Host:
                     master.pool.target,
                     master.generation,
                 )
-            elif not self._booted and (
-                event == "flapping"
-                or (event == "exit" and data.get("status") == ExitCode.BOOT_FAILED)
-            ):
-                # No worker ever served and one cannot boot (the app does not
-                # import, ...): at start nobody will fix it, so give up at
-                # once instead of forking again. Later, a reload rolls back
-                # and supervision backs off instead.
-                error = str(data.get("error") or "no error reported").removeprefix("boot: ")
-                self.boot_error = f"worker {data['worker']} could not boot: {error}"
-                log.error("%s; stopping", self.boot_error)
-                master.exit_code = 1
-                master.request_exit(fast=True)
 
         return observe
 

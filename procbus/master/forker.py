@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from procbus.master.endpoints import Endpoints
 from procbus.master.loop import EventLoop
@@ -20,11 +20,14 @@ from procbus.master.settings import TreeSettings
 from procbus.master.stats import ProcessMonitor
 from procbus.worker.apps import WorkerApp
 from procbus.worker.credentials import Credentials
-from procbus.worker.worker import WorkerSpec, run_worker
+from procbus.worker.worker import ExitCode, WorkerSpec, run_worker
 
 
 class Forker:
     """Forks workers for the pool (`__call__` is its spawn function)."""
+
+    boot_failed_status: Final = int(ExitCode.BOOT_FAILED)
+    """How a worker it forked exits when its app cannot boot (the worker's contract)."""
 
     def __init__(
         self,

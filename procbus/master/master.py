@@ -97,10 +97,11 @@ class Master:
         )  # fmt: skip
         self.pool = Pool(
             self.loop, policy=settings.supervision, spawn=self.forker, emit=self.emit,
-            target=settings.workers,
+            target=settings.workers, boot_failed_status=self.forker.boot_failed_status,
         )  # fmt: skip
         self.pool.on_ready, self.pool.on_gone = self._worker_ready, self._worker_gone
         self.pool.on_drain = lambda worker: self.hub.drain(worker) if self.hub else None
+        self.pool.on_halt = lambda reason: self.request_exit(fast=True, code=1)
         self.endpoints.on_denied = lambda denial: self.emit("auth_denied", **denial.to_dict())
         self.publisher = TreePublisher(
             self.bus, self.pool, self.loop, deadline=lambda: self.settings.publish_timeout,
@@ -182,9 +183,8 @@ class Master:
     def close(self) -> None:
         """Close the sockets, free the runtime directory, restore signals.
 
-        A closed master is finished: it also leaves the bus, so that a later
-        master on the same bus (the process's `procbus.bus`) is not joined by
-        this one's listeners.
+        A closed master is finished: it also leaves the bus, so that a later master on
+        the same bus (the process's `procbus.bus`) is not joined by this one's listeners.
         """
         for channel, listener, _ in self._bus_listeners():
             self.bus.unsubscribe(channel, listener)
@@ -273,7 +273,7 @@ class Master:
         return self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """Pump the loop until every worker runs (or flaps); True if all run."""
+        """Pump the loop until every worker runs (or flaps, or none can boot); True if all run."""
         limit = self.settings.supervision.boot_timeout if timeout is None else timeout
         self.loop.run_until(self.pool.settled, limit)
         return self.pool.all_running()
@@ -290,10 +290,9 @@ class Master:
     def apply_settings(self, settings: TreeSettings) -> None:
         """New settings for a running tree (a reload re-read the config).
 
-        Deadlines and limits apply at once, the stats interval when sampling
-        next starts, heartbeats to the workers forked from now on. The worker
-        count is left to the caller (`scale`): a count set at runtime outlives
-        a reload.
+        Deadlines and limits apply at once, the stats interval when sampling next starts,
+        heartbeats to the workers forked from now on. The worker count is left to the
+        caller (`scale`): a count set at runtime outlives a reload.
         """
         self.settings = settings
         self.pool.policy = settings.supervision
@@ -342,10 +341,11 @@ class Master:
         if self.bus.state is not states.EXITING:
             self.bus.exit()
 
-    def request_exit(self, fast: bool = False) -> None:
-        """From inside the loop: make `run` stop the tree and return."""
+    def request_exit(self, fast: bool = False, code: int = 0) -> None:
+        """From inside the loop: make `run` stop the tree and return (`code`, if not 0)."""
         self._exit_requested = True
         self._fast_exit = self._fast_exit or fast
+        self.exit_code = self.exit_code or code
         self.loop.stop()
 
     def run(self) -> int:

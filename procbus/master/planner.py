@@ -10,6 +10,15 @@ now, plus the time at which it should be asked again; `record_exit()` updates a
 slot when one of its workers died (backoff, flapping). Neither makes a system
 call: `procbus.master.pool.Pool` turns actions into ``fork`` and ``kill``.
 Because the clock is a parameter, every rule here is tested without processes.
+
+Two policies span the whole pool rather than one slot, and live here too:
+
+- a rolling reload is a `Rollout` in the view: `plan()` replaces its slots
+  batch by batch, judges each batch's new workers, and rolls a batch back
+  when one of them cannot boot; the reload job only starts it and waits;
+- a worker that cannot boot before the pool ever came up makes `plan()`
+  answer `HALT`: at start nobody is there to fix the app, and forking it
+  again would only fail again.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from procbus.protocol import WorkerBusState
 
 
 class WorkerState(enum.StrEnum):
@@ -79,6 +90,10 @@ class Supervision:
     max_age: float = 0.0
     """Recycle a worker after this many seconds (0: never)."""
     backoff: Backoff = field(default_factory=Backoff)
+    halt_at_boot: bool = True
+    """Give up (`HALT`: the master exits with status 1) when a worker cannot boot,
+    or a slot flaps, before every worker ran once. False: back off and flap, as
+    once the pool came up."""
 
 
 @dataclass(eq=False)
@@ -92,7 +107,8 @@ class WorkerProc:
     state: WorkerState = WorkerState.BOOTING
     subscribed: bool = False
     hello: bool = False
-    bus_state: str | None = None
+    bus_state: WorkerBusState | None = None
+    """What it said last in a STATE message."""
     last_heartbeat: float | None = None
     counters: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
@@ -110,6 +126,9 @@ class WorkerProc:
     """Forked by a previous master (``restart --adopt``)."""
     exit_status: int | None = None
     """``os.waitstatus_to_exitcode`` of the reaped process: <0 is a signal."""
+    boot_failed: bool = False
+    """It exited with the status that says its app could not be imported or started
+    (the worker's contract; the pool knows the number, this module does not)."""
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -138,15 +157,90 @@ class WorkerSlot:
     early_deaths: int = 0
     next_spawn_at: float = 0.0
     flapping: bool = False
-    replace_requested: bool = False
-    """Set by reload or recycling: spawn a replacement, then retire `current`."""
     last_error: str | None = None
+    boot_failed: bool = False
+    """The last of its workers to die unasked could not boot."""
 
     def workers(self) -> Iterator[WorkerProc]:
         if self.current is not None:
             yield self.current
         if self.replacement is not None:
             yield self.replacement
+
+    def forgive(self) -> None:
+        """Forget its early deaths: fill it again at once (start, scale up, a new rollout)."""
+        if self.flapping or self.early_deaths:
+            self.flapping = False
+            self.early_deaths = 0
+            self.next_spawn_at = 0.0
+
+
+class RolloutOutcome(enum.StrEnum):
+    """Where a `Rollout` is."""
+
+    RUNNING = "running"
+    DONE = "done"
+    """Every slot got its new worker, and every old worker is gone."""
+    FAILED = "failed"
+    """A new worker could not boot: its batch was rolled back (see `Rollout.failure`)."""
+
+
+class RolloutFault(enum.StrEnum):
+    """How the new worker of a slot failed its rollout."""
+
+    NOT_STARTED = "not started"
+    """No process could be forked for it within the boot timeout (or its slot flapped)."""
+    DIED = "died"
+    """It died before its batch was promoted."""
+    NOT_READY = "not ready"
+    """It was alive but not running at its boot deadline (or its slot flapped)."""
+
+
+@dataclass(frozen=True)
+class RolloutFailure:
+    """Why a rollout stopped: the slot whose new worker failed, how, and its last error."""
+
+    slot: int
+    fault: RolloutFault
+    error: str | None
+
+
+@dataclass(eq=False)
+class Rollout:
+    """A rolling replacement of the pool's workers (a reload), `batch_size` slots at a time.
+
+    `plan()` advances it while it is the view's `rollout`: it forks a new
+    worker beside the current one of each slot of the batch, promotes each new
+    worker once it runs (the old one is retired then, so that never fewer than
+    N workers run), and starts the next batch once the old workers of this one
+    are gone. The first new process seen in a slot is the one judged: if it
+    dies, its slot flaps, or it is not running at its boot deadline, the
+    batch's new workers still booting are drained, the old workers of their
+    slots keep serving, and the rollout fails. Once it is done or failed,
+    `plan()` takes it out of the view (recycling resumes) and whoever started
+    it reads the outcome here.
+    """
+
+    slots: tuple[int, ...]
+    """The slot ids to replace, in order."""
+    batch_size: int
+    outcome: RolloutOutcome = RolloutOutcome.RUNNING
+    failure: RolloutFailure | None = None
+    replaced: list[WorkerProc] = field(default_factory=list)
+    """The new workers of every batch finished, in order (they ran; their old ones are gone)."""
+    next_index: int = 0
+    """Where the next batch starts in `slots`."""
+    batch: dict[int, WorkerProc | None] = field(default_factory=dict)
+    """The batch in progress: slot id -> the worker it replaces (None: the slot was empty)."""
+    new: dict[int, WorkerProc] = field(default_factory=dict)
+    """Slot id of the batch -> its new worker (the first new process seen in the slot)."""
+    batch_started_at: float = 0.0
+    promoted: bool = False
+    """Every new worker of the batch runs in its slot: waiting for the old ones to be gone."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -158,8 +252,18 @@ class PoolView:
     active: bool
     """False once the pool is stopped: every worker drains, none is forked."""
     retired: list[WorkerProc] = field(default_factory=list)
-    recycling: bool = True
-    """Automatic recycling (max_requests, max_age); paused during a reload."""
+    rollout: Rollout | None = None
+    """The rolling reload in progress, if any; automatic recycling (max_requests,
+    max_age) is paused meanwhile."""
+    booted: bool = False
+    """Every wanted worker ran at the same time once (the tree came up)."""
+    halted: str | None = None
+    """Why the pool gave up (`HALT`): it forks nothing more."""
+
+    @property
+    def recycling(self) -> bool:
+        """Whether workers are recycled (max_requests, max_age): not during a rollout."""
+        return self.rollout is None
 
 
 class ActionKind(enum.Enum):
@@ -173,6 +277,9 @@ class ActionKind(enum.Enum):
     """A hung worker: SIGABRT so that it dumps its stack, SIGKILL later."""
     KILL = "kill"
     """SIGKILL."""
+    HALT = "halt"
+    """Give up: a worker could not boot before the pool ever came up (`reason` says
+    which and why); the master exits with status 1."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +299,11 @@ class Plan:
 
 
 def plan(view: PoolView, now: float, policy: Supervision) -> Plan:
-    """Return what to do now and when to look again."""
+    """Return what to do now and when to look again.
+
+    As it goes it advances the view's rollout (see `Rollout`), the planner's
+    own record; the processes it leaves to the actions.
+    """
     actions: list[Action] = []
     wake = math.inf
 
@@ -201,12 +312,19 @@ def plan(view: PoolView, now: float, policy: Supervision) -> Plan:
         if when > now:
             wake = min(wake, when)
 
+    if view.rollout is not None:
+        _advance_rollout(view.rollout, view, now, policy, actions=actions, at=at)
+    halt = _halt(view, policy)
+    if halt is not None:
+        actions.append(halt)
     ids = set(view.slots)
     if view.active:
         ids.update(range(1, view.target + 1))
     for slot_id in sorted(ids):
         slot = view.slots.get(slot_id) or WorkerSlot(slot_id)
         _plan_slot(slot, view, now, policy, actions=actions, at=at)
+    if halt is not None or view.halted is not None:
+        actions = [a for a in actions if a.kind is not ActionKind.SPAWN]
 
     for slot in view.slots.values():
         for worker in slot.workers():
@@ -237,11 +355,9 @@ def _plan_slot(
         return
 
     current, replacement = slot.current, slot.replacement
-    replace_requested = slot.replace_requested
     if current is None and replacement is not None:
         actions.append(Action(ActionKind.PROMOTE, slot.id, replacement, "slot empty"))
         current, replacement = replacement, None
-        replace_requested = False  # the replacement is what was requested
     if current is None:
         if slot.flapping:
             return
@@ -264,7 +380,7 @@ def _plan_slot(
         return
     elif current.state is WorkerState.RUNNING:
         recycle = _recycle_reason(current, now, policy) if view.recycling else None
-        renew = recycle or ("replace requested" if replace_requested else "")
+        renew = recycle or ("replace requested" if _rolling(view, slot) else "")
         if not renew and view.recycling and policy.max_age > 0:
             at(current.started_at + policy.max_age)
     else:
@@ -274,6 +390,138 @@ def _plan_slot(
             actions.append(Action(ActionKind.SPAWN, slot.id, reason=renew, replace=True))
         else:
             at(slot.next_spawn_at)
+
+
+def _rolling(view: PoolView, slot: WorkerSlot) -> bool:
+    """Whether the rollout wants a new worker forked for `slot` now: the slot is in
+    its batch and no new process was seen in it yet."""
+    rollout = view.rollout
+    return rollout is not None and slot.id in rollout.batch and slot.id not in rollout.new
+
+
+def _advance_rollout(
+    rollout: Rollout,
+    view: PoolView,
+    now: float,
+    policy: Supervision,
+    *,
+    actions: list[Action],
+    at: Callable[[float], None],
+) -> None:
+    """Move `rollout` on: start batches, judge their new workers, finish or roll back.
+
+    What `plan` changes: the rollout's own record, the backoff of the slots a
+    new batch takes (forgiven), and the view's `rollout` once it ended.
+    """
+    while True:
+        if not rollout.batch:
+            if rollout.next_index >= len(rollout.slots):
+                rollout.outcome = RolloutOutcome.DONE
+                view.rollout = None
+                return
+            _start_batch(rollout, view, now)
+            continue
+        if not rollout.promoted:
+            failure = _batch_failure(rollout, view, now, policy, at)
+            if failure is not None:
+                _roll_back(rollout, view, failure, actions)
+                return
+            rollout.promoted = all(
+                (slot := view.slots.get(slot_id)) is None
+                or (
+                    (new := rollout.new.get(slot_id)) is not None
+                    and slot.current is new
+                    and new.state is WorkerState.RUNNING
+                )
+                for slot_id in rollout.batch
+            )
+            if not rollout.promoted:
+                return
+        # Their replacements run: the old workers were retired at promotion.
+        if any(old is not None and old.alive for old in rollout.batch.values()):
+            return
+        rollout.replaced.extend(rollout.new[i] for i in sorted(rollout.batch) if i in rollout.new)
+        rollout.batch, rollout.new, rollout.promoted = {}, {}, False
+
+
+def _start_batch(rollout: Rollout, view: PoolView, now: float) -> None:
+    """The next `batch_size` slots of `rollout` (those still in the pool) are the batch."""
+    ids = rollout.slots[rollout.next_index : rollout.next_index + rollout.batch_size]
+    rollout.next_index += len(ids)
+    rollout.batch_started_at = now
+    for slot_id in ids:
+        slot = view.slots.get(slot_id)
+        if slot is None or slot_id > view.target:
+            continue
+        slot.forgive()  # a flapping slot is filled again, with the new code
+        rollout.batch[slot_id] = slot.current
+
+
+def _batch_failure(
+    rollout: Rollout,
+    view: PoolView,
+    now: float,
+    policy: Supervision,
+    at: Callable[[float], None],
+) -> RolloutFailure | None:
+    """The first slot of the batch whose new worker failed, or None (and when to look)."""
+    for slot_id in sorted(rollout.batch):
+        old, slot = rollout.batch[slot_id], view.slots.get(slot_id)
+        if slot is None:
+            continue
+        new = rollout.new.get(slot_id)
+        if new is None:
+            # The first new process seen is the one judged: if it dies, the
+            # rollout fails although the slot would fork another after its backoff.
+            for candidate in (slot.replacement, slot.current):
+                if candidate is not None and candidate is not old:
+                    new = rollout.new[slot_id] = candidate
+                    break
+        if new is not None and not new.alive:
+            fault = RolloutFault.DIED
+        elif slot.flapping:
+            fault = RolloutFault.NOT_STARTED if new is None else RolloutFault.NOT_READY
+        elif new is None or new.state is not WorkerState.RUNNING:
+            since = rollout.batch_started_at if new is None else new.started_at
+            if now < since + policy.boot_timeout:
+                at(since + policy.boot_timeout)
+                continue
+            fault = RolloutFault.NOT_STARTED if new is None else RolloutFault.NOT_READY
+        else:
+            continue
+        error = (new.last_error if new is not None else None) or slot.last_error
+        return RolloutFailure(slot_id, fault, error)
+    return None
+
+
+def _roll_back(
+    rollout: Rollout, view: PoolView, failure: RolloutFailure, actions: list[Action]
+) -> None:
+    """Drain the batch's new workers still booting (the old ones keep serving) and end
+    `rollout` as failed. One already running is promoted as usual: its slot has the
+    new code, as the slots of the batches done have."""
+    for slot_id in sorted(rollout.batch):
+        slot = view.slots.get(slot_id)
+        replacement = slot.replacement if slot is not None else None
+        if replacement is not None and replacement.state is not WorkerState.RUNNING:
+            actions.append(Action(ActionKind.DRAIN, slot_id, replacement, "replacement abandoned"))
+    rollout.outcome, rollout.failure = RolloutOutcome.FAILED, failure
+    view.rollout = None
+
+
+def _halt(view: PoolView, policy: Supervision) -> Action | None:
+    """`HALT` if a wanted slot's worker could not boot, or the slot flaps, before the
+    pool ever came up (and the policy says to give up then)."""
+    if not policy.halt_at_boot or view.booted or view.halted is not None or not view.active:
+        return None
+    for slot_id in sorted(view.slots):
+        slot = view.slots[slot_id]
+        if slot_id <= view.target and (slot.boot_failed or slot.flapping):
+            error = (slot.last_error or "no error reported").removeprefix("boot: ")
+            return Action(
+                ActionKind.HALT, slot_id, reason=f"worker {slot_id} could not boot: {error}"
+            )
+    return None
 
 
 def request_limit(worker: WorkerProc, policy: Supervision) -> int:
@@ -362,6 +610,7 @@ def record_exit(slot: WorkerSlot, worker: WorkerProc, now: float, policy: Superv
     if worker.stop_requested:
         return
     slot.restarts += 1
+    slot.boot_failed = worker.boot_failed
     if worker.last_error:
         slot.last_error = worker.last_error
     lived = now - worker.started_at

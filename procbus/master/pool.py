@@ -14,13 +14,14 @@ import os
 import random
 import signal
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Final
 
 from procbus.master.loop import EventLoop, Timer
 from procbus.master.planner import (
     Action,
     ActionKind,
     PoolView,
+    Rollout,
     Supervision,
     WorkerProc,
     WorkerSlot,
@@ -29,6 +30,7 @@ from procbus.master.planner import (
     record_exit,
     request_limit,
 )
+from procbus.protocol import WorkerBusState
 
 log = logging.getLogger("procbus.master")
 
@@ -36,6 +38,11 @@ SpawnFn = Callable[[int, int], int]
 """(worker id, generation) -> pid of the forked worker."""
 EmitFn = Callable[..., None]
 """emit(event name, **fields): the master's event stream."""
+
+_ENDING: Final = frozenset(
+    {WorkerBusState.STOPPING, WorkerBusState.STOPPED, WorkerBusState.FAILED}
+)
+"""What a worker says when it stops, whether the master asked or not."""
 
 
 def describe_status(status: int) -> str:
@@ -61,6 +68,7 @@ class Pool:
         target: int,
         kill: Callable[[int, int], None] = os.kill,
         waitpid: Callable[[int, int], tuple[int, int]] = os.waitpid,
+        boot_failed_status: int | None = None,
     ) -> None:
         self.loop = loop
         self.policy = policy
@@ -68,6 +76,8 @@ class Pool:
         self._emit = emit
         self._kill = kill
         self._waitpid = waitpid
+        self._boot_failed_status = boot_failed_status
+        """The exit status of a worker whose app could not boot (`WorkerProc.boot_failed`)."""
         self.view = PoolView(slots={}, target=target, active=False)
         self.by_pid: dict[int, WorkerProc] = {}
         self.by_topic: dict[bytes, WorkerProc] = {}
@@ -80,6 +90,9 @@ class Pool:
         self.on_drain: Callable[[WorkerProc], None] = lambda worker: None
         """Called when a running worker stops being a target of publishes to drain
         (the master tells it which publishes it still owes), before it is signalled."""
+        self.on_halt: Callable[[str], None] = lambda reason: None
+        """Called once when the planner gives up (`HALT`: a worker could not boot before
+        the pool ever came up), with why; the pool forks nothing more."""
         self._other_children: dict[int, Callable[[int], None]] = {}
         self.generations: dict[int, int] = {}
         """Worker id -> last generation a previous master used (restart, upgrade):
@@ -124,7 +137,9 @@ class Pool:
         )
 
     def settled(self) -> bool:
-        """Nothing left to wait for: each slot is running, flapping or backing off."""
+        """Nothing left to wait for: each slot is running or flapping, or the pool gave up."""
+        if self.view.halted is not None:
+            return True
         slots = self.slots()
         return len(slots) == self.view.target and all(
             s.flapping or (s.current is not None and s.current.state is WorkerState.RUNNING)
@@ -143,7 +158,7 @@ class Pool:
         self.view.active = True
         self.stop_signal = signal.SIGTERM
         for slot in self.view.slots.values():
-            self._unflap(slot)
+            slot.forgive()
         self.replan()
 
     def deactivate(self, fast: bool = False) -> None:
@@ -159,24 +174,25 @@ class Pool:
         self.view.target = target
         if grow:
             for slot in self.slots():
-                self._unflap(slot)
+                slot.forgive()
         self.replan()
 
-    def replace(self, worker_id: int) -> None:
-        """Start a replacement for `worker_id`; the old worker drains once it runs."""
-        slot = self.view.slots[worker_id]
-        self._unflap(slot)
-        slot.replace_requested = True
+    def start_rollout(self, batch: int) -> Rollout:
+        """Start replacing every worker, `batch` at a time (the planner carries it out:
+        see `Rollout`); the rollout says when it is done or failed, and why."""
+        if self.view.rollout is not None:
+            raise RuntimeError("a rollout is already running")
+        rollout = Rollout(tuple(slot.id for slot in self.slots()), batch)
+        self.view.rollout = rollout
         self.replan()
+        return rollout
 
-    def cancel_replace(self, worker_id: int) -> None:
-        """Give up replacing `worker_id`: drain the replacement, keep the current."""
-        slot = self.view.slots[worker_id]
-        slot.replace_requested = False
-        if slot.replacement is not None:
-            self._retire(slot.replacement, "replacement abandoned")
-            slot.replacement = None
-        self.replan()
+    def end_rollout(self) -> None:
+        """Stop advancing the rollout in progress (its job was aborted): replacements
+        already forked are promoted once they run, no new batch starts."""
+        if self.view.rollout is not None:
+            self.view.rollout = None
+            self.replan()
 
     def signal_current(self, worker_id: int, signum: int) -> WorkerProc:
         """Send `signum` to the current worker of slot `worker_id`; `LookupError` if none."""
@@ -209,12 +225,6 @@ class Pool:
 
     def forget_child(self, pid: int) -> None:
         self._other_children.pop(pid, None)
-
-    def _unflap(self, slot: WorkerSlot) -> None:
-        if slot.flapping or slot.early_deaths:
-            slot.flapping = False
-            slot.early_deaths = 0
-            slot.next_spawn_at = 0.0
 
     # -- planning ---------------------------------------------------------
 
@@ -252,7 +262,6 @@ class Pool:
             assert slot is not None and worker is not None
             old = slot.current
             slot.current, slot.replacement = worker, None
-            slot.replace_requested = False
             self._emit("promote", worker=worker.id, pid=worker.pid, generation=worker.generation)
             if old is not None:
                 self._retire(old, "replaced")
@@ -276,6 +285,11 @@ class Pool:
             log.warning("worker %d (pid %d): %s; killing", worker.id, worker.pid, action.reason)
             self._emit("kill", worker=worker.id, pid=worker.pid, reason=action.reason)
             self.signal(worker, signal.SIGKILL)
+        elif action.kind is ActionKind.HALT:
+            self.view.halted = action.reason
+            log.error("%s; stopping", action.reason)
+            self._emit("halt", worker=action.slot, reason=action.reason)
+            self.on_halt(action.reason)
 
     def _fork(self, slot: WorkerSlot, replace: bool, reason: str) -> None:
         slot.generation += 1
@@ -374,6 +388,7 @@ class Pool:
 
     def _exited(self, worker: WorkerProc, code: int) -> None:
         worker.exit_status = code
+        worker.boot_failed = code == self._boot_failed_status
         worker.state = WorkerState.EXITED
         self.by_topic.pop(worker.topic, None)
         if worker in self.view.retired:
@@ -426,7 +441,7 @@ class Pool:
         worker.subscribed = True
         self._maybe_ready(worker)
 
-    def worker_state(self, worker: WorkerProc, state: str, error: str | None) -> None:
+    def worker_state(self, worker: WorkerProc, state: WorkerBusState, error: str | None) -> None:
         worker.bus_state = state
         worker.last_heartbeat = self.loop.clock()
         if error:
@@ -434,14 +449,12 @@ class Pool:
             slot = self.view.slots.get(worker.id)
             if slot is not None:
                 slot.last_error = error
-        self._emit("state", worker=worker.id, pid=worker.pid, state=state, error=error)
-        if state == "running":
+        self._emit("state", worker=worker.id, pid=worker.pid, state=state.value, error=error)
+        if state is WorkerBusState.RUNNING:
             self._maybe_ready(worker)
-        elif (
-            state in ("stopping", "stopped", "failed") and worker.state is not WorkerState.STOPPING
-        ):
+        elif state in _ENDING and worker.state is not WorkerState.STOPPING:
             # The worker stops on its own (a signal from someone else, its app ended).
-            if state == "stopping" and worker.state is WorkerState.RUNNING:
+            if state is WorkerBusState.STOPPING and worker.state is WorkerState.RUNNING:
                 self.on_drain(worker)  # it drains: it answers what it was sent
             worker.state = WorkerState.STOPPING
             worker.stop_deadline = self.loop.clock() + self.policy.graceful_timeout
@@ -453,7 +466,7 @@ class Pool:
         if worker.adopted and worker.bus_state is None:
             # An adopted worker's first heartbeat here: it runs, and a WELCOME
             # reaches it now.
-            worker.bus_state = "running"
+            worker.bus_state = WorkerBusState.RUNNING
             self._maybe_ready(worker)
         limit = request_limit(worker, self.policy)
         if limit and worker.requests >= limit and worker.state is WorkerState.RUNNING:
@@ -463,11 +476,12 @@ class Pool:
         if (
             worker.state in (WorkerState.BOOTING, WorkerState.STARTING)
             and worker.subscribed
-            and worker.bus_state == "running"
+            and worker.bus_state is WorkerBusState.RUNNING
         ):
             worker.state = WorkerState.RUNNING
             worker.ran = True
             worker.last_heartbeat = self.loop.clock()
+            self.view.booted = self.view.booted or self.all_running()
             self.on_ready(worker)
             self._emit("ready", worker=worker.id, pid=worker.pid, generation=worker.generation)
             self.replan()

@@ -35,7 +35,7 @@ from zmq.utils.monitor import recv_monitor_message
 from procbus import protocol
 from procbus.bus import ListenerOutcome
 from procbus.errors import ProtocolError
-from procbus.protocol import Message, MsgType
+from procbus.protocol import Message, MsgType, WorkerBusState
 
 log = logging.getLogger("procbus.worker")
 
@@ -168,7 +168,7 @@ class WorkerLink:
             },
         )
 
-    def state(self, state: str, error: str | None = None) -> None:
+    def state(self, state: WorkerBusState, error: str | None = None) -> None:
         self.send(MsgType.STATE, {"state": state, "error": error})
 
     def heartbeat(self, counters: dict[str, int]) -> None:

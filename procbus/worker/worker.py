@@ -43,7 +43,7 @@ from procbus.bus import bus as process_bus
 from procbus.errors import StartupError
 from procbus.master.systemd import forget_in_worker
 from procbus.privatedir import DirectoryId
-from procbus.protocol import Message, MsgType
+from procbus.protocol import Message, MsgType, WorkerBusState
 from procbus.worker.apps import WorkerApp, WorkerContext, load_app
 from procbus.worker.credentials import Credentials
 from procbus.worker.drain import MARKER_GRACE, Drain
@@ -277,7 +277,7 @@ class Worker:
         """
         spec = self.spec
         link.hello(self.pid)
-        link.state("starting")
+        link.state(WorkerBusState.STARTING)
         ctx = WorkerContext(
             worker_id=spec.worker_id,
             generation=spec.generation,
@@ -291,7 +291,7 @@ class Worker:
         except BaseException as exc:
             detail = str(exc) if isinstance(exc, StartupError) else _format(exc)
             log.error("worker %d failed to boot: %s", spec.worker_id, detail)
-            link.state("failed", f"boot: {detail}")
+            link.state(WorkerBusState.FAILED, f"boot: {detail}")
             return ExitCode.BOOT_FAILED
         ctx.on_ready = self._wake
         self._reports_ready = bool(getattr(app, "reports_ready", False))
@@ -305,7 +305,7 @@ class Worker:
         code = self._loop(link, ctx)
 
         if self._drain is None:
-            link.state("stopping")
+            link.state(WorkerBusState.STOPPING)
         ctx.stopping.set()
         # A quick stop (SIGQUIT, or the master gone) skips the drain: the
         # stop and exit listeners may wait for in-flight work.
@@ -334,7 +334,7 @@ class Worker:
             log.warning(
                 "worker %d: app did not stop within %gs", spec.worker_id, spec.graceful_timeout
             )
-        link.state("stopped")
+        link.state(WorkerBusState.STOPPED)
         return code
 
     def _run_app(self, app: WorkerApp, ctx: WorkerContext) -> None:
@@ -353,7 +353,7 @@ class Worker:
     def _report_ready(self, link: WorkerLink, ctx: WorkerContext) -> None:
         if not self._running_reported and ctx.ready_event.is_set():
             self._running_reported = True
-            link.state("running")
+            link.state(WorkerBusState.RUNNING)
 
     def _loop(self, link: WorkerLink, ctx: WorkerContext) -> ExitCode:
         spec = self.spec
@@ -406,7 +406,7 @@ class Worker:
         """A graceful stop was asked for: say so, and owe what the master sent."""
         # A master that did not send the TERM sends the DRAIN marker once it
         # reads this; a worker that never said it runs is nobody's target.
-        link.state("stopping")
+        link.state(WorkerBusState.STOPPING)
         grace = self.spec.marker_grace if self._running_reported else 0.0
         return Drain(now, self.spec.graceful_timeout, grace)
 
@@ -483,17 +483,17 @@ class Worker:
         exc = self._app_outcome
         if exc is None:
             log.warning("worker %d: app returned", self.spec.worker_id)
-            link.state("failed", "app returned")
+            link.state(WorkerBusState.FAILED, "app returned")
             return ExitCode.APP_RETURNED
         if not self._running_reported:
             # Failed before it said it serves: a boot failure (no respawn loop).
             detail = str(exc) if isinstance(exc, StartupError) else _format(exc)
             log.error("worker %d failed to boot: %s", self.spec.worker_id, detail)
-            link.state("failed", f"boot: {detail}")
+            link.state(WorkerBusState.FAILED, f"boot: {detail}")
             return ExitCode.BOOT_FAILED
         detail = _format(exc)
         log.error("worker %d: app failed: %s", self.spec.worker_id, detail)
-        link.state("failed", f"app: {detail}")
+        link.state(WorkerBusState.FAILED, f"app: {detail}")
         return ExitCode.APP_FAILED
 
 

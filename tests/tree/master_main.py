@@ -35,6 +35,9 @@ def main() -> int:
     parser.add_argument("--flap-after", type=int, default=3)
     parser.add_argument("--min-uptime", type=float, default=1.0)
     parser.add_argument("--stats-interval", type=float, default=1.0)
+    # The tree tests watch supervision (backoff, flapping) from the first fork on: this
+    # master gives up when no worker can boot at start only when asked to.
+    parser.add_argument("--halt-at-boot", choices=["yes", "no"], default="no")
     parser.add_argument("--ctl", default=None, help="control endpoint (tcp:// needs keys)")
     parser.add_argument("--curve-keys", type=Path, default=None)
     parser.add_argument("--read-uids", type=int, action="append", default=[])
@@ -58,6 +61,7 @@ def main() -> int:
             backoff=Backoff(
                 initial=0.05, maximum=1.0, min_uptime=args.min_uptime, flap_after=args.flap_after
             ),
+            halt_at_boot=args.halt_at_boot == "yes",
         ),
     )
     try:

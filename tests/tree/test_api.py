@@ -17,10 +17,11 @@ from tests.processes import ROOT, group_members, short_tempdir
 pytestmark = pytest.mark.slow
 
 
-def test_script_runs_two_trees_in_sequence_on_the_process_bus() -> None:
+def run_script(module: str) -> tuple[int, str, str]:
+    """Run `module` with a fresh directory; (status, stdout, stderr), every process reaped."""
     directory = short_tempdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.tree.api_script", str(directory)],
+        [sys.executable, "-m", module, str(directory)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
@@ -36,7 +37,12 @@ def test_script_runs_two_trees_in_sequence_on_the_process_bus() -> None:
             proc.wait()
         wait_until(lambda: not group_members(proc.pid), 10)
         shutil.rmtree(directory, ignore_errors=True)
-    assert proc.returncode == 0, err
+    return proc.returncode, out, err
+
+
+def test_script_runs_two_trees_in_sequence_on_the_process_bus() -> None:
+    status, out, err = run_script("tests.tree.api_script")
+    assert status == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
     assert [line.get("round") for line in lines[:2]] == [1, 2]
     for line in lines[:2]:
@@ -50,3 +56,21 @@ def test_script_runs_two_trees_in_sequence_on_the_process_bus() -> None:
     # The first master left the bus when it closed: the second is alone on it.
     assert lines[0]["listeners"] == lines[1]["listeners"]
     assert lines[2] == {"state": "states.EXITING"}
+
+
+def test_master_from_python_gives_up_when_no_worker_can_boot() -> None:
+    """Steps: a script starts a Master (2 workers, boot timeout 600 s) whose app raises at
+    import, with `start()`; then another with `run()`.
+    Expected: `start()` returns False as soon as a worker failed to boot (not after the
+    boot timeout: the script ends within the test's wait), the master is exiting, and
+    says why; `run()` returns 1 with the same reason."""
+    status, out, err = run_script("tests.tree.halting_script")
+    assert status == 0, err
+    started, ran = (json.loads(line) for line in out.splitlines())
+    assert started["started"] is False
+    assert started["exiting"] is True
+    assert ran["run"] == 1
+    for result in (started, ran):
+        assert result["halted"].startswith("worker ")
+        assert "could not boot: " in result["halted"]
+        assert "broken_app cannot be imported" in result["halted"]

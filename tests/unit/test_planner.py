@@ -18,6 +18,10 @@ from procbus.master.planner import (
     Backoff,
     Plan,
     PoolView,
+    Rollout,
+    RolloutFailure,
+    RolloutFault,
+    RolloutOutcome,
     Supervision,
     WorkerProc,
     WorkerSlot,
@@ -66,9 +70,12 @@ def pool(
     target: int,
     active: bool = True,
     retired: list[WorkerProc] | None = None,
-    recycling: bool = True,
+    rollout: Rollout | None = None,
+    booted: bool = True,
 ) -> PoolView:
-    return PoolView({s.id: s for s in slots}, target, active, retired or [], recycling)
+    return PoolView(
+        {s.id: s for s in slots}, target, active, retired or [], rollout=rollout, booted=booted
+    )
 
 
 def summary(result: Plan) -> list[tuple[ActionKind, int, WorkerProc | None, bool]]:
@@ -295,21 +302,23 @@ def test_exit_of_a_worker_no_longer_in_its_slot_changes_nothing() -> None:
 
 
 def test_replacement_that_dies_early_is_respawned_after_backoff() -> None:
-    """Steps: slot 1 is being replaced (replace_requested); its booting replacement dies
-    0.5 s after its fork; plan then, and at the spawn time.
+    """Steps: slot 1 is being replaced (its worker served max_requests); its booting
+    replacement dies 0.5 s after its fork; plan then, and at the spawn time.
     Expected: the current worker stays; no action until the backoff delay passed
     (`next_check` is that time), then SPAWN of a replacement.
     """
+    policy = Supervision(max_requests=10, backoff=BACKOFF)
     current = worker(1, started_at=0.0, heartbeat=99.0)
+    current.counters["requests"] = 10
     replacement = worker(1, WorkerState.BOOTING, started_at=100.0, generation=2)
-    slot = WorkerSlot(1, current=current, replacement=replacement, replace_requested=True)
-    record_exit(slot, replacement, 100.5, POLICY)
+    slot = WorkerSlot(1, current=current, replacement=replacement)
+    record_exit(slot, replacement, 100.5, policy)
     assert slot.current is current
     assert slot.replacement is None
-    waiting = plan(pool(slot, target=1), now=100.5, policy=POLICY)
+    waiting = plan(pool(slot, target=1), now=100.5, policy=policy)
     assert waiting.actions == []
     assert waiting.next_check == 100.6
-    assert summary(plan(pool(slot, target=1), now=100.6, policy=POLICY)) == [
+    assert summary(plan(pool(slot, target=1), now=100.6, policy=policy)) == [
         (ActionKind.SPAWN, 1, None, True)
     ]
 
@@ -485,49 +494,55 @@ def test_worker_older_than_max_age_is_replaced() -> None:
     assert spawn.reason == "100s old (max_age 100s)"
 
 
-def test_recycling_paused_in_the_view_suspends_max_requests_and_max_age() -> None:
-    """Steps: max_requests 10 and max_age 100; a worker forked at 0 served 50 requests and
-    beats at 190; plan at 200 with recycling=False, then with recycling=True.
-    Expected: paused: no action and the next check is the heartbeat deadline (220), not a
-    recycling time; resumed: SPAWN with replace=True.
+def test_recycling_is_paused_while_a_rollout_runs() -> None:
+    """Steps: max_requests 10 and max_age 100; slot 1's worker, forked at 0, served 50
+    requests and beats at 190; a rollout replaces slot 2 (its replacement boots since
+    195); plan at 200, then the same pool without the rollout.
+    Expected: with the rollout, no action and the next check is the heartbeat deadline
+    (220), not a recycling time; without, SPAWN of a replacement for slot 1.
     """
     policy = Supervision(max_requests=10, max_age=100.0, backoff=BACKOFF)
     current = worker(1, heartbeat=190.0)
     current.counters["requests"] = 50
-    slot = slot_with(current)
-    paused = plan(pool(slot, target=1, recycling=False), now=200.0, policy=policy)
+    second = worker(2, heartbeat=190.0)
+    slots = (
+        slot_with(current),
+        slot_with(second, worker(2, WorkerState.BOOTING, started_at=195.0)),
+    )
+    rollout = Rollout((2,), 1, next_index=1, batch={2: second}, batch_started_at=195.0)
+    paused = plan(pool(*slots, target=2, rollout=rollout), now=200.0, policy=policy)
     assert paused.actions == []
     assert paused.next_check == 220.0
-    resumed = only(plan(pool(slot, target=1, recycling=True), now=200.0, policy=policy))
-    assert (resumed.kind, resumed.replace) == (ActionKind.SPAWN, True)
+    resumed = only(plan(pool(*slots, target=2), now=200.0, policy=policy))
+    assert (resumed.kind, resumed.slot, resumed.replace) == (ActionKind.SPAWN, 1, True)
 
 
-@pytest.mark.parametrize("recycling", [True, False])
-def test_requested_replacement_spawns_a_replacement(recycling: bool) -> None:
-    """Steps: slot 1's running worker has replace_requested (a reload), with automatic
-    recycling on or paused.
-    Expected: SPAWN with replace=True, reason "replace requested", either way.
+def test_rollout_spawns_a_replacement_for_its_batch() -> None:
+    """Steps: slot 1 runs; a rollout of slot 1 starts.
+    Expected: SPAWN with replace=True, reason "replace requested"; slot 1 is its batch.
     """
-    slot = slot_with(worker(1, heartbeat=9.0))
-    slot.replace_requested = True
-    spawn = only(plan(pool(slot, target=1, recycling=recycling), now=10.0, policy=POLICY))
+    current = worker(1, heartbeat=9.0)
+    rollout = Rollout((1,), 1)
+    spawn = only(plan(pool(slot_with(current), target=1, rollout=rollout), 10.0, POLICY))
     assert (spawn.kind, spawn.slot, spawn.replace, spawn.reason) == (
         ActionKind.SPAWN,
         1,
         True,
         "replace requested",
     )
+    assert rollout.batch == {1: current}
 
 
-def test_requested_replacement_waits_for_the_slot_backoff() -> None:
-    """Steps: slot 1 must be replaced but its next spawn time is 12 (an earlier
-    replacement died early); plan at 10.
+def test_rollout_replacement_waits_for_the_slot_backoff() -> None:
+    """Steps: slot 1 is the batch of a rollout since 9, but its next spawn time is 12
+    (the fork of its replacement failed); plan at 10.
     Expected: no action; next check 12.
     """
-    slot = slot_with(worker(1, heartbeat=9.0))
-    slot.replace_requested = True
+    current = worker(1, heartbeat=9.0)
+    slot = slot_with(current)
     slot.next_spawn_at = 12.0
-    result = plan(pool(slot, target=1), now=10.0, policy=POLICY)
+    rollout = Rollout((1,), 1, next_index=1, batch={1: current}, batch_started_at=9.0)
+    result = plan(pool(slot, target=1, rollout=rollout), now=10.0, policy=POLICY)
     assert result.actions == []
     assert result.next_check == 12.0
 
@@ -547,15 +562,16 @@ def test_replacement_is_promoted_when_the_slot_has_no_current_worker() -> None:
 
 
 def test_promoting_a_requested_replacement_into_an_empty_slot_does_not_replace_it_again() -> None:
-    """Steps: during a reload (replace_requested) slot 1's old worker died; its running
-    replacement is alone in the slot.
+    """Steps: during a rollout of slot 1, its old worker died; its running replacement is
+    alone in the slot.
     Expected: only PROMOTE of the replacement; no second replacement is spawned for it,
-    since the replacement itself is what the reload asked for.
+    since the replacement itself is what the rollout asked for.
     """
     replacement = worker(1, started_at=9.0, generation=2)
     slot = slot_with(None, replacement)
-    slot.replace_requested = True
-    promote = only(plan(pool(slot, target=1), now=10.0, policy=POLICY))
+    old = worker(1, WorkerState.EXITED)
+    rollout = Rollout((1,), 1, next_index=1, batch={1: old}, batch_started_at=8.0)
+    promote = only(plan(pool(slot, target=1, rollout=rollout), now=10.0, policy=POLICY))
     assert (promote.kind, promote.worker) == (ActionKind.PROMOTE, replacement)
 
 
@@ -578,3 +594,310 @@ def test_adopted_worker_that_never_reconnects_is_replaced_not_killed() -> None:
     slot.replacement = worker(1, WorkerState.RUNNING, started_at=61.0, generation=2)
     promoted = plan(pool(slot, target=1), 62.0, POLICY)
     assert summary(promoted) == [(ActionKind.PROMOTE, 1, slot.replacement, False)]
+
+
+# -- rollouts (reload) ---------------------------------------------------------
+
+
+class Executor:
+    """Carries out plans on a hand-built view as `procbus.master.pool.Pool` would, with
+    no process: SPAWN adds a booting worker, PROMOTE and DRAIN retire, and `replan`
+    plans again until nothing is left to do."""
+
+    def __init__(self, view: PoolView, policy: Supervision = POLICY) -> None:
+        self.view, self.policy = view, policy
+        self.done: list[Action] = []
+
+    def replan(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        while result := plan(self.view, now, self.policy).actions:
+            for action in result:
+                self._execute(action, now)
+            actions += result
+        self.done += actions
+        return actions
+
+    def _execute(self, action: Action, now: float) -> None:
+        slot = self.view.slots[action.slot]
+        if action.kind is ActionKind.SPAWN:
+            slot.generation += 1
+            new = worker(slot.id, WorkerState.BOOTING, started_at=now, generation=slot.generation)
+            if action.replace:
+                slot.replacement = new
+            else:
+                slot.current = new
+        elif action.kind is ActionKind.PROMOTE:
+            old, slot.current, slot.replacement = slot.current, action.worker, None
+            if old is not None:
+                self._retire(old, now)
+        elif action.kind is ActionKind.DRAIN:
+            assert action.worker is not None
+            if slot.replacement is action.worker:
+                slot.replacement = None
+            if slot.current is action.worker:
+                slot.current = None
+            self._retire(action.worker, now)
+
+    def _retire(self, proc: WorkerProc, now: float) -> None:
+        proc.stop_requested = True
+        proc.state = WorkerState.STOPPING
+        proc.stop_deadline = now + self.policy.graceful_timeout
+        self.view.retired.append(proc)
+
+    def runs(self, proc: WorkerProc, now: float) -> None:
+        """`proc` says it runs; the pool plans again."""
+        proc.state, proc.ran, proc.last_heartbeat = WorkerState.RUNNING, True, now
+        self.replan(now)
+
+    def reaped(self, proc: WorkerProc, now: float, error: str | None = None) -> None:
+        """`proc` exited (with `error` as its last word); the pool plans again."""
+        proc.state, proc.last_error = WorkerState.EXITED, error
+        if proc in self.view.retired:
+            self.view.retired.remove(proc)
+        record_exit(self.view.slots[proc.id], proc, now, self.policy)
+        self.replan(now)
+
+    def serving(self) -> int:
+        """How many slots have a running current worker (the tree's capacity)."""
+        return sum(
+            1
+            for slot in self.view.slots.values()
+            if slot.current is not None and slot.current.state is WorkerState.RUNNING
+        )
+
+    def replacement(self, slot_id: int) -> WorkerProc:
+        proc = self.view.slots[slot_id].replacement
+        assert proc is not None
+        return proc
+
+
+def running_pool(count: int, rollout: Rollout) -> tuple[Executor, dict[int, WorkerProc]]:
+    """`count` slots with a running worker each (forked at 0, beating at 9), and `rollout`."""
+    olds = {i: worker(i, heartbeat=9.0) for i in range(1, count + 1)}
+    view = pool(*(slot_with(w) for w in olds.values()), target=count, rollout=rollout)
+    return Executor(view), olds
+
+
+def test_rollout_of_three_slots_in_batches_of_two_never_drops_below_three_running() -> None:
+    """Steps: 3 running workers; a rollout of slots 1, 2, 3 in batches of 2 starts at 10;
+    the replacements of slots 1 and 2 run (at 11 and 12), their old workers are reaped
+    (13, 14); the replacement of slot 3 runs (15) and its old worker is reaped (16).
+    Expected: at 10 replacements are forked for slots 1 and 2 only; each is promoted (its
+    old worker drained) once it runs; slot 3's replacement is forked only once both old
+    workers of the first batch are gone; the rollout is then done, out of the view,
+    and lists the three new workers in order; at every step 3 slots serve."""
+    rollout = Rollout((1, 2, 3), 2)
+    pool_, olds = running_pool(3, rollout)
+    spawned = pool_.replan(10.0)
+    assert summary(Plan(spawned, math.inf)) == [
+        (ActionKind.SPAWN, 1, None, True),
+        (ActionKind.SPAWN, 2, None, True),
+    ]
+    new1, new2 = pool_.replacement(1), pool_.replacement(2)
+    assert pool_.serving() == 3
+
+    pool_.runs(new1, 11.0)
+    assert pool_.view.slots[1].current is new1 and olds[1].state is WorkerState.STOPPING
+    assert pool_.serving() == 3
+    pool_.runs(new2, 12.0)
+    assert pool_.view.slots[2].current is new2
+    assert pool_.serving() == 3
+    pool_.reaped(olds[1], 13.0)
+    assert pool_.view.slots[3].replacement is None  # old 2 still drains
+    assert rollout.replaced == []
+    pool_.reaped(olds[2], 14.0)
+    assert rollout.replaced == [new1, new2]
+    new3 = pool_.replacement(3)
+    assert pool_.serving() == 3
+
+    pool_.runs(new3, 15.0)
+    assert pool_.serving() == 3
+    assert rollout.outcome is RolloutOutcome.RUNNING
+    pool_.reaped(olds[3], 16.0)
+    assert rollout.outcome is RolloutOutcome.DONE
+    assert rollout.failure is None
+    assert rollout.replaced == [new1, new2, new3]
+    assert pool_.view.rollout is None
+    assert pool_.serving() == 3
+    assert [a.kind for a in pool_.done].count(ActionKind.SPAWN) == 3
+
+
+def test_replacement_that_dies_rolls_its_batch_back_and_fails_the_rollout() -> None:
+    """Steps: 3 running workers; a rollout of slots 1..3 in batches of 2; slot 1's
+    replacement runs and is promoted; slot 2's replacement dies (import error).
+    Expected: the rollout failed, naming slot 2, DIED and the error; slot 2 keeps its old
+    worker, slot 1 its promoted new one; no batch follows (slot 3 untouched); the slot of
+    the dead replacement is not given another; every slot still serves."""
+    rollout = Rollout((1, 2, 3), 2)
+    pool_, olds = running_pool(3, rollout)
+    pool_.replan(10.0)
+    new1, new2 = pool_.replacement(1), pool_.replacement(2)
+    pool_.runs(new1, 11.0)
+    pool_.reaped(new2, 11.5, error="boot: ImportError: no module named app")
+    assert rollout.outcome is RolloutOutcome.FAILED
+    assert rollout.failure == RolloutFailure(
+        2, RolloutFault.DIED, "boot: ImportError: no module named app"
+    )
+    assert pool_.view.rollout is None
+    assert pool_.view.slots[1].current is new1
+    assert pool_.view.slots[2].current is olds[2]
+    assert pool_.view.slots[3].current is olds[3]
+    after = pool_.replan(30.0)
+    assert after == []  # once the backoff passed, still nobody is forked
+    assert pool_.serving() == 3
+
+
+def test_batch_replacements_still_booting_are_drained_when_one_of_them_dies() -> None:
+    """Steps: 2 running workers; a rollout of both in one batch; slot 1's replacement
+    dies while slot 2's still boots.
+    Expected: slot 2's replacement is drained ("replacement abandoned"); both old
+    workers stay current; the rollout failed naming slot 1."""
+    rollout = Rollout((1, 2), 2)
+    pool_, olds = running_pool(2, rollout)
+    pool_.replan(10.0)
+    new1, new2 = pool_.replacement(1), pool_.replacement(2)
+    pool_.reaped(new1, 10.5, error="boot: RuntimeError: nope")
+    drains = [a for a in pool_.done if a.kind is ActionKind.DRAIN and a.worker is new2]
+    assert [a.reason for a in drains] == ["replacement abandoned"]
+    assert new2.stop_requested
+    assert [s.current for s in pool_.view.slots.values()] == [olds[1], olds[2]]
+    assert [s.replacement for s in pool_.view.slots.values()] == [None, None]
+    assert rollout.failure is not None and rollout.failure.slot == 1
+
+
+def test_replacement_not_running_within_boot_timeout_fails_the_rollout() -> None:
+    """Steps: 1 running worker; a rollout of it starts at 10; its replacement still boots;
+    plan at 69.5 and at 70 (boot_timeout 60).
+    Expected: at 69.5 nothing, next check 70; at 70 the replacement is drained (and
+    killed, past its boot deadline), the old worker stays, and the rollout failed:
+    slot 1, NOT_READY, with the replacement's last error."""
+    rollout = Rollout((1,), 1)
+    pool_, olds = running_pool(1, rollout)
+    pool_.replan(10.0)
+    new = pool_.replacement(1)
+    new.last_error = "still importing"
+    olds[1].last_heartbeat = 69.0
+    early = plan(pool_.view, 69.5, POLICY)
+    assert early.actions == [] and early.next_check == 70.0
+    due = plan(pool_.view, 70.0, POLICY)
+    assert summary(due) == [(ActionKind.DRAIN, 1, new, False), (ActionKind.KILL, 1, new, False)]
+    assert rollout.failure == RolloutFailure(1, RolloutFault.NOT_READY, "still importing")
+    assert pool_.view.rollout is None
+    assert pool_.view.slots[1].current is olds[1]
+
+
+def test_slot_whose_replacement_cannot_be_forked_fails_the_rollout_at_the_boot_timeout() -> None:
+    """Steps: 1 running worker; a rollout of it starts at 10, but no replacement appears
+    (every fork fails); plan at 70 (boot_timeout 60).
+    Expected: the rollout failed: slot 1, NOT_STARTED; the old worker stays."""
+    current = worker(1, heartbeat=60.0)
+    rollout = Rollout((1,), 1)
+    view = pool(slot_with(current), target=1, rollout=rollout)
+    plan(view, 10.0, POLICY)  # its SPAWN is not carried out: the fork failed
+    assert plan(view, 69.0, POLICY).next_check == 70.0
+    plan(view, 70.0, POLICY)
+    assert rollout.failure == RolloutFailure(1, RolloutFault.NOT_STARTED, None)
+    assert view.slots[1].current is current
+
+
+def test_rollout_refills_an_empty_flapping_slot_with_the_new_code() -> None:
+    """Steps: slot 1 runs; slot 2 flaps (no worker, 5 early deaths); a rollout of both
+    in one batch starts.
+    Expected: slot 2's backoff is forgiven and a worker is forked for it (as its current
+    worker), beside the replacement of slot 1; once both run and slot 1's old worker is
+    gone, the rollout is done."""
+    current = worker(1, heartbeat=9.0)
+    flapping = WorkerSlot(2, flapping=True, early_deaths=5, next_spawn_at=99.0)
+    rollout = Rollout((1, 2), 2)
+    pool_ = Executor(pool(slot_with(current), flapping, target=2, rollout=rollout))
+    assert summary(Plan(pool_.replan(10.0), math.inf)) == [
+        (ActionKind.SPAWN, 1, None, True),
+        (ActionKind.SPAWN, 2, None, False),
+    ]
+    assert not flapping.flapping
+    new2 = flapping.current
+    assert new2 is not None
+    pool_.runs(pool_.replacement(1), 11.0)
+    pool_.runs(new2, 11.0)
+    pool_.reaped(current, 12.0)
+    assert rollout.outcome is RolloutOutcome.DONE
+    assert [w.id for w in rollout.replaced] == [1, 2]
+
+
+def test_rollout_of_an_empty_pool_is_done_at_once() -> None:
+    """Steps: a rollout of no slot. Expected: done at the first plan, nothing to do."""
+    rollout = Rollout((), 1)
+    view = pool(target=0, rollout=rollout)
+    assert plan(view, 1.0, POLICY).actions == []
+    assert rollout.outcome is RolloutOutcome.DONE and view.rollout is None
+
+
+def test_rollout_batch_must_be_at_least_one() -> None:
+    """A rollout of batch 0 is refused, naming the value."""
+    with pytest.raises(ValueError, match="batch must be >= 1, got 0"):
+        Rollout((1,), 0)
+
+
+# -- giving up at boot (HALT) ----------------------------------------------------
+
+
+def boot_failure(slot: WorkerSlot, now: float, error: str | None, policy: Supervision) -> None:
+    """A booting worker of `slot` exits with the boot-failure status at `now`."""
+    proc = worker(slot.id, WorkerState.BOOTING, started_at=now - 0.2)
+    proc.last_error = error
+    proc.boot_failed = True
+    slot.current = proc
+    record_exit(slot, proc, now, policy)
+
+
+def test_first_worker_that_cannot_boot_halts_the_pool() -> None:
+    """Steps: a pool that never came up (2 slots; slot 2 still boots); slot 1's worker
+    exits with the boot-failure status, its last error "boot: ImportError: x"; plan
+    then, and after the slot's backoff, with the view halted as the pool records it.
+    Expected: HALT for slot 1, reason "worker 1 could not boot: ImportError: x", and no
+    SPAWN; once halted, no second HALT and still no SPAWN."""
+    first = WorkerSlot(1)
+    second = slot_with(worker(2, WorkerState.BOOTING, started_at=9.0))
+    boot_failure(first, 10.0, "boot: ImportError: x", POLICY)
+    view = pool(first, second, target=2, booted=False)
+    result = plan(view, 10.0, POLICY)
+    assert [(a.kind, a.slot, a.reason) for a in result.actions] == [
+        (ActionKind.HALT, 1, "worker 1 could not boot: ImportError: x")
+    ]
+    view.halted = result.actions[0].reason
+    later = plan(view, 20.0, POLICY)
+    assert later.actions == []
+
+
+def test_slot_that_flaps_before_the_pool_came_up_halts_it() -> None:
+    """Steps: flap_after 3; a pool that never came up; slot 1's worker returns (no boot
+    failure status) three times in a row, right after its fork.
+    Expected: no HALT after the first two deaths (backoff as usual); HALT once the slot
+    flaps, naming its last error."""
+    policy = Supervision(backoff=Backoff(flap_after=3))
+    slot = WorkerSlot(1)
+    view = pool(slot, target=1, booted=False)
+    for death in range(1, 4):
+        proc = worker(1, WorkerState.STARTING, started_at=float(death), generation=death)
+        proc.last_error = "app returned"
+        slot.current = proc
+        record_exit(slot, proc, death + 0.1, policy)
+        kinds = [a.kind for a in plan(view, death + 0.1, policy).actions]
+        assert (ActionKind.HALT in kinds) is (death == 3)
+    halt = plan(view, 5.0, policy).actions[0]
+    assert (halt.kind, halt.reason) == (ActionKind.HALT, "worker 1 could not boot: app returned")
+
+
+@pytest.mark.parametrize("case", ["booted", "not a boot failure", "policy off"])
+def test_no_halt_once_the_pool_came_up_nor_for_other_deaths_nor_when_off(case: str) -> None:
+    """Steps: slot 1's worker dies right after its fork, with the boot-failure status,
+    after the pool came up once (as after a reload); or before, with another status
+    (its app raised); or before, with halt_at_boot off.
+    Expected: no HALT: the slot is forked again after its backoff."""
+    policy = Supervision(backoff=BACKOFF, halt_at_boot=case != "policy off")
+    slot = WorkerSlot(1)
+    boot_failure(slot, 10.0, "boot: ImportError: x", policy)
+    slot.boot_failed = case != "not a boot failure"
+    view = pool(slot, target=1, booted=case == "booted")
+    assert plan(view, 10.0, policy).actions == []
+    assert summary(plan(view, 10.1, policy)) == [(ActionKind.SPAWN, 1, None, False)]

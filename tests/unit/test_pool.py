@@ -12,6 +12,7 @@ import pytest
 from procbus.master.loop import EventLoop
 from procbus.master.planner import Supervision, WorkerProc, WorkerState
 from procbus.master.pool import Pool
+from procbus.protocol import WorkerBusState
 
 
 class Adopting:
@@ -94,7 +95,7 @@ class Draining:
         """`worker` says hello, subscribes and runs (a target of publishes from now on)."""
         self.pool.hello(worker)
         self.pool.subscribed(worker.topic)
-        self.pool.worker_state(worker, "running", None)
+        self.pool.worker_state(worker, WorkerBusState.RUNNING, None)
         assert worker.state is WorkerState.RUNNING
 
     def worker(self, worker_id: int) -> WorkerProc:
@@ -150,9 +151,9 @@ def test_worker_that_stops_on_its_own_is_sent_its_marker_once(draining: Draining
     first, second = draining.worker(1), draining.worker(2)
     draining.run(first)
     draining.run(second)
-    draining.pool.worker_state(second, "stopping", None)
-    draining.pool.worker_state(second, "stopped", None)
-    draining.pool.worker_state(first, "failed", "app: it broke")
+    draining.pool.worker_state(second, WorkerBusState.STOPPING, None)
+    draining.pool.worker_state(second, WorkerBusState.STOPPED, None)
+    draining.pool.worker_state(first, WorkerBusState.FAILED, "app: it broke")
     assert draining.events == [("drain", 2)]
     assert draining.pool.publish_targets() == ([], [])
 
@@ -215,3 +216,92 @@ def test_a_worker_whose_process_vanished_is_forgotten_when_signalled() -> None:
         assert pool.by_pid == {}
     finally:
         loop.close()
+
+
+class Booting:
+    """A pool on a real `EventLoop` whose forks are fake and whose children exit when the
+    test says so (with the status it says): what it forked, emitted and gave up for."""
+
+    BOOT_FAILED = 12
+
+    def __init__(self, loop: EventLoop, target: int) -> None:
+        self.spawned: list[int] = []
+        self.exits: list[tuple[int, int]] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.halts: list[str] = []
+        self.pool = Pool(
+            loop,
+            policy=Supervision(),
+            spawn=self._spawn,
+            emit=lambda event, **data: self.events.append((event, data)),
+            target=target,
+            kill=lambda pid, signum: None,
+            waitpid=self._waitpid,
+            boot_failed_status=self.BOOT_FAILED,
+        )
+        self.pool.on_halt = self.halts.append
+
+    def _spawn(self, worker_id: int, generation: int) -> int:
+        self.spawned.append(worker_id)
+        return 7000 + len(self.spawned)
+
+    def _waitpid(self, pid: int, flags: int) -> tuple[int, int]:
+        return self.exits.pop(0) if self.exits else (0, 0)
+
+    def exit(self, worker: WorkerProc, code: int, error: str) -> None:
+        """`worker` said why it fails, then exits with `code`; the pool reaps it."""
+        self.pool.worker_state(worker, WorkerBusState.FAILED, error)
+        self.exits.append((worker.pid, code << 8))
+        self.pool.reap()
+
+    def run(self, worker: WorkerProc) -> None:
+        self.pool.hello(worker)
+        self.pool.subscribed(worker.topic)
+        self.pool.worker_state(worker, WorkerBusState.RUNNING, None)
+
+
+@pytest.fixture
+def booting() -> Iterator[Booting]:
+    loop = EventLoop()
+    try:
+        yield Booting(loop, target=2)
+    finally:
+        loop.close()
+
+
+def test_first_worker_that_cannot_boot_halts_the_pool_once(booting: Booting) -> None:
+    """Steps: 2 workers forked; worker 1 reports a boot failure and exits with the
+    boot-failure status, before any worker ran; then worker 2 does the same.
+    Expected: on_halt is called once, with "worker 1 could not boot: <its error>"; a
+    `halt` event says so; nothing is forked again; the pool counts as settled (nothing
+    left to wait for) although no worker runs."""
+    pool = booting.pool
+    pool.activate()
+    first, second = (slot.current for slot in pool.slots())
+    assert first is not None and second is not None
+    booting.exit(first, Booting.BOOT_FAILED, "boot: ImportError: no app")
+    assert booting.halts == ["worker 1 could not boot: ImportError: no app"]
+    assert ("halt", {"worker": 1, "reason": booting.halts[0]}) in booting.events
+    booting.exit(second, Booting.BOOT_FAILED, "boot: ImportError: no app")
+    assert len(booting.halts) == 1
+    assert booting.spawned == [1, 2]
+    assert pool.settled() and not pool.all_running()
+
+
+def test_boot_failure_after_the_pool_came_up_is_backed_off_not_halted(booting: Booting) -> None:
+    """Steps: 2 workers run (the pool came up); then worker 1 exits with the boot-failure
+    status (say, a reload broke the app); the loop runs.
+    Expected: no halt; slot 1 is forked again once its backoff passed."""
+    pool = booting.pool
+    pool.activate()
+    for slot in pool.slots():
+        assert slot.current is not None
+        booting.run(slot.current)
+    assert pool.view.booted
+    first = pool.slots()[0].current
+    assert first is not None
+    booting.exit(first, Booting.BOOT_FAILED, "boot: ImportError: no app")
+    assert booting.halts == []
+    assert pool.view.halted is None
+    assert booting.spawned == [1, 2]  # not at once: after the backoff
+    assert pool.loop.run_until(lambda: booting.spawned == [1, 2, 1], timeout=5.0)

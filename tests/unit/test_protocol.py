@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from procbus import protocol
 from procbus.errors import ProtocolError
-from procbus.protocol import MsgType
+from procbus.protocol import MsgType, WorkerBusState
 
 VALID: dict[MsgType, dict[str, Any]] = {
     MsgType.PUBLISH: {
@@ -85,6 +85,32 @@ def test_malformed_frames_raise_protocol_error(frame: bytes, error: str) -> None
     with pytest.raises(ProtocolError) as info:
         protocol.decode(frame)
     assert str(info.value).startswith(error)
+
+
+@pytest.mark.parametrize("state", list(WorkerBusState))
+def test_state_decodes_to_the_bus_state_enum_with_the_same_bytes(state: WorkerBusState) -> None:
+    """Steps: encode a STATE with each bus state; compare its bytes with the plain string's;
+    decode it.
+    Expected: the bytes are those of the plain string (the wire is unchanged); decoded, the
+    state is the enum member itself."""
+    frame = protocol.encode(MsgType.STATE, {"state": state, "error": None})
+    assert frame == raw(1, MsgType.STATE, {"state": state.value, "error": None})
+    assert protocol.decode(frame)["state"] is state
+
+
+@pytest.mark.parametrize("state", ["sleeping", "RUNNING", ""])
+def test_state_with_an_unknown_bus_state_is_refused_naming_it(state: str) -> None:
+    """Steps: decode a STATE whose state is not one of the worker's bus states; encode one.
+    Expected: both raise ProtocolError naming the bad value (the receiver drops it; a
+    sender cannot emit it)."""
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(raw(1, MsgType.STATE, {"state": state}))
+    assert str(info.value) == (
+        "STATE field 'state' must be one of starting, running, stopping, stopped, failed, "
+        f"got {state!r}"
+    )
+    with pytest.raises(ProtocolError, match="must be one of"):
+        protocol.encode(MsgType.STATE, {"state": state})
 
 
 def timestamp_publish(nest: Any) -> bytes:

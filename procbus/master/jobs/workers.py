@@ -5,7 +5,8 @@
   worker it replaces is drained, so capacity never drops below N. A
   replacement that fails to boot stops the roll: the replacements of the
   current batch are drained, the old workers keep serving, and the job fails
-  with the new worker's error.
+  with the new worker's error. The planner decides all of it (a `Rollout` in
+  its view); the job starts the roll and reports how it went.
 - `stop_tree`, `start_tree`, `scale_tree`: the bus transitions and scaling,
   waited for until the pool has settled.
 
@@ -20,114 +21,67 @@ from typing import Any
 
 from procbus.master.jobs.queue import Job, JobFailed
 from procbus.master.jobs.tree import Tree
-from procbus.master.planner import WorkerProc, WorkerSlot, WorkerState
+from procbus.master.planner import RolloutFailure, RolloutFault, RolloutOutcome, WorkerState
 from procbus.master.settings import boot_limit, stop_limit
 
 log = logging.getLogger("procbus.master")
 
 
 def reload_tree(tree: Tree, job: Job, batch: int = 1) -> dict[str, Any]:
-    """Replace every worker, `batch` at a time, never below N running."""
+    """Replace every worker, `batch` at a time, never below N running.
+
+    The planner carries the roll out (`procbus.master.planner.Rollout`): this
+    body re-reads the configuration, starts it, reports each batch done, and
+    turns its outcome into the job's result or failure.
+    """
     if batch < 1:
         raise JobFailed(f"batch must be >= 1, got {batch}")
     pool = tree.pool
     tree.reload_config()
-    ids = [slot.id for slot in pool.slots()]
-    replaced: list[dict[str, Any]] = []
-    pool.view.recycling = False
-    try:
-        for start in range(0, len(ids), batch):
-            chunk = ids[start : start + batch]
-            replaced.extend(_replace_batch(tree, job, chunk))
-    finally:
-        pool.view.recycling = True
-        pool.replan()
-    return {"replaced": replaced, "workers": len(ids)}
-
-
-def _replace_batch(tree: Tree, job: Job, chunk: list[int]) -> list[dict[str, Any]]:
-    pool = tree.pool
-    slots: dict[int, WorkerSlot] = {}
-    olds: dict[int, WorkerProc | None] = {}
-    news: dict[int, WorkerProc] = {}
-    for worker_id in chunk:
-        slot = pool.slot(worker_id)
-        if slot is None:
-            continue
-        slots[worker_id] = slot
-        olds[worker_id] = slot.current
-        if slot.current is None:
-            pool.scale(pool.target)  # an empty slot is simply refilled with new code
-        else:
-            pool.replace(worker_id)
-
-    def new_worker(worker_id: int) -> WorkerProc | None:
-        # The first new process seen is the one judged: if it dies, the roll
-        # fails even though the pool would fork another after its backoff.
-        slot = slots[worker_id]
-        if worker_id not in news:
-            for candidate in (slot.replacement, slot.current):
-                if candidate is not None and candidate is not olds[worker_id]:
-                    news[worker_id] = candidate
-                    break
-        return news.get(worker_id)
-
-    def failed() -> int | None:
-        for worker_id, slot in slots.items():
-            new = new_worker(worker_id)
-            if (new is not None and not new.alive) or slot.flapping:
-                return worker_id
-        return None
-
-    def promoted() -> bool:
-        for worker_id, slot in slots.items():
-            new = new_worker(worker_id)
-            if new is None or slot.current is not new or new.state is not WorkerState.RUNNING:
-                return False
-        return True
-
+    rollout = pool.start_rollout(batch)
     policy = tree.settings.supervision
-    tree.wait_until(lambda: promoted() or failed() is not None, boot_limit(policy))
-    bad = failed()
-    if bad is not None or not promoted():
-        for worker_id in slots:
-            pool.cancel_replace(worker_id)
-        culprit = (
-            bad
-            if bad is not None
-            else next(
-                (i for i in slots if not (news.get(i) and news[i].state is WorkerState.RUNNING)),
-                chunk[0],
+    replaced: list[dict[str, Any]] = []
+    limit = boot_limit(policy) + stop_limit(policy)  # the pool enforces a batch's deadlines
+    try:
+        while True:
+            reported = len(replaced)
+            tree.wait_until(
+                lambda: (
+                    len(rollout.replaced) > len(replaced)
+                    or rollout.outcome is not RolloutOutcome.RUNNING
+                ),
+                limit,
             )
-        )
-        new = news.get(culprit)
-        reason = (new.last_error if new else None) or slots[culprit].last_error
-        if new is None:
-            what = "could not be started"
-        elif new.alive:
-            what = f"was not ready within {policy.boot_timeout:g}s"
-        else:
-            what = "failed to boot"
-        message = f"reload stopped: the replacement of worker {culprit} {what}"
-        raise JobFailed(
-            f"{message}: {reason}" if reason else message,
-            {"failed_worker": culprit, "error": reason},
-        )
+            for new in rollout.replaced[reported:]:
+                job.progress(
+                    f"worker {new.id} replaced (generation {new.generation}, pid {new.pid})",
+                    worker=new.id,
+                    pid=new.pid,
+                    generation=new.generation,
+                )
+                replaced.append({"worker": new.id, "pid": new.pid, "generation": new.generation})
+            if rollout.outcome is RolloutOutcome.DONE:
+                return {"replaced": replaced, "workers": len(rollout.slots)}
+            if rollout.failure is not None:
+                raise _rollout_failed(rollout.failure, policy.boot_timeout)
+            if len(replaced) == reported:
+                raise JobFailed(f"reload stopped: no batch was done within {limit:g}s")
+    finally:
+        pool.end_rollout()
 
-    # The old workers were retired at promotion: wait until they are reaped.
-    old_workers = [w for w in olds.values() if w is not None]
-    tree.wait_until(lambda: all(not w.alive for w in old_workers), stop_limit(policy))
-    done = []
-    for worker_id, new in sorted(news.items()):
-        slots[worker_id].replace_requested = False
-        job.progress(
-            f"worker {worker_id} replaced (generation {new.generation}, pid {new.pid})",
-            worker=worker_id,
-            pid=new.pid,
-            generation=new.generation,
-        )
-        done.append({"worker": worker_id, "pid": new.pid, "generation": new.generation})
-    return done
+
+def _rollout_failed(failure: RolloutFailure, boot_timeout: float) -> JobFailed:
+    """The job's error for a rollout the planner stopped (the old workers serve on)."""
+    what = {
+        RolloutFault.NOT_STARTED: "could not be started",
+        RolloutFault.NOT_READY: f"was not ready within {boot_timeout:g}s",
+        RolloutFault.DIED: "failed to boot",
+    }[failure.fault]
+    message = f"reload stopped: the replacement of worker {failure.slot} {what}"
+    return JobFailed(
+        f"{message}: {failure.error}" if failure.error else message,
+        {"failed_worker": failure.slot, "error": failure.error},
+    )
 
 
 def stop_tree(tree: Tree, job: Job) -> dict[str, Any]:
