@@ -8,7 +8,9 @@ still the master's to report.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -21,6 +23,14 @@ from procbus.master.stats import ProcessMonitor
 from procbus.worker.apps import WorkerApp
 from procbus.worker.credentials import Credentials
 from procbus.worker.worker import ExitCode, WorkerSpec, run_worker
+
+FORK_BLOCKED: Final = frozenset(
+    {
+        signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
+        signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD,
+    }
+)  # fmt: skip
+"""The signals the master handles (and a new worker handles its own way)."""
 
 
 class Forker:
@@ -75,9 +85,18 @@ class Forker:
         )
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        pid = os.fork()
-        if pid == 0:  # the worker
-            run_worker(spec)
+        # A signal sent to the new worker before it has its own handlers would
+        # reach the master's (a no-op that writes to the master's wake-up fd):
+        # lost. Blocked across the fork, it waits for the worker's handlers.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED)
+        pid = -1
+        try:
+            pid = os.fork()
+            if pid == 0:  # the worker: unblocks them once its handlers are in place
+                run_worker(dataclasses.replace(spec, unblock_signals=FORK_BLOCKED))
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         self.monitor.watch(pid)  # CPU percent is measured from the fork on (never raises)
         return pid
 

@@ -104,6 +104,9 @@ class WorkerSpec:
     runtime_identity: DirectoryId | None = None
     """The master's runtime directory as it checked it: the worker connects only
     if the path still leads there."""
+    unblock_signals: Collection[int] = ()
+    """Signals blocked across the fork (the master's): unblocked once the
+    worker's own handlers are in place, so that none sent meanwhile is lost."""
 
 
 def run_worker(spec: WorkerSpec) -> NoReturn:
@@ -232,6 +235,8 @@ class Worker:
         if os.getppid() != spec.master_pid:
             return ExitCode.ORPHANED
         self._install_signals()
+        if spec.unblock_signals:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, spec.unblock_signals)
         try:
             self._become_worker()
         except (OSError, StartupError) as exc:
