@@ -18,9 +18,9 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.cli.hosting import Load, RunProcess, procbus, running, write
+from tests.cli.hosting import Load, RunProcess, running, write
 from tests.helpers import wait_until
-from tests.processes import ROOT, short_tempdir, supervised
+from tests.processes import ROOT, procbus, short_tempdir, supervised
 
 pytestmark = pytest.mark.slow
 
