@@ -3,6 +3,8 @@
 - `clock` and `loop`: a fake monotonic clock (`tests.helpers.FakeClock`) and an
   `EventLoop` on it, closed after the test: timers fire when the test moves the
   clock (or `tests.helpers.keep_time_moving` does), never by sleeping.
+- `short_tmp`: a private directory with a short path (for ``ipc://`` sockets),
+  removed after the test.
 - `sockets`: a ZeroMQ context of the test's own; every socket made through it is
   closed, and the context terminated, after the test.
 - `recorder`, `processes`, `pool`: the events emitted, fake worker processes
@@ -15,7 +17,9 @@ Processes are started and reaped by `tests.processes` (real masters, and
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +27,7 @@ from procbus.master.loop import EventLoop
 from procbus.master.pool import Pool
 from tests.component.fakes import FakeProcesses, Recorder, fake_pool
 from tests.helpers import FakeClock, Sockets, keep_time_moving
+from tests.processes import short_tempdir
 
 
 @pytest.fixture
@@ -37,6 +42,15 @@ def loop(clock: FakeClock) -> Iterator[EventLoop]:
         yield event_loop
     finally:
         event_loop.close()
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    directory = short_tempdir()
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
