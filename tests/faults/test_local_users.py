@@ -27,6 +27,7 @@ from tests.cli.hosting import running
 from tests.helpers import wait_until
 from tests.processes import (
     ROOT,
+    child_environment,
     ctl_as_uid,
     ctl_as_uid_argv,
     procbus,
@@ -139,7 +140,7 @@ def test_umask_zero_still_makes_owner_only_directories(shared_tmp: Path) -> None
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=ROOT,
-        env={**env, "PYTHONPATH": str(ROOT)},
+        env=child_environment(base=env),
         start_new_session=True,
     )
     runtime = shared_tmp / "procbus-0" / "um"
@@ -175,7 +176,7 @@ def test_ctl_does_not_talk_to_sockets_in_a_directory_of_another_user(shared_tmp:
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=child_environment(),
     )
     try:
         assert fake.stdout is not None and fake.stdout.readline().strip() == "ready"
@@ -216,7 +217,7 @@ def test_read_uid_reads_an_unlisted_uid_gets_nothing_and_worker_sockets_stay_clo
         watcher = subprocess.Popen(
             ctl_as_uid_argv(ATTACKER, *where, "--json", "watch", "--count", "1"),
             stdout=subprocess.PIPE, text=True, cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env=child_environment(),
         )  # fmt: skip
         try:
             wait_until(lambda: proc.call("ping") and watcher.poll() is not None, 30)

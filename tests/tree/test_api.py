@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from tests.helpers import wait_until
-from tests.processes import ROOT, group_members, short_tempdir
+from tests.processes import ROOT, child_environment, group_members, short_tempdir
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ def test_script_runs_two_trees_in_sequence_on_the_process_bus() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.tree.api_script", str(directory)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=child_environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
