@@ -18,7 +18,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ class MasterProcess:
         self.runtime_dir = runtime_dir
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
+        env = child_environment({"PYTHONUNBUFFERED": "1", **(env or {})})
         self.proc = subprocess.Popen(
             self.argv,
             stdout=self._log,
@@ -296,13 +296,46 @@ def ctl_as_uid_argv(uid: int, *args: str) -> list[str]:
 
 def ctl_as_uid(uid: int, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``procbus ctl ARGS`` as `uid` to completion."""
+    return run_to_end(ctl_as_uid_argv(uid, *args), timeout=timeout)
+
+
+def child_environment(
+    env: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a process a test starts: `base` (this process's unless given),
+    with this checkout on ``PYTHONPATH``, and `env` over it."""
+    return {**(os.environ if base is None else base), "PYTHONPATH": str(ROOT), **(env or {})}
+
+
+def run_to_end(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    base_env: Mapping[str, str] | None = None,
+    cwd: Path = ROOT,
+    timeout: float = 30,
+) -> subprocess.CompletedProcess[str]:
+    """Run `argv` to completion (at most `timeout` seconds), stdin empty, its output
+    captured as text; the environment is `child_environment(env, base_env)`."""
     return subprocess.run(
-        ctl_as_uid_argv(uid, *args),
+        list(argv),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=cwd,
+        env=child_environment(env, base_env),
         check=False,
+    )
+
+
+def procbus(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    base_env: Mapping[str, str] | None = None,
+    timeout: float = 30,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m procbus ARGS`` to completion (see `run_to_end`)."""
+    return run_to_end(
+        [sys.executable, "-m", "procbus", *args], env=env, base_env=base_env, timeout=timeout
     )

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import os
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -15,24 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.helpers import wait_until
-from tests.processes import ROOT, MasterProcess, short_tempdir, supervised
+from tests.processes import MasterProcess, short_tempdir, supervised
 
 TEST_OPTIONS = ("--heartbeat-interval", "0.2", "--graceful-timeout", "5", "--boot-timeout", "10")
-
-
-def procbus(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m procbus ARGS`` to completion."""
-    return subprocess.run(
-        [sys.executable, "-m", "procbus", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        check=False,
-    )
 
 
 class RunProcess(MasterProcess):

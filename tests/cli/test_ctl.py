@@ -23,9 +23,8 @@ import zmq
 
 from procbus import cli, top
 from procbus import ctl as ctl_command
-from tests.cli.hosting import procbus
 from tests.helpers import wait_until
-from tests.processes import ROOT, MasterProcess, running_master, short_tempdir
+from tests.processes import ROOT, MasterProcess, procbus, running_master, short_tempdir
 
 pytestmark = pytest.mark.slow
 
@@ -430,15 +429,7 @@ def test_top_count_prints_frames_with_every_worker(master: MasterProcess) -> Non
     """Steps: ``procbus top --count 2`` with stdout a pipe. Expected: exit 0, two plain
     frames (no escape sequences), each with a row per worker: id, pid, state."""
     workers = master.workers()
-    done = subprocess.run(
-        [sys.executable, "-m", "procbus", "top", "--ctl", master.endpoint, "--count", "2"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-        check=False,
-    )
+    done = procbus("top", "--ctl", master.endpoint, "--count", "2")
     assert done.returncode == 0, done.stderr
     assert "\033" not in done.stdout
     frames = re.split(r"(?m)^(?=procbus top )", done.stdout)[1:]

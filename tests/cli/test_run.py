@@ -18,9 +18,9 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.cli.hosting import Load, RunProcess, procbus, running, write
+from tests.cli.hosting import Load, RunProcess, running, write
 from tests.helpers import wait_until
-from tests.processes import ROOT, short_tempdir, supervised
+from tests.processes import ROOT, child_environment, procbus, short_tempdir, supervised
 
 pytestmark = pytest.mark.slow
 
@@ -530,7 +530,7 @@ def test_tcp_control_with_curve_keys(tmp_path) -> None:
         assert "CURVE" in keyless.stderr
 
         # The event stream over TCP, with the same keys: watch and top work remotely.
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PROCBUS_CURVE_KEYS": str(keys)}
+        env = child_environment({"PROCBUS_CURVE_KEYS": str(keys)})
         watcher = subprocess.Popen(
             [sys.executable, "-m", "procbus", "ctl", "--ctl", endpoint, "--json", "watch",
              "--count", "1", "--duration", "20"],

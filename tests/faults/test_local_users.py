@@ -23,9 +23,18 @@ import pytest
 
 from procbus import keys
 from procbus.commands import Role
-from tests.cli.hosting import procbus, running
+from tests.cli.hosting import running
 from tests.helpers import wait_until
-from tests.processes import ROOT, ctl_as_uid, ctl_as_uid_argv, short_tempdir, wait_seconds
+from tests.processes import (
+    ROOT,
+    child_environment,
+    ctl_as_uid,
+    ctl_as_uid_argv,
+    procbus,
+    run_to_end,
+    short_tempdir,
+    wait_seconds,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -89,14 +98,8 @@ def test_master_refuses_a_parent_directory_another_user_made_first(shared_tmp: P
     parent.mkdir()
     parent.chmod(0o777)
     os.chown(parent, ATTACKER, ATTACKER)
-    result = subprocess.run(
-        [sys.executable, "-m", "procbus", "run", "-w", "1", "--bind", "127.0.0.1:0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**_default_env(shared_tmp), "PYTHONPATH": str(ROOT)},
-        check=False,
+    result = procbus(
+        "run", "-w", "1", "--bind", "127.0.0.1:0", base_env=_default_env(shared_tmp), timeout=60
     )
     assert result.returncode == 1, result.stderr
     assert _errors(result.stderr) == [
@@ -120,7 +123,7 @@ def test_symlinked_runtime_directory_is_refused_and_its_target_untouched(
     parent = shared_tmp / "procbus-0"
     parent.mkdir(mode=0o700)
     (parent / "procbus").symlink_to(target)
-    result = procbus("run", "-w", "1", "--bind", "127.0.0.1:0", env=_default_env(shared_tmp))
+    result = procbus("run", "-w", "1", "--bind", "127.0.0.1:0", base_env=_default_env(shared_tmp))
     assert result.returncode == 1, result.stderr
     assert _errors(result.stderr) == [f"procbus run: '{parent / 'procbus'}' is a symbolic link"]
     assert stat.S_IMODE(target.stat().st_mode) == 0o755
@@ -137,7 +140,7 @@ def test_umask_zero_still_makes_owner_only_directories(shared_tmp: Path) -> None
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=ROOT,
-        env={**env, "PYTHONPATH": str(ROOT)},
+        env=child_environment(base=env),
         start_new_session=True,
     )
     runtime = shared_tmp / "procbus-0" / "um"
@@ -173,11 +176,11 @@ def test_ctl_does_not_talk_to_sockets_in_a_directory_of_another_user(shared_tmp:
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=child_environment(),
     )
     try:
         assert fake.stdout is not None and fake.stdout.readline().strip() == "ready"
-        result = procbus("ctl", "--timeout", "2", "ping", env=_default_env(shared_tmp))
+        result = procbus("ctl", "--timeout", "2", "ping", base_env=_default_env(shared_tmp))
         assert result.returncode == 3, result.stderr
         assert f"belongs to uid {ATTACKER}" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
@@ -214,7 +217,7 @@ def test_read_uid_reads_an_unlisted_uid_gets_nothing_and_worker_sockets_stay_clo
         watcher = subprocess.Popen(
             ctl_as_uid_argv(ATTACKER, *where, "--json", "watch", "--count", "1"),
             stdout=subprocess.PIPE, text=True, cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env=child_environment(),
         )  # fmt: skip
         try:
             wait_until(lambda: proc.call("ping") and watcher.poll() is not None, 30)
@@ -229,7 +232,7 @@ def test_read_uid_reads_an_unlisted_uid_gets_nothing_and_worker_sockets_stay_clo
         stranger = ctl_as_uid(OTHER, *where, "--timeout", "2", "ping")
         assert stranger.returncode == 3, stranger.stderr
         assert stat.S_IMODE((proc.runtime_dir / "ctl").stat().st_mode) == 0o666
-        probe = subprocess.run(
+        probe = run_to_end(
             [sys.executable, "-c", textwrap.dedent(
                 """
                 import errno, os, socket, sys
@@ -243,7 +246,6 @@ def test_read_uid_reads_an_unlisted_uid_gets_nothing_and_worker_sockets_stay_clo
                     print("connected")
                 """
             ), proc.status()["master"]["endpoints"]["replies"].removeprefix("ipc://")],
-            capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
         assert probe.stdout.strip() == "EACCES", probe.stderr
 

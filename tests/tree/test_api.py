@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from tests.helpers import wait_until
-from tests.processes import ROOT, group_members, short_tempdir
+from tests.processes import ROOT, child_environment, group_members, short_tempdir
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def run_script(module: str) -> tuple[int, str, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", module, str(directory)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=child_environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,20 +21,9 @@ import zmq
 from procbus import keys, protocol
 from procbus.commands import Role
 from procbus.protocol import MsgType
-from tests.processes import ROOT, Events, MasterProcess, free_port, running_master
+from tests.processes import Events, MasterProcess, free_port, procbus, running_master
 
 pytestmark = pytest.mark.slow
-
-
-def procbus_ctl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "procbus", "ctl", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        check=False,
-    )
 
 
 @dataclass
@@ -60,7 +48,7 @@ class CurveTree:
         ]
         if name is not None:
             options += ["--curve-client", name]
-        return procbus_ctl(*options, *args, timeout=timeout + 20)
+        return procbus("ctl", *options, *args, timeout=timeout + 20)
 
     def key_id(self, name: str) -> str:
         return keys.load_client(self.keys, name)[0].decode()

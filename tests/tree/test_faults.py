@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import zmq
 from procbus import protocol
 from procbus.protocol import MsgType
 from tests.helpers import wait_until
-from tests.processes import master_argv, running_master, short_tempdir
+from tests.processes import master_argv, run_to_end, running_master, short_tempdir
 
 pytestmark = pytest.mark.slow
 
@@ -101,23 +100,12 @@ def test_garbage_on_the_publish_socket_is_ignored() -> None:
             context.term()
 
 
-def _run_master(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=Path(__file__).resolve().parents[2],
-        check=False,
-    )
-
-
 def test_unusable_runtime_directory_is_one_line_and_exit_1(tmp_path: Path) -> None:
     """Steps: start a master whose runtime directory would live under a regular file.
     Expected: exit status 1 and a single line naming the directory, no traceback."""
     blocker = tmp_path / "file"
     blocker.write_text("")
-    result = _run_master(master_argv("tests.tree.apps:echo", blocker / "rt"))
+    result = run_to_end(master_argv("tests.tree.apps:echo", blocker / "rt"))
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -131,7 +119,7 @@ def test_second_master_on_the_same_runtime_directory_is_refused() -> None:
     first still answers and keeps its workers."""
     with running_master(workers=1) as master:
         workers = master.workers()
-        result = _run_master(master_argv("tests.tree.apps:echo", master.runtime_dir))
+        result = run_to_end(master_argv("tests.tree.apps:echo", master.runtime_dir))
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert lines == [
@@ -152,7 +140,7 @@ def test_runtime_directory_path_too_long_for_ipc_is_refused() -> None:
     base = short_tempdir()
     try:
         long_dir = base / ("d" * 100)
-        result = _run_master(master_argv("tests.tree.apps:echo", long_dir))
+        result = run_to_end(master_argv("tests.tree.apps:echo", long_dir))
         assert result.returncode == 1
         assert "is too long for ipc sockets" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1

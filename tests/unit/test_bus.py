@@ -19,6 +19,7 @@ import pytest
 import procbus
 from procbus import Bus, ChannelFailures, states
 from procbus.bus import BUILTIN_CHANNELS, extend_pythonpath
+from tests.processes import ROOT, run_to_end
 
 
 class LogRecorder:
@@ -51,11 +52,9 @@ def log(bus: Bus) -> LogRecorder:
     return LogRecorder(bus)
 
 
-def run_python(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_python(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """Run the interpreter with `args`, capture its output (30 s at most)."""
-    return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=30, cwd=cwd, check=False
-    )
+    return run_to_end([sys.executable, *args], cwd=cwd)
 
 
 def run_code(code: str) -> subprocess.CompletedProcess[str]:

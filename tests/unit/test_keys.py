@@ -21,7 +21,7 @@ from procbus.errors import ConfigError, StartupError
 from procbus.master.auth import QUIET_PERIOD, Denial, ZapHandler
 from procbus.master.control_server import ControlSettings
 from procbus.master.loop import EventLoop
-from tests.helpers import wait_until
+from tests.helpers import FakeClock, wait_until
 
 
 def mode(path: Path) -> int:
@@ -220,7 +220,7 @@ class GuardBench:
     """A CURVE ROUTER on 127.0.0.1 guarded by a `ZapHandler` on an `EventLoop`, and clients."""
 
     def __init__(self, directory: Path) -> None:
-        self.now = 0.0
+        self.clock = FakeClock(start=0.0)
         self.context: zmq.Context[Any] = zmq.Context()
         self.client_context: zmq.Context[Any] = zmq.Context()
         """Clients live in a context of their own, as in another process."""
@@ -228,7 +228,7 @@ class GuardBench:
         self.loop = EventLoop()
         self.server = keys.load_server(directory)
         self.router = self.socket(zmq.ROUTER)
-        self.guard = ZapHandler(self.context, clock=lambda: self.now)
+        self.guard = ZapHandler(self.context, clock=self.clock)
         self.guard.allow_curve_keys(
             self.router,
             self.server.public,
@@ -339,7 +339,7 @@ def test_keyless_clients_are_reported_once_per_quiet_period(bench: GuardBench) -
     assert len(reasons) == len(set(reasons)) < 3
     assert all(reason.startswith("handshake failed: ") for reason in reasons)
     assert {denial.key for denial in bench.denials} == {None}
-    bench.now += QUIET_PERIOD
+    bench.clock.advance(QUIET_PERIOD)
     first = len(bench.denials)
     wait_until(lambda: attempt(lambda: any(d.repeats for d in bench.denials[first:])), 10)
     assert bench.received == []

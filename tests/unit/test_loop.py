@@ -16,33 +16,7 @@ from types import FrameType
 import pytest
 
 from procbus.master.loop import EventLoop
-
-
-class FakeClock:
-    """A clock that only moves when the test says so."""
-
-    def __init__(self, start: float = 100.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def loop(clock: FakeClock) -> Iterator[EventLoop]:
-    event_loop = EventLoop(clock)
-    try:
-        yield event_loop
-    finally:
-        event_loop.close()
+from tests.helpers import FakeClock, keep_time_moving
 
 
 @pytest.fixture
@@ -53,17 +27,6 @@ def pipe() -> Iterator[tuple[int, int]]:
     finally:
         os.close(r)
         os.close(w)
-
-
-def keep_time_moving(loop: EventLoop, clock: FakeClock, step: float) -> None:
-    """A timer that is always due and moves the fake clock `step` each time it fires
-    (twice per `run_once`): time passes without the poll ever waiting."""
-
-    def tick() -> None:
-        clock.advance(step)
-        loop.call_at(clock(), tick)
-
-    loop.call_at(clock(), tick)
 
 
 def current_wakeup_fd() -> int:
@@ -101,12 +64,12 @@ def test_timer_fires_once_when_due_and_not_before(loop: EventLoop, clock: FakeCl
     clock.advance(1.9)
     loop.run_once(0)
     assert fired == []
-    clock.now = 102.0
+    clock.now = 1002.0
     loop.run_once(0)
-    assert fired == [102.0]
+    assert fired == [1002.0]
     clock.advance(8.0)
     loop.run_once(0)
-    assert fired == [102.0]
+    assert fired == [1002.0]
 
 
 def test_cancelled_timer_does_not_fire(loop: EventLoop, clock: FakeClock) -> None:
@@ -134,15 +97,15 @@ def test_call_every_repeats_each_interval_until_cancelled(
     clock.advance(0.5)
     loop.run_once(0)
     assert calls == []
-    for expected in ([101.0], [101.0, 102.0], [101.0, 102.0, 103.0]):
+    for expected in ([1001.0], [1001.0, 1002.0], [1001.0, 1002.0, 1003.0]):
         clock.now = expected[-1]
         loop.run_once(0)
         assert calls == expected
     series.cancel()
-    for later in (104.0, 105.0):
+    for later in (1004.0, 1005.0):
         clock.now = later
         loop.run_once(0)
-    assert calls == [101.0, 102.0, 103.0]
+    assert calls == [1001.0, 1002.0, 1003.0]
 
 
 def test_call_every_stops_when_cancelled_from_its_own_callback(
@@ -163,7 +126,7 @@ def test_call_every_stops_when_cancelled_from_its_own_callback(
     for _ in range(3):
         clock.advance(1.0)
         loop.run_once(0)
-    assert calls == [101.0, 102.0]
+    assert calls == [1001.0, 1002.0]
 
 
 # -- run_until and re-entry ----------------------------------------------------
@@ -178,7 +141,7 @@ def test_run_until_returns_false_when_the_timeout_passes(
     """
     keep_time_moving(loop, clock, 0.5)
     assert loop.run_until(lambda: False, timeout=3.0) is False
-    assert clock() == 103.0
+    assert clock() == 1003.0
 
 
 def test_run_until_returns_true_as_soon_as_the_predicate_holds(
@@ -192,7 +155,7 @@ def test_run_until_returns_true_as_soon_as_the_predicate_holds(
     loop.call_later(2.0, lambda: done.append(True))
     keep_time_moving(loop, clock, 0.5)
     assert loop.run_until(lambda: bool(done), timeout=60.0) is True
-    assert 102.0 <= clock() <= 103.0
+    assert 1002.0 <= clock() <= 1003.0
 
 
 def test_run_until_with_a_true_predicate_returns_true_without_dispatching(

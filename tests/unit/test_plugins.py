@@ -42,6 +42,7 @@ from procbus.plugins import (
 from procbus.plugins.process import MasterPIDFile
 from tests.helpers import wait_until
 from tests.hosted_master import HostedMaster
+from tests.processes import run_to_end
 
 TOUCHED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 Logs = list[tuple[str, int]]
@@ -87,13 +88,7 @@ class Recorder:
 
 def run_script(path: Path, source: str, *args: str) -> subprocess.CompletedProcess[str]:
     path.write_text(textwrap.dedent(source))
-    return subprocess.run(
-        [sys.executable, str(path), *args],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    return run_to_end([sys.executable, str(path), *args], timeout=20)
 
 
 def is_running(pid: int) -> bool:

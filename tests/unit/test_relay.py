@@ -6,7 +6,6 @@ The PUB socket is a fake that records what is sent; the loop is a real
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
@@ -19,14 +18,7 @@ from procbus.master.loop import EventLoop
 from procbus.master.planner import WorkerProc, WorkerState
 from procbus.master.relay import Relay, TreeReply, WorkerResult, WorkerStatus
 from procbus.protocol import MsgType
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock
 
 
 class RecordingPub:
@@ -48,20 +40,6 @@ class Done:
 
     def __call__(self, reply: TreeReply) -> None:
         self.calls.append(reply)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def loop(clock: FakeClock) -> Iterator[EventLoop]:
-    event_loop = EventLoop(clock)
-    try:
-        yield event_loop
-    finally:
-        event_loop.close()
 
 
 @pytest.fixture

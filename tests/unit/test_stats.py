@@ -12,19 +12,7 @@ import pytest
 
 from procbus.master import stats
 from procbus.master.stats import MIN_CPU_WINDOW, ProcessMonitor
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+from tests.helpers import FakeClock
 
 
 @pytest.fixture

@@ -7,14 +7,7 @@ import logging
 import pytest
 
 from procbus.master.throttle import LogThrottle
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock
 
 
 def test_a_burst_logs_the_limit_then_counts_the_rest_in_the_next_period(
@@ -24,7 +17,7 @@ def test_a_burst_logs_the_limit_then_counts_the_rest_in_the_next_period(
     more.
     Expected: 3 of the burst are logged; the one at 10 s is preceded by one line saying
     197 more were not logged, naming what they were about."""
-    clock = FakeClock()
+    clock = FakeClock(start=0.0)
     throttle = LogThrottle(
         logging.getLogger("test.throttle"), "dropped messages", 3, 10.0, clock=clock
     )
@@ -40,7 +33,7 @@ def test_a_burst_logs_the_limit_then_counts_the_rest_in_the_next_period(
 def test_warnings_spread_over_periods_are_all_logged(caplog: pytest.LogCaptureFixture) -> None:
     """Steps: limit 1 per 10 s; one warning every 10 s, five times.
     Expected: all five are logged, and no 'not logged' line."""
-    clock = FakeClock()
+    clock = FakeClock(start=0.0)
     throttle = LogThrottle(logging.getLogger("test.throttle"), "things", 1, 10.0, clock=clock)
     with caplog.at_level(logging.WARNING, logger="test.throttle"):
         for n in range(5):

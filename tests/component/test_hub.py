@@ -1,0 +1,204 @@
+"""The hub on ``inproc://`` sockets with a real pool: the workers' handshake, what is
+dropped, and replies completing a tree publish.
+
+The test speaks for worker 1 (a fake process the pool forked, which says nothing
+by itself) through a DEALER and a SUB, as `procbus.worker.link` would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import zmq
+
+from procbus import protocol
+from procbus.bus import Bus
+from procbus.master import snapshot
+from procbus.master.hub import Hub
+from procbus.master.loop import EventLoop
+from procbus.master.planner import WorkerProc, WorkerState
+from procbus.master.pool import Pool
+from procbus.master.publisher import TreePublisher
+from procbus.master.relay import TreeReply, WorkerStatus
+from procbus.protocol import MsgType
+from tests.component.fakes import FakeProcesses, Fate, Recorder, fake_pool
+from tests.helpers import FakeClock, Sockets, keep_time_moving
+
+
+@dataclass
+class Wired:
+    """The master's side (hub, pool, publisher) and worker 1's sockets."""
+
+    loop: EventLoop
+    pool: Pool
+    hub: Hub
+    publisher: TreePublisher
+    worker: WorkerProc
+    sockets: Sockets
+    processes: FakeProcesses
+
+    def dealer(self, identity: bytes) -> zmq.Socket[bytes]:
+        """A DEALER to the hub's ROUTER that names itself `identity`."""
+        dealer = self.sockets.socket(zmq.DEALER, identity=identity)
+        dealer.connect("inproc://replies")
+        return dealer
+
+    def hello(self, **changes: Any) -> bytes:
+        """Worker 1's hello, with `changes`."""
+        worker = self.worker
+        body = {"worker": 1, "generation": 1, "pid": worker.pid, "topic": worker.topic}
+        return protocol.encode(MsgType.HELLO, {**body, **changes})
+
+    def settle(self, predicate: Any) -> None:
+        assert self.loop.run_until(predicate, 5.0)
+
+    def run_worker(self) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
+        """Worker 1 says hello, subscribes and runs: (its DEALER, its SUB)."""
+        dealer = self.dealer(self.worker.topic)
+        dealer.send(self.hello())
+        self.settle(lambda: self.worker.hello)
+        sub = self.sockets.socket(zmq.SUB)
+        sub.connect("inproc://publish")
+        sub.subscribe(protocol.BROADCAST_TOPIC)
+        sub.subscribe(self.worker.topic)
+        self.settle(lambda: self.worker.subscribed)
+        dealer.send(protocol.encode(MsgType.STATE, {"state": "running"}))
+        self.settle(lambda: self.worker.state is WorkerState.RUNNING)
+        return dealer, sub
+
+
+@pytest.fixture
+def wired(
+    loop: EventLoop,
+    clock: FakeClock,
+    sockets: Sockets,
+    processes: FakeProcesses,
+    recorder: Recorder,
+) -> Iterator[Wired]:
+    xpub = sockets.socket(zmq.XPUB)
+    xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
+    xpub.bind("inproc://publish")
+    router = sockets.socket(zmq.ROUTER)
+    router.bind("inproc://replies")
+    processes.plan(1, 1, Fate.HANG)
+    pool = fake_pool(loop, processes, recorder.emit, target=1)
+    hub = Hub(xpub, router, loop, pool)
+    pool.on_ready, pool.on_gone = hub.welcome, hub.worker_gone
+    pool.on_drain = hub.drain
+    loop.add_reader(xpub, hub.on_xpub)
+    loop.add_reader(router, hub.on_router)
+    publisher = TreePublisher(
+        Bus(), pool, loop, deadline=lambda: 5.0, emit=recorder.emit, request_exit=lambda: None
+    )
+    publisher.hub = hub
+    keep_time_moving(loop, clock, 0.001)
+    pool.activate()
+    (worker,) = pool.by_pid.values()
+    yield Wired(loop, pool, hub, publisher, worker, sockets, processes)
+    loop.remove_reader(xpub)
+    loop.remove_reader(router)
+
+
+def received(sock: zmq.Socket[bytes]) -> protocol.Message:
+    assert sock.poll(1000), "nothing received"
+    return protocol.decode(sock.recv_multipart()[-1])
+
+
+def test_the_worker_the_pool_forked_is_accepted_and_welcomed_once_it_runs(
+    wired: Wired,
+) -> None:
+    """Steps: worker 1 says hello from its own identity; it subscribes to its topic; it
+    reports running.
+    Expected: hello makes it starting; the subscription is seen; running makes it a
+    target of publishes, and it is sent WELCOME with the next publish's number (1);
+    nothing was dropped."""
+    dealer, _ = wired.run_worker()
+    welcome = received(dealer)
+    assert (welcome.type, welcome["next_seq"]) == (MsgType.WELCOME, 1)
+    assert wired.pool.publish_targets() == ([wired.worker], [])
+    assert wired.hub.dropped_messages == 0
+
+
+def test_hellos_that_do_not_match_what_the_pool_forked_are_dropped_and_counted(
+    wired: Wired,
+) -> None:
+    """Steps: a rogue DEALER (identity w.9.1.) says hello as worker 1, then as a pid the
+    pool never forked, sends a heartbeat and a reply without hello, garbage, and three
+    frames; from worker 1's identity, a hello with another pid, and one with another
+    generation; then worker 1's true hello.
+    Expected: the first eight are dropped and counted (also in the master's counters);
+    the worker stayed unheard until its true hello, which is accepted."""
+    rogue = wired.dealer(b"w.9.1.")
+    rogue.send(wired.hello())
+    rogue.send(wired.hello(pid=wired.worker.pid + 100))
+    rogue.send(protocol.encode(MsgType.HEARTBEAT, {"counters": {}}))
+    rogue.send(protocol.encode(MsgType.REPLY, {"seq": 1, "results": [], "errors": []}))
+    rogue.send(b"\x00garbage")
+    rogue.send_multipart([b"a", b"b", b"c"])
+    own = wired.dealer(wired.worker.topic)
+    own.send(wired.hello(pid=wired.worker.pid + 1))
+    own.send(wired.hello(generation=2))
+    wired.settle(lambda: wired.hub.dropped_messages == 8)
+    assert not wired.worker.hello
+    assert snapshot.counters(wired.hub, None)["dropped_messages"] == 8
+    own.send(wired.hello())
+    wired.settle(lambda: wired.worker.hello)
+    assert wired.worker.state is WorkerState.STARTING
+    assert wired.hub.dropped_messages == 8
+
+
+def test_a_reply_goes_to_the_relay_and_completes_the_publish(wired: Wired) -> None:
+    """Steps: worker 1 runs; publish 'echo' on the tree; the worker reads it and replies
+    with a result; then it sends the same reply again.
+    Expected: the publish reached the worker once (channel, arguments, number 1); the
+    tree's reply says worker 1 ok with its result; nothing is left in flight; the
+    duplicate is counted as a late reply."""
+    dealer, sub = wired.run_worker()
+    replies: list[TreeReply] = []
+    wired.publisher.publish_async("echo", ["hi"], on_done=replies.append)
+    topic, frame = sub.recv_multipart()
+    publish = protocol.decode(frame)
+    assert topic == protocol.BROADCAST_TOPIC
+    assert (publish["seq"], publish["channel"], publish["args"]) == (1, "echo", ["hi"])
+    answer = {"seq": 1, "results": ["hi from 1"], "errors": []}
+    dealer.send(protocol.encode(MsgType.REPLY, answer))
+    wired.settle(lambda: bool(replies))
+    (reply,) = replies
+    assert reply.ok
+    assert (reply.workers[1].status, reply.workers[1].results) == (WorkerStatus.OK, ["hi from 1"])
+    dealer.send(protocol.encode(MsgType.REPLY, answer))
+    relay = wired.hub.relay
+    wired.settle(lambda: relay.late_replies == 1)
+    counters = snapshot.counters(wired.hub, None)
+    assert (counters["publishes"], counters["in_flight"]) == (1, 0)
+
+
+def test_a_worker_that_dies_before_answering_is_reported_lost_at_once(wired: Wired) -> None:
+    """Steps: worker 1 runs; publish 'echo' (deadline 5 s); the worker's process dies
+    without answering.
+    Expected: the publish completes when the death is reaped, long before its deadline,
+    with worker 1 lost."""
+    wired.run_worker()
+    replies: list[TreeReply] = []
+    wired.publisher.publish_async("echo", on_done=replies.append)
+    began = wired.loop.clock()
+    wired.processes.exit(wired.worker.pid, -9)
+    wired.settle(lambda: bool(replies))
+    assert replies[0].workers[1].status is WorkerStatus.LOST
+    assert wired.loop.clock() - began < 1.0
+
+
+def test_a_worker_drained_is_sent_its_marker_after_the_publishes_it_owes(wired: Wired) -> None:
+    """Steps: worker 1 runs; publish 'echo'; the pool stops (drains it).
+    Expected: on its SUB the worker reads the publish, then its DRAIN marker naming that
+    publish as the last it owes."""
+    _, sub = wired.run_worker()
+    wired.publisher.publish_async("echo")
+    wired.pool.deactivate()
+    first = received(sub)
+    marker = received(sub)
+    assert (first.type, first["seq"]) == (MsgType.PUBLISH, 1)
+    assert (marker.type, marker["last_seq"]) == (MsgType.DRAIN, 1)
