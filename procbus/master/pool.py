@@ -13,7 +13,6 @@ It also counts what the metrics report: recycles by the limit reached
 from __future__ import annotations
 
 import collections
-import enum
 import logging
 import os
 import random
@@ -50,18 +49,6 @@ _ENDING: Final = frozenset(
     {WorkerBusState.STOPPING, WorkerBusState.STOPPED, WorkerBusState.FAILED}
 )
 """What a worker says when it stops, whether the master asked or not."""
-
-
-class ReloadResult(enum.StrEnum):
-    """How a reload ended (the keys of `Pool.reload_results`)."""
-
-    OK = "ok"
-    """Every worker was replaced."""
-    ROLLED_BACK = "rolled_back"
-    """A new worker could not boot: its batch was rolled back, the old workers serve."""
-    FAILED = "failed"
-    """It stopped before the end otherwise: the configuration could not be read, no
-    batch was done in time, the master is exiting."""
 
 
 def describe_status(status: int) -> str:
@@ -119,7 +106,7 @@ class Pool:
         self.recycles: collections.Counter[str] = collections.Counter()
         """Workers replaced for reaching a limit, by `RecycleReason` value."""
         self.reload_results: collections.Counter[str] = collections.Counter()
-        """Reloads, by `ReloadResult` value (counted by the reload job)."""
+        """Reloads, by how they ended (counted by the reload job: `jobs.workers.ReloadResult`)."""
 
     # -- what the rest of the master reads --------------------------------
 
