@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from procbus.protocol import WorkerBusState
+from procbus.protocol import BusState, WorkerBusState
 
 
 class RecycleReason(enum.StrEnum):
@@ -129,6 +129,8 @@ class WorkerProc:
     hello: bool = False
     lifecycle: WorkerBusState | None = None
     """What it said last in a STATE message (its readiness keys on RUNNING)."""
+    bus_state: BusState | None = None
+    """Its own bus's state, as its last heartbeat said."""
     last_heartbeat: float | None = None
     counters: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None

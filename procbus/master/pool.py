@@ -36,7 +36,7 @@ from procbus.master.planner import (
     request_limit,
     rss_exceeded,
 )
-from procbus.protocol import WorkerBusState
+from procbus.protocol import BusState, WorkerBusState
 
 log = logging.getLogger("procbus.master")
 
@@ -493,9 +493,14 @@ class Pool:
             worker.stop_deadline = self.loop.clock() + self.policy.graceful_timeout
             self.replan()
 
-    def heartbeat(self, worker: WorkerProc, counters: dict[str, Any]) -> None:
+    def heartbeat(
+        self, worker: WorkerProc, counters: dict[str, Any], bus: BusState | None = None
+    ) -> None:
         worker.last_heartbeat = self.loop.clock()
         worker.counters = {k: v for k, v in counters.items() if isinstance(v, int)}
+        if bus is not None and bus is not worker.bus_state:
+            worker.bus_state = bus
+            self._emit("bus_state", worker=worker.id, pid=worker.pid, bus_state=bus.value)
         if worker.adopted and worker.lifecycle is None:
             # An adopted worker's first heartbeat here: it runs, and a WELCOME
             # reaches it now.
