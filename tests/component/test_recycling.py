@@ -1,5 +1,6 @@
-"""Memory-aware recycling over a real pool of fake workers: `MemoryWatch` samples on the
-loop's fake clock, the planner decides, the pool replaces the worker without a gap."""
+"""Recycling over a real pool of fake workers: every limit (max_requests, max_age,
+max_rss) replaces a worker without a gap, and memory-aware recycling's `MemoryWatch`
+samples on the loop's fake clock while the planner decides."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from procbus.master.memory import MemoryWatch
 from procbus.master.planner import RecycleReason, WorkerState
 from procbus.master.pool import Pool
 from procbus.master.settings import TreeSettings
-from tests.component.fakes import FakeProcesses, Recorder
+from tests.component.fakes import FakeProcesses, Fate, Recorder
 from tests.helpers import FakeClock
 
 MIB = 2**20
@@ -37,6 +38,72 @@ class FakeMemory:
 
 def limit(pool: Pool, max_rss: int, samples: int = 2) -> None:
     pool.policy = dataclasses.replace(pool.policy, max_rss=max_rss, rss_samples=samples)
+
+
+@pytest.mark.parametrize("reason", list(RecycleReason))
+def test_every_limit_replaces_the_worker_before_it_drains_and_is_counted(
+    pool: Pool,
+    processes: FakeProcesses,
+    recorder: Recorder,
+    loop: EventLoop,
+    reason: RecycleReason,
+) -> None:
+    """Steps: two running workers (fake heartbeats count one request a second); worker 1
+    reaches `reason`'s limit: max_requests 3, max_age 3 s (worker 2 forked later, to stay
+    younger), or max_rss 100 MiB (its RSS 200 MiB, 2 samples); run until its old process
+    is gone.
+    Expected: the old process got SIGTERM only, once, while two others served (its
+    replacement ran first: `ready` of the slot before its `drain`); one `recycle` event
+    with that reason; pool.recycles counts exactly one of that reason; the slot's
+    last_recycle has it."""
+    one, two = pool.current_workers()
+    memory = FakeMemory()
+    if reason is RecycleReason.MAX_REQUESTS:
+        pool.policy = dataclasses.replace(pool.policy, max_requests=3)
+        two.counters["requests"] = -100  # the fake heartbeat counts on from here
+    elif reason is RecycleReason.MAX_AGE:
+        pool.policy = dataclasses.replace(pool.policy, max_age=3.0)
+        two.started_at += 2.0
+    else:
+        memory.by_pid[one.pid] = 200 * MIB
+        limit(pool, 100 * MIB)
+    MemoryWatch(pool, memory.read, lambda: SETTINGS)
+    pool.replan()
+    slot = pool.slot(1)
+    assert slot is not None
+    assert loop.run_until(lambda: not one.alive, 10.0)
+
+    assert processes.signalled(one.pid) == [signal.SIGTERM]
+    assert processes.serving_at_stop[0] == 2
+    names = [(name, data.get("worker"), data.get("pid")) for name, data in recorder.events]
+    recycled = names.index(("recycle", 1, one.pid))
+    drained = names.index(("drain", 1, one.pid))
+    assert any(name == "ready" and w == 1 for name, w, _ in names[recycled:drained])
+    assert [(data["worker"], data["reason"]) for data in recorder.named("recycle")] == [
+        (1, reason.value)
+    ]
+    assert pool.recycles == {reason.value: 1}
+    assert slot.last_recycle is not None and slot.last_recycle.reason is reason
+
+
+def test_a_recycle_whose_first_replacement_fails_is_counted_once(
+    pool: Pool, processes: FakeProcesses, recorder: Recorder, loop: EventLoop
+) -> None:
+    """Steps: max_requests 3; worker 1's first replacement (generation 2) fails at boot,
+    the next one runs; run until the old worker is gone.
+    Expected: the old worker served on until generation 3 ran; one `recycle` event and
+    one max_requests recycle counted, though two replacements were forked."""
+    one, two = pool.current_workers()
+    two.counters["requests"] = -100
+    processes.plan(1, 2, Fate.CRASH)
+    pool.policy = dataclasses.replace(pool.policy, max_requests=3)
+    assert loop.run_until(lambda: not one.alive, 20.0)
+    slot = pool.slot(1)
+    assert slot is not None and slot.current is not None
+    assert slot.current.generation == 3
+    assert processes.serving_at_stop[0] == 2
+    assert len(recorder.named("recycle")) == 1
+    assert pool.recycles == {"max_requests": 1}
 
 
 def test_a_worker_above_max_rss_in_k_samples_is_replaced_before_it_drains(
