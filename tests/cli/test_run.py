@@ -257,7 +257,7 @@ def test_a_worker_over_max_rss_is_recycled_under_load_and_no_request_fails() -> 
 
 
 def test_a_worker_finishing_a_slow_request_shows_its_bus_stopping() -> None:
-    """Steps: one worker of the slow app; a request of 3 s; once it is in flight, SIGTERM
+    """Steps: one worker of the slow app; a request of 4 s; once it is in flight, SIGTERM
     the worker (``ctl kill 1``); read the status, as JSON and for people, until its bus
     state changes.
     Expected: before, the worker's bus is STARTED and the table has no BUS column; while
@@ -272,7 +272,7 @@ def test_a_worker_finishing_a_slow_request_shows_its_bus_stopping() -> None:
 
         def slow_request() -> None:
             try:
-                outcome.append(proc.get("/?seconds=3", timeout=10))
+                outcome.append(proc.get("/?seconds=4", timeout=10))
             except (OSError, http.client.HTTPException) as exc:
                 outcome.append(exc)
 
@@ -291,7 +291,7 @@ def test_a_worker_finishing_a_slow_request_shows_its_bus_stopping() -> None:
         header, row = table.splitlines()[1:3]
         assert header.split()[:4] == ["ID", "PID", "STATE", "BUS"]
         assert row.split()[:4] == ["1", str(worker["pid"]), "stopping", "STOPPING"]
-        assert outcome == [(200, b"slept 3.0")]
+        assert outcome == [(200, b"slept 4.0")]
         (new,) = proc.wait_running(1)
         assert new["pid"] != worker["pid"]
         wait_until(lambda: proc.workers()[0]["bus_state"] == "STARTED", 10)
