@@ -28,9 +28,10 @@ propagate at once.
 
 Beyond wspbus: subscribe, unsubscribe and publish are safe from any thread; a
 ``log`` message with no ``log`` listener goes to the standard ``logging`` logger
-``procbus`` instead of vanishing; and the re-exec path (`Bus.restart`) keeps an
+``procbus`` instead of vanishing; the re-exec path (`Bus.restart`) keeps an
 explicit set of file descriptors open across ``execv`` (`Bus.keep_fds`), which
-is how listening sockets survive a restart.
+is how listening sockets survive a restart; and `Bus.on_state` hears every
+state change (a worker reports its bus's state to its master with it).
 
 This module does no IO of its own beyond the re-exec that wspbus defines.
 """
@@ -245,6 +246,9 @@ class Bus:
         """Called after the local listeners of every `publish` (not by
         `run_listeners`); a master sets it to carry publishes to its workers.
         It returns the remote failures to raise with the local ones."""
+        self.on_state: Callable[[State], None] | None = None
+        """Called with each state the bus enters, in the thread that moved it, once
+        `wait` was woken; a worker sets it to tell its master where its bus is."""
 
     # -- state -------------------------------------------------------------
 
@@ -258,6 +262,9 @@ class Bus:
         with self._state_changed:
             self._state = value
             self._state_changed.notify_all()
+        hook = self.on_state
+        if hook is not None:
+            hook(value)
 
     # -- pub/sub -----------------------------------------------------------
 

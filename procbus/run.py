@@ -340,6 +340,8 @@ def tree_settings(config: Config) -> TreeSettings:
             max_requests=config.max_requests,
             max_requests_jitter=config.max_requests_jitter,
             max_age=config.max_age,
+            max_rss=config.max_rss,
+            rss_samples=config.rss_samples,
         ),
     )
 

@@ -38,6 +38,7 @@ from procbus.master.jobs import Job, JobAborted, Jobs
 from procbus.master.jobs.bodies import job_body
 from procbus.master.lineage import Lineage
 from procbus.master.loop import Clock, EventLoop
+from procbus.master.memory import MemoryWatch
 from procbus.master.planner import WorkerProc
 from procbus.master.pool import Pool
 from procbus.master.publisher import TreePublisher
@@ -102,6 +103,7 @@ class Master:
         self.pool.on_ready, self.pool.on_gone = self._worker_ready, self._worker_gone
         self.pool.on_drain = lambda worker: self.hub.drain(worker) if self.hub else None
         self.pool.on_halt = lambda reason: self.request_exit(fast=True, code=1)
+        self.memory = MemoryWatch(self.pool, self.monitor.rss, lambda: self.settings)
         self.endpoints.on_denied = lambda denial: self.emit("auth_denied", **denial.to_dict())
         self.publisher = TreePublisher(
             self.bus, self.pool, self.loop, deadline=lambda: self.settings.publish_timeout,
@@ -195,8 +197,7 @@ class Master:
         self.loop.close()
         line = self.lineage
         self.endpoints.close(exec_next=line.exec_requested, handed_over=bool(line.upgraded_to))
-        self.hub = self.publisher.hub = None
-        self.control = None
+        self.hub = self.publisher.hub = self.control = None
         log.info("master %d closed", self.pid)
 
     # -- the workers ------------------------------------------------------------
@@ -268,9 +269,7 @@ class Master:
         """
         self.open()
         self.bus.start()
-        if timeout == 0:
-            return self.pool.all_running()
-        return self.wait_ready(timeout)
+        return self.pool.all_running() if timeout == 0 else self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Pump the loop until every worker runs (or flaps, or none can boot); True if all run."""
@@ -297,6 +296,7 @@ class Master:
         self.settings = settings
         self.pool.policy = settings.supervision
         self.event_stream.interval = settings.stats_interval
+        self.memory.update()
 
     def _job_of(self, name: str, *args: Any, **options: Any) -> Job:
         """Run a long command as the Python API; raise `CommandError` if it was refused."""

@@ -132,6 +132,22 @@ class ProcessMonitor:
             if pid not in wanted:
                 self.forget(pid)
 
+    def rss(self, pids: Iterable[int]) -> dict[int, int | None]:
+        """The resident set size of each pid now, in bytes (None: it cannot be read).
+
+        Uncached, and nothing else is read (``/proc/PID/statm`` on Linux): these are
+        the samples memory-aware recycling decides on, each a measurement of its own.
+        """
+        found: dict[int, int | None] = {}
+        for pid in pids:
+            self.watch(pid)
+            handle = self._handles.get(pid)
+            try:
+                found[pid] = handle.process.memory_info().rss if handle is not None else None
+            except (psutil.Error, OSError):  # gone, or out of file descriptors
+                found[pid] = None
+        return found
+
     def sample(self, pid: int, detailed: bool = False) -> ProcessFigures:
         """Figures of `pid`; `detailed` adds fds, USS and connections (costlier)."""
         return self.sample_many([pid], detailed)[pid]

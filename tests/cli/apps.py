@@ -32,3 +32,18 @@ def slow(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     body = f"slept {seconds}".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+LEAK_STEP = 4 * 2**20
+LEAK_CAP = 96 * 2**20
+_leaked: list[bytes] = []
+
+
+def leaky(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """Keeps 4 MiB more per request, written (so it counts in the RSS), up to 96 MiB a
+    process: a leak for max_rss to recycle, bounded whatever the load."""
+    if len(_leaked) * LEAK_STEP < LEAK_CAP:
+        _leaked.append(b"\x01" * LEAK_STEP)
+    body = f"leaky {os.getpid()}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

@@ -33,6 +33,7 @@ WORKER_FIELDS = {
     "id",
     "pid",
     "state",
+    "bus_state",
     "generation",
     "age",
     "heartbeat_age",
@@ -41,6 +42,7 @@ WORKER_FIELDS = {
     "requests",
     "restarts",
     "last_error",
+    "last_recycle",
 }
 ENDPOINT_ROLES = {"control", "events", "publish", "replies"}
 
@@ -80,7 +82,7 @@ def test_status_json_has_exactly_the_documented_fields(master: MasterProcess) ->
     """Steps: ``ctl status --json`` against a running tree of two workers.
     Expected: exit 0; the master has exactly pid, name, state, generation, uptime and
     endpoints (one per role), every worker exactly the documented fields, each of its
-    documented type."""
+    documented type: running, its own bus STARTED, never recycled."""
     done = ctl(master, "status", "--json")
     assert done.returncode == 0, done.stderr
     status = as_json(done)
@@ -102,6 +104,7 @@ def test_status_json_has_exactly_the_documented_fields(master: MasterProcess) ->
         assert set(worker) == WORKER_FIELDS
         assert isinstance(worker["pid"], int) and worker["pid"] != master.pid
         assert worker["state"] == "running"
+        assert worker["bus_state"] == "STARTED"
         assert worker["generation"] == 1
         assert isinstance(worker["age"], float) and worker["age"] > 0
         assert isinstance(worker["heartbeat_age"], float) and worker["heartbeat_age"] < 2
@@ -110,6 +113,7 @@ def test_status_json_has_exactly_the_documented_fields(master: MasterProcess) ->
         assert isinstance(worker["requests"], int)
         assert worker["restarts"] == 0
         assert worker["last_error"] is None
+        assert worker["last_recycle"] is None
 
 
 def test_global_options_are_accepted_after_the_command(master: MasterProcess) -> None:
