@@ -40,6 +40,7 @@ from procbus.commands import (
 from procbus.master.jobs import Job, JobState
 from procbus.master.planner import WorkerProc
 from procbus.master.relay import TreeReply
+from procbus.master.scrape import Exposition
 
 log = logging.getLogger("procbus.control")
 
@@ -139,6 +140,15 @@ class CommandTarget(Protocol):
 
     def request_exit(self, fast: bool = False) -> None: ...
 
+    def scrape(
+        self,
+        on_done: Callable[[Exposition], None],
+        *,
+        openmetrics: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """A metrics scrape of the whole tree (`procbus.master.scrape`)."""
+
     def kill_worker(self, worker_id: int, signum: int) -> WorkerProc: ...
 
 
@@ -174,6 +184,7 @@ class Commands:
             "status": lambda call: call.answer.resolve(self.target.status()),
             "stats": lambda call: call.answer.resolve(self.target.stats()),
             "jobs": lambda call: call.answer.resolve({"jobs": self.target.job_listing()}),
+            "metrics": self._metrics,
             "publish": self._publish,
             "graceful": self._graceful,
             "exit": self._exit,
@@ -279,6 +290,13 @@ class Commands:
             )
         except TypeError as exc:  # an argument the wire cannot carry
             raise CommandError(ErrorCode.BAD_ARGUMENTS, f"publish: {exc}"[:500]) from None
+
+    def _metrics(self, call: Call) -> None:
+        self.target.scrape(
+            lambda exposition: call.answer.resolve(exposition.to_dict()),
+            openmetrics=bool(call.kwargs.get("openmetrics", False)),
+            timeout=call.publish_timeout(),
+        )
 
     def _graceful(self, call: Call) -> None:
         self.target.publish_async(

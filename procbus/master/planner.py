@@ -129,6 +129,8 @@ class WorkerProc:
     boot_failed: bool = False
     """It exited with the status that says its app could not be imported or started
     (the worker's contract; the pool knows the number, this module does not)."""
+    recycles: Recycle | None = None
+    """Forked to replace its slot's worker, recycled for this reason."""
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -183,6 +185,17 @@ class RolloutOutcome(enum.StrEnum):
     """Every slot got its new worker, and every old worker is gone."""
     FAILED = "failed"
     """A new worker could not boot: its batch was rolled back (see `Rollout.failure`)."""
+
+
+class ReloadResult(enum.StrEnum):
+    """How a reload ended (the reload job counts it in ``Pool.reload_results``)."""
+
+    OK = "ok"
+    """Every worker was replaced."""
+    ROLLED_BACK = "rolled_back"
+    """A new worker could not boot: its batch was rolled back, the old workers serve on."""
+    FAILED = "failed"
+    """It stopped otherwise: a bad configuration, no progress, the master exiting."""
 
 
 class RolloutFault(enum.StrEnum):
@@ -266,6 +279,13 @@ class PoolView:
         return self.rollout is None
 
 
+class Recycle(enum.StrEnum):
+    """Why a running worker is renewed without anyone asking (recycling)."""
+
+    MAX_REQUESTS = "max_requests"
+    MAX_AGE = "max_age"
+
+
 class ActionKind(enum.Enum):
     SPAWN = "spawn"
     """Fork a worker for the slot (as its current worker, or its replacement)."""
@@ -289,6 +309,8 @@ class Action:
     worker: WorkerProc | None = None
     reason: str = ""
     replace: bool = False
+    recycle: Recycle | None = None
+    """A SPAWN that replaces a worker being recycled: why."""
 
 
 @dataclass
@@ -372,6 +394,7 @@ def _plan_slot(
         return
     if replacement is not None:
         return  # the replacement is on its way
+    recycle = None
     if _adoption_failed(current, now, policy):
         # It may still serve requests: replace it as a reload would, not kill it.
         renew = "adopted worker did not reconnect"
@@ -380,14 +403,17 @@ def _plan_slot(
         return
     elif current.state is WorkerState.RUNNING:
         recycle = _recycle_reason(current, now, policy) if view.recycling else None
-        renew = recycle or ("replace requested" if _rolling(view, slot) else "")
+        renew = recycle[1] if recycle else ("replace requested" if _rolling(view, slot) else "")
         if not renew and view.recycling and policy.max_age > 0:
             at(current.started_at + policy.max_age)
     else:
         return
     if renew and not slot.flapping:
         if now >= slot.next_spawn_at:
-            actions.append(Action(ActionKind.SPAWN, slot.id, reason=renew, replace=True))
+            why = recycle[0] if recycle else None
+            actions.append(
+                Action(ActionKind.SPAWN, slot.id, reason=renew, replace=True, recycle=why)
+            )
         else:
             at(slot.next_spawn_at)
 
@@ -541,11 +567,16 @@ def _adoption_failed(worker: WorkerProc, now: float, policy: Supervision) -> boo
     )
 
 
-def _recycle_reason(worker: WorkerProc, now: float, policy: Supervision) -> str | None:
+def _recycle_reason(
+    worker: WorkerProc, now: float, policy: Supervision
+) -> tuple[Recycle, str] | None:
     if policy.max_requests > 0 and worker.requests >= request_limit(worker, policy):
-        return f"served {worker.requests} requests (max_requests {policy.max_requests})"
+        return (
+            Recycle.MAX_REQUESTS,
+            f"served {worker.requests} requests (max_requests {policy.max_requests})",
+        )
     if policy.max_age > 0 and now - worker.started_at >= policy.max_age:
-        return f"{now - worker.started_at:.0f}s old (max_age {policy.max_age:g}s)"
+        return Recycle.MAX_AGE, f"{now - worker.started_at:.0f}s old (max_age {policy.max_age:g}s)"
     return None
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import signal
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -97,6 +98,10 @@ class Pool:
         self.generations: dict[int, int] = {}
         """Worker id -> last generation a previous master used (restart, upgrade):
         a new slot goes on from there, so generations never repeat."""
+        self.recycles: Counter[str] = Counter()
+        """Workers retired for recycling, by reason (`Recycle`: max_requests, max_age)."""
+        self.reload_results: Counter[str] = Counter()
+        """Reloads ended, by result (ok, rolled_back, failed): counted by the reload job."""
 
     # -- what the rest of the master reads --------------------------------
 
@@ -257,13 +262,17 @@ class Pool:
                 slot = self.view.slots[action.slot] = WorkerSlot(
                     action.slot, generation=self.generations.get(action.slot, 0)
                 )
-            self._fork(slot, action.replace, action.reason)
+            forked = self._fork(slot, action.replace, action.reason)
+            if forked is not None:
+                forked.recycles = action.recycle
         elif action.kind is ActionKind.PROMOTE:
             assert slot is not None and worker is not None
             old = slot.current
             slot.current, slot.replacement = worker, None
             self._emit("promote", worker=worker.id, pid=worker.pid, generation=worker.generation)
             if old is not None:
+                if worker.recycles is not None:
+                    self.recycles[worker.recycles] += 1
                 self._retire(old, "replaced")
         elif action.kind is ActionKind.DRAIN:
             assert worker is not None
@@ -291,7 +300,7 @@ class Pool:
             self._emit("halt", worker=action.slot, reason=action.reason)
             self.on_halt(action.reason)
 
-    def _fork(self, slot: WorkerSlot, replace: bool, reason: str) -> None:
+    def _fork(self, slot: WorkerSlot, replace: bool, reason: str) -> WorkerProc | None:
         slot.generation += 1
         try:
             pid = self._spawn(slot.id, slot.generation)
@@ -299,7 +308,7 @@ class Pool:
             log.error("cannot fork worker %d: %s", slot.id, exc)
             slot.early_deaths += 1
             slot.next_spawn_at = self.loop.clock() + self.policy.backoff.delay(slot.early_deaths)
-            return
+            return None
         worker = WorkerProc(slot.id, slot.generation, pid, self.loop.clock())
         if self.policy.max_requests_jitter > 0:
             worker.request_jitter = random.randint(0, self.policy.max_requests_jitter)
@@ -311,6 +320,7 @@ class Pool:
         else:
             slot.current = worker
         self._emit("spawn", worker=slot.id, pid=pid, generation=slot.generation, reason=reason)
+        return worker
 
     def adopt(self, worker_id: int, generation: int, pid: int) -> WorkerProc | None:
         """Take over a live worker a previous master forked (``restart --adopt``).

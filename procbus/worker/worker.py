@@ -48,6 +48,7 @@ from procbus.worker.apps import WorkerApp, WorkerContext, load_app
 from procbus.worker.credentials import Credentials
 from procbus.worker.drain import MARKER_GRACE, Drain
 from procbus.worker.link import WorkerLink
+from procbus.worker.metrics import subscribe as answer_metrics_scrapes
 from procbus.worker.runner import ListenerRunner
 
 log = logging.getLogger("procbus.worker")
@@ -290,6 +291,7 @@ class Worker:
             sockets=spec.sockets,
             settings=spec.app_settings,
         )
+        answer_metrics_scrapes(self.bus)  # before the app: its own listeners come after
         try:
             app = load_app(spec.app)
             self.bus.start()

@@ -21,7 +21,13 @@ from typing import Any
 
 from procbus.master.jobs.queue import Job, JobFailed
 from procbus.master.jobs.tree import Tree
-from procbus.master.planner import RolloutFailure, RolloutFault, RolloutOutcome, WorkerState
+from procbus.master.planner import (
+    ReloadResult,
+    RolloutFailure,
+    RolloutFault,
+    RolloutOutcome,
+    WorkerState,
+)
 from procbus.master.settings import boot_limit, stop_limit
 
 log = logging.getLogger("procbus.master")
@@ -37,8 +43,13 @@ def reload_tree(tree: Tree, job: Job, batch: int = 1) -> dict[str, Any]:
     if batch < 1:
         raise JobFailed(f"batch must be >= 1, got {batch}")
     pool = tree.pool
-    tree.reload_config()
-    rollout = pool.start_rollout(batch)
+    result = ReloadResult.FAILED
+    try:
+        tree.reload_config()
+        rollout = pool.start_rollout(batch)
+    except BaseException:
+        pool.reload_results[result] += 1
+        raise
     policy = tree.settings.supervision
     replaced: list[dict[str, Any]] = []
     limit = boot_limit(policy) + stop_limit(policy)  # the pool enforces a batch's deadlines
@@ -61,12 +72,15 @@ def reload_tree(tree: Tree, job: Job, batch: int = 1) -> dict[str, Any]:
                 )
                 replaced.append({"worker": new.id, "pid": new.pid, "generation": new.generation})
             if rollout.outcome is RolloutOutcome.DONE:
+                result = ReloadResult.OK
                 return {"replaced": replaced, "workers": len(rollout.slots)}
             if rollout.failure is not None:
+                result = ReloadResult.ROLLED_BACK
                 raise _rollout_failed(rollout.failure, policy.boot_timeout)
             if len(replaced) == reported:
                 raise JobFailed(f"reload stopped: no batch was done within {limit:g}s")
     finally:
+        pool.reload_results[result] += 1
         pool.end_rollout()
 
 
