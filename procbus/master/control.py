@@ -40,7 +40,6 @@ from procbus.commands import (
 from procbus.master.jobs import Job, JobState
 from procbus.master.planner import WorkerProc
 from procbus.master.relay import TreeReply
-from procbus.master.scrape import Exposition
 
 log = logging.getLogger("procbus.control")
 
@@ -102,6 +101,12 @@ class Answer:
             raise CommandError(*self.error)
 
 
+class Scraped(Protocol):
+    """The text of a metrics scrape (`procbus.master.scrape.Exposition`)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 class CommandTarget(Protocol):
     """What the commands may ask of the tree: the master implements it."""
 
@@ -142,7 +147,7 @@ class CommandTarget(Protocol):
 
     def scrape(
         self,
-        on_done: Callable[[Exposition], None],
+        on_done: Callable[[Scraped], None],
         *,
         openmetrics: bool = False,
         timeout: float | None = None,

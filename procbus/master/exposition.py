@@ -285,11 +285,3 @@ def render(families: Sequence[Metric], openmetrics_format: bool) -> tuple[bytes,
     if openmetrics_format:
         return _openmetrics_text(_Families(families)), OPENMETRICS_TYPE
     return generate_latest(_Families(families)), TEXT_TYPE
-
-
-def wants_openmetrics(accept: str) -> bool:
-    """Whether an HTTP ``Accept`` header asks for OpenMetrics (as prometheus_client reads it)."""
-    return any(
-        part.split(";")[0].strip().lower() == "application/openmetrics-text"
-        for part in accept.split(",")
-    )

@@ -38,8 +38,9 @@ from typing import Any, Final, Protocol
 from procbus.master import sockets as listening
 from procbus.master.backlog import listen_backlogs
 from procbus.master.hub import Hub
+from procbus.master.jobs.workers import ReloadResult
 from procbus.master.meter import Histogram
-from procbus.master.planner import Recycle, ReloadResult, WorkerState
+from procbus.master.planner import RecycleReason, WorkerState
 from procbus.master.pool import Pool
 from procbus.master.relay import WorkerStatus
 from procbus.master.settings import TreeSettings
@@ -136,7 +137,7 @@ def read_server(master: Observed) -> ServerSnapshot:
         start_time=master.started_at,
         workers_by_state=states,
         workers=workers,
-        recycles={**dict.fromkeys(Recycle, 0), **pool.recycles},
+        recycles={**dict.fromkeys(RecycleReason, 0), **pool.recycles},
         reloads={**dict.fromkeys(ReloadResult, 0), **pool.reload_results},
         publishes={
             **dict.fromkeys(PUBLISH_OUTCOMES, 0),

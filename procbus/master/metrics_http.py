@@ -252,8 +252,6 @@ class MetricsHTTP:
         if target.partition("?")[0] != "/metrics":
             self._reply(connection, 404, b"see /metrics\n")
             return
-        from procbus.master.exposition import wants_openmetrics  # noqa: PLC0415 - lazy
-
         connection.stage = _Stage.SCRAPING
         if connection.timer is not None:
             connection.timer.cancel()
@@ -339,6 +337,14 @@ def _response(
         f"{extra}Cache-Control: no-store\r\nConnection: close\r\n\r\n"
     )
     return head.encode("latin-1") + body
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """Whether an ``Accept`` header names OpenMetrics (as prometheus_client reads it)."""
+    return any(
+        part.split(";")[0].strip().lower() == "application/openmetrics-text"
+        for part in accept.split(",")
+    )
 
 
 def _describe(address: object) -> str:

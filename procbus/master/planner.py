@@ -32,6 +32,14 @@ from typing import Any
 from procbus.protocol import WorkerBusState
 
 
+class RecycleReason(enum.StrEnum):
+    """Why a running worker is replaced although nothing is wrong with it (its limits)."""
+
+    MAX_REQUESTS = "max_requests"
+    MAX_AGE = "max_age"
+    MAX_RSS = "max_rss"
+
+
 class WorkerState(enum.StrEnum):
     """Where a worker process is in its life, as the master sees it."""
 
@@ -129,8 +137,8 @@ class WorkerProc:
     boot_failed: bool = False
     """It exited with the status that says its app could not be imported or started
     (the worker's contract; the pool knows the number, this module does not)."""
-    recycles: Recycle | None = None
-    """Forked to replace its slot's worker, recycled for this reason."""
+    recycle: RecycleReason | None = None
+    """Why it is being replaced, once its replacement was forked for a limit."""
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -185,17 +193,6 @@ class RolloutOutcome(enum.StrEnum):
     """Every slot got its new worker, and every old worker is gone."""
     FAILED = "failed"
     """A new worker could not boot: its batch was rolled back (see `Rollout.failure`)."""
-
-
-class ReloadResult(enum.StrEnum):
-    """How a reload ended (the reload job counts it in ``Pool.reload_results``)."""
-
-    OK = "ok"
-    """Every worker was replaced."""
-    ROLLED_BACK = "rolled_back"
-    """A new worker could not boot: its batch was rolled back, the old workers serve on."""
-    FAILED = "failed"
-    """It stopped otherwise: a bad configuration, no progress, the master exiting."""
 
 
 class RolloutFault(enum.StrEnum):
@@ -279,13 +276,6 @@ class PoolView:
         return self.rollout is None
 
 
-class Recycle(enum.StrEnum):
-    """Why a running worker is renewed without anyone asking (recycling)."""
-
-    MAX_REQUESTS = "max_requests"
-    MAX_AGE = "max_age"
-
-
 class ActionKind(enum.Enum):
     SPAWN = "spawn"
     """Fork a worker for the slot (as its current worker, or its replacement)."""
@@ -309,8 +299,8 @@ class Action:
     worker: WorkerProc | None = None
     reason: str = ""
     replace: bool = False
-    recycle: Recycle | None = None
-    """A SPAWN that replaces a worker being recycled: why."""
+    recycle: RecycleReason | None = None
+    """A SPAWN that replaces the current worker because it reached this limit."""
 
 
 @dataclass
@@ -377,6 +367,7 @@ def _plan_slot(
         return
 
     current, replacement = slot.current, slot.replacement
+    limit: RecycleReason | None = None
     if current is None and replacement is not None:
         actions.append(Action(ActionKind.PROMOTE, slot.id, replacement, "slot empty"))
         current, replacement = replacement, None
@@ -394,7 +385,6 @@ def _plan_slot(
         return
     if replacement is not None:
         return  # the replacement is on its way
-    recycle = None
     if _adoption_failed(current, now, policy):
         # It may still serve requests: replace it as a reload would, not kill it.
         renew = "adopted worker did not reconnect"
@@ -402,17 +392,19 @@ def _plan_slot(
         at(current.started_at + policy.boot_timeout)
         return
     elif current.state is WorkerState.RUNNING:
-        recycle = _recycle_reason(current, now, policy) if view.recycling else None
-        renew = recycle[1] if recycle else ("replace requested" if _rolling(view, slot) else "")
+        recycle = _recycle(current, now, policy) if view.recycling else None
+        if recycle is not None:
+            limit, renew = recycle
+        else:
+            renew = "replace requested" if _rolling(view, slot) else ""
         if not renew and view.recycling and policy.max_age > 0:
             at(current.started_at + policy.max_age)
     else:
         return
     if renew and not slot.flapping:
         if now >= slot.next_spawn_at:
-            why = recycle[0] if recycle else None
             actions.append(
-                Action(ActionKind.SPAWN, slot.id, reason=renew, replace=True, recycle=why)
+                Action(ActionKind.SPAWN, slot.id, reason=renew, replace=True, recycle=limit)
             )
         else:
             at(slot.next_spawn_at)
@@ -567,16 +559,16 @@ def _adoption_failed(worker: WorkerProc, now: float, policy: Supervision) -> boo
     )
 
 
-def _recycle_reason(
+def _recycle(
     worker: WorkerProc, now: float, policy: Supervision
-) -> tuple[Recycle, str] | None:
+) -> tuple[RecycleReason, str] | None:
+    """The limit `worker` reached, and what it is at, or None."""
     if policy.max_requests > 0 and worker.requests >= request_limit(worker, policy):
-        return (
-            Recycle.MAX_REQUESTS,
-            f"served {worker.requests} requests (max_requests {policy.max_requests})",
-        )
+        detail = f"served {worker.requests} requests (max_requests {policy.max_requests})"
+        return RecycleReason.MAX_REQUESTS, detail
     if policy.max_age > 0 and now - worker.started_at >= policy.max_age:
-        return Recycle.MAX_AGE, f"{now - worker.started_at:.0f}s old (max_age {policy.max_age:g}s)"
+        detail = f"{now - worker.started_at:.0f}s old (max_age {policy.max_age:g}s)"
+        return RecycleReason.MAX_AGE, detail
     return None
 
 

@@ -5,15 +5,18 @@ function the master provides), signals, reaps, and updates each worker's record
 from what the worker says (hello, state, heartbeat) and from what the kernel
 says (exit status). After anything changes it asks the planner again, and
 arms one timer for the planner's next deadline, so the master never polls.
+
+It also counts what the metrics report: recycles by the limit reached
+(`Pool.recycles`) and reloads by how they ended (`Pool.reload_results`).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import random
 import signal
-from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -98,10 +101,10 @@ class Pool:
         self.generations: dict[int, int] = {}
         """Worker id -> last generation a previous master used (restart, upgrade):
         a new slot goes on from there, so generations never repeat."""
-        self.recycles: Counter[str] = Counter()
-        """Workers retired for recycling, by reason (`Recycle`: max_requests, max_age)."""
-        self.reload_results: Counter[str] = Counter()
-        """Reloads ended, by result (ok, rolled_back, failed): counted by the reload job."""
+        self.recycles: collections.Counter[str] = collections.Counter()
+        """Workers replaced for reaching a limit, by `RecycleReason` value."""
+        self.reload_results: collections.Counter[str] = collections.Counter()
+        """Reloads, by how they ended (counted by the reload job: `jobs.workers.ReloadResult`)."""
 
     # -- what the rest of the master reads --------------------------------
 
@@ -262,17 +265,15 @@ class Pool:
                 slot = self.view.slots[action.slot] = WorkerSlot(
                     action.slot, generation=self.generations.get(action.slot, 0)
                 )
-            forked = self._fork(slot, action.replace, action.reason)
-            if forked is not None:
-                forked.recycles = action.recycle
+            if action.recycle is not None and slot.current is not None:
+                self._recycling(slot.current, action)
+            self._fork(slot, action.replace, action.reason)
         elif action.kind is ActionKind.PROMOTE:
             assert slot is not None and worker is not None
             old = slot.current
             slot.current, slot.replacement = worker, None
             self._emit("promote", worker=worker.id, pid=worker.pid, generation=worker.generation)
             if old is not None:
-                if worker.recycles is not None:
-                    self.recycles[worker.recycles] += 1
                 self._retire(old, "replaced")
         elif action.kind is ActionKind.DRAIN:
             assert worker is not None
@@ -300,7 +301,7 @@ class Pool:
             self._emit("halt", worker=action.slot, reason=action.reason)
             self.on_halt(action.reason)
 
-    def _fork(self, slot: WorkerSlot, replace: bool, reason: str) -> WorkerProc | None:
+    def _fork(self, slot: WorkerSlot, replace: bool, reason: str) -> None:
         slot.generation += 1
         try:
             pid = self._spawn(slot.id, slot.generation)
@@ -308,7 +309,7 @@ class Pool:
             log.error("cannot fork worker %d: %s", slot.id, exc)
             slot.early_deaths += 1
             slot.next_spawn_at = self.loop.clock() + self.policy.backoff.delay(slot.early_deaths)
-            return None
+            return
         worker = WorkerProc(slot.id, slot.generation, pid, self.loop.clock())
         if self.policy.max_requests_jitter > 0:
             worker.request_jitter = random.randint(0, self.policy.max_requests_jitter)
@@ -320,7 +321,16 @@ class Pool:
         else:
             slot.current = worker
         self._emit("spawn", worker=slot.id, pid=pid, generation=slot.generation, reason=reason)
-        return worker
+
+    def _recycling(self, worker: WorkerProc, action: Action) -> None:
+        """`worker` reached a limit: its replacement is forked next (and it drains once
+        that one runs). Counted once per worker, however many forks its replacement takes."""
+        assert action.recycle is not None
+        if worker.recycle is not None:
+            return
+        worker.recycle = action.recycle
+        self.recycles[action.recycle.value] += 1
+        log.info("worker %d (pid %d) is recycled: %s", worker.id, worker.pid, action.reason)
 
     def adopt(self, worker_id: int, generation: int, pid: int) -> WorkerProc | None:
         """Take over a live worker a previous master forked (``restart --adopt``).

@@ -26,6 +26,7 @@ from procbus.master.loop import EventLoop
 from procbus.master.meter import DURATION_BUCKETS, PublishMeter
 from procbus.master.meter import Histogram as DurationHistogram
 from procbus.master.metrics import WORKER_STATES, ServerSnapshot, WorkerFigures
+from procbus.master.metrics_http import wants_openmetrics
 from procbus.master.planner import WorkerProc, WorkerState
 from procbus.master.relay import Relay, TreeReply
 from procbus.protocol import MsgType
@@ -248,7 +249,7 @@ def test_openmetrics_text_parses_and_ends_with_eof() -> None:
 def test_openmetrics_is_chosen_when_the_accept_header_names_it(accept: str, wanted: bool) -> None:
     """Steps: Accept headers as Prometheus and curl send them. Expected: OpenMetrics
     exactly when it is named."""
-    assert exposition.wants_openmetrics(accept) is wanted
+    assert wants_openmetrics(accept) is wanted
 
 
 def test_duration_histogram_counts_each_observation_in_its_bucket() -> None:
