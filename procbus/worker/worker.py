@@ -284,6 +284,7 @@ class Worker:
         spec = self.spec
         link.hello(self.pid)
         link.state(WorkerBusState.STARTING)
+        answer_metrics_scrapes(self.bus)  # before the app: its own listeners come after
         ctx = WorkerContext(
             worker_id=spec.worker_id,
             generation=spec.generation,
@@ -291,7 +292,6 @@ class Worker:
             sockets=spec.sockets,
             settings=spec.app_settings,
         )
-        answer_metrics_scrapes(self.bus)  # before the app: its own listeners come after
         try:
             app = load_app(spec.app)
             self.bus.start()
