@@ -149,3 +149,34 @@ def test_the_metrics_endpoint_keeps_its_address_across_restart_and_upgrade(
         assert wait_until(lambda: generation() == 2, 30)
         proc.wait_running(1)
         assert metrics_url(proc) == url
+
+
+def test_recycles_reloads_and_publishes_are_counted() -> None:
+    """Steps: 1 worker with ``--max-requests 5``; requests until it was recycled; a
+    ``ctl reload``; a ``ctl publish``. Expected: ``procbus_worker_recycles_total``
+    counts a ``max_requests`` recycle, ``procbus_reloads_total`` one ``ok`` reload,
+    ``procbus_publishes_total`` one ``ok`` answer (the scrapes are not counted), and the
+    publish's duration is in the histogram."""
+    options = ("--bind", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--max-requests", "5")
+    with running(*options, workers=1) as proc:
+        url = metrics_url(proc)
+
+        def recycled() -> bool:
+            proc.get("/")
+            recycles = scrape(url)[1]
+            return (
+                recycles[
+                    ("procbus_worker_recycles_total", frozenset({("reason", "max_requests")}))
+                ]
+                >= 1
+            )
+
+        wait_until(recycled, 30)
+        proc.wait_running(1)
+        proc.call("reload", timeout=60)
+        assert proc.call("publish", "demo.message", "hi")["ok"]
+        _, found = scrape(url)
+        assert found[("procbus_reloads_total", frozenset({("result", "ok")}))] == 1
+        assert found[("procbus_reloads_total", frozenset({("result", "failed")}))] == 0
+        assert found[("procbus_publishes_total", frozenset({("outcome", "ok")}))] == 1
+        assert found[("procbus_publish_duration_seconds_count", frozenset())] == 1
