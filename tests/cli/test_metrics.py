@@ -161,15 +161,11 @@ def test_recycles_reloads_and_publishes_are_counted() -> None:
     with running(*options, workers=1) as proc:
         url = metrics_url(proc)
 
+        recycles = ("procbus_worker_recycles_total", frozenset({("reason", "max_requests")}))
+
         def recycled() -> bool:
             proc.get("/")
-            recycles = scrape(url)[1]
-            return (
-                recycles[
-                    ("procbus_worker_recycles_total", frozenset({("reason", "max_requests")}))
-                ]
-                >= 1
-            )
+            return scrape(url)[1][recycles] >= 1
 
         wait_until(recycled, 30)
         proc.wait_running(1)
