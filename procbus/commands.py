@@ -22,7 +22,7 @@ class Role(enum.StrEnum):
     """What a control client may do."""
 
     READ = "read"
-    """status, stats, ping, version, watch."""
+    """status, stats, jobs, metrics, ping, version, watch."""
     ADMIN = "admin"
     """Everything."""
 
@@ -103,6 +103,12 @@ COMMANDS: Final[Mapping[str, CommandSpec]] = _spec(
     CommandSpec("status", Role.READ, "the master and every worker"),
     CommandSpec("stats", Role.READ, "process figures of the master and every worker"),
     CommandSpec("jobs", Role.READ, "long commands running or recently finished"),
+    CommandSpec(
+        "metrics",
+        Role.READ,
+        "Prometheus metrics of the master and every worker (the text /metrics serves)",
+        options=(Option("openmetrics", bool, help="OpenMetrics text instead of Prometheus's"),),
+    ),
     CommandSpec(
         "publish",
         Role.ADMIN,

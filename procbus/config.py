@@ -224,6 +224,10 @@ def _valid_address(text: str) -> bool:
     return bool(host) and re.fullmatch(r"[^\s:\[\]/]+", host) is not None
 
 
+def _valid_tcp_address(text: str) -> bool:
+    return not text.startswith("unix:") and _valid_address(text)
+
+
 def _valid_reference(text: str) -> bool:
     dotted = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
     return re.fullmatch(f"{dotted}:{dotted}", text) is not None
@@ -355,6 +359,7 @@ def _cpu_count() -> int:
 
 
 _ADDRESS: Final = "HOST:PORT, [IPV6]:PORT or unix:PATH with a port in 0-65535"
+_TCP_ADDRESS: Final = "HOST:PORT or [IPV6]:PORT with a port in 0-65535"
 _UIDS_HELP: Final = "more uids allowed on the ipc:// control socket"
 
 # fmt: off
@@ -399,6 +404,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("stats_interval", _seconds(0, inclusive=False),
             "seconds between stats events while someone watches them (procbus top)",
             metavar="SECONDS", default=1.0),
+    Setting("metrics", _text(_TCP_ADDRESS, _valid_tcp_address),
+            "serve Prometheus metrics on http://HOST:PORT/metrics (unauthenticated: bind "
+            "127.0.0.1 or a private address)", metavar="HOST:PORT", default_doc="off"),
+    Setting("metrics_timeout", _seconds(0, inclusive=False),
+            "seconds a metrics scrape waits for the workers (the late ones are left out)",
+            metavar="SECONDS", default=2.0),
     Setting("max_requests", _integer(0), "recycle a worker after this many requests (0: never)",
             metavar="N", default=0),
     Setting("max_requests_jitter", _integer(0),
@@ -471,6 +482,8 @@ class Config:
     heartbeat_interval: float
     publish_timeout: float
     stats_interval: float
+    metrics: str | None
+    metrics_timeout: float
     max_requests: int
     max_requests_jitter: int
     max_age: float

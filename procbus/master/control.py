@@ -101,6 +101,12 @@ class Answer:
             raise CommandError(*self.error)
 
 
+class Scraped(Protocol):
+    """The text of a metrics scrape (`procbus.master.scrape.Exposition`)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 class CommandTarget(Protocol):
     """What the commands may ask of the tree: the master implements it."""
 
@@ -139,6 +145,15 @@ class CommandTarget(Protocol):
 
     def request_exit(self, fast: bool = False) -> None: ...
 
+    def scrape(
+        self,
+        on_done: Callable[[Scraped], None],
+        *,
+        openmetrics: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """A metrics scrape of the whole tree (`procbus.master.scrape`)."""
+
     def kill_worker(self, worker_id: int, signum: int) -> WorkerProc: ...
 
 
@@ -174,6 +189,7 @@ class Commands:
             "status": lambda call: call.answer.resolve(self.target.status()),
             "stats": lambda call: call.answer.resolve(self.target.stats()),
             "jobs": lambda call: call.answer.resolve({"jobs": self.target.job_listing()}),
+            "metrics": self._metrics,
             "publish": self._publish,
             "graceful": self._graceful,
             "exit": self._exit,
@@ -279,6 +295,13 @@ class Commands:
             )
         except TypeError as exc:  # an argument the wire cannot carry
             raise CommandError(ErrorCode.BAD_ARGUMENTS, f"publish: {exc}"[:500]) from None
+
+    def _metrics(self, call: Call) -> None:
+        self.target.scrape(
+            lambda exposition: call.answer.resolve(exposition.to_dict()),
+            openmetrics=bool(call.kwargs.get("openmetrics", False)),
+            timeout=call.publish_timeout(),
+        )
 
     def _graceful(self, call: Call) -> None:
         self.target.publish_async(

@@ -44,6 +44,7 @@ from procbus.master.pool import Pool
 from procbus.master.publisher import TreePublisher
 from procbus.master.relay import TreeReply
 from procbus.master.runtime import RuntimeDir
+from procbus.master.scrape import Scraper
 from procbus.master.settings import TreeSettings, stop_limit
 from procbus.master.stats import ProcessMonitor
 from procbus.worker.apps import WorkerApp
@@ -111,6 +112,7 @@ class Master:
         )  # fmt: skip
         self.publish_async = self.publisher.publish_async
         """Start a tree publish; `on_done(reply)` is called from the loop when complete."""
+        self.scrape = Scraper(self, self.publisher.ask_workers).scrape
         self.hub: Hub | None = None
         self.control: ControlServer | None = None
         self.commands = Commands(self)
@@ -262,11 +264,8 @@ class Master:
         return self.hub is not None
 
     def start(self, timeout: float | None = None) -> bool:
-        """Start the bus (bind, fork the workers); wait until they all run.
-
-        Returns whether every worker runs within `timeout` (None: the boot
-        timeout). With ``timeout=0`` it does not wait.
-        """
+        """Start the bus (bind, fork the workers); True once every worker runs within
+        `timeout` (None: the boot timeout; 0: no wait)."""
         self.open()
         self.bus.start()
         return self.pool.all_running() if timeout == 0 else self.wait_ready(timeout)

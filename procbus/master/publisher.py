@@ -106,6 +106,8 @@ class TreePublisher:
         reply: TreeReply,
         timeout: float,
         on_done: Callable[[TreeReply], None] | None,
+        *,
+        metered: bool = True,
     ) -> Gather:
         if self.hub is None:
             raise RuntimeError("the master is not started")
@@ -114,7 +116,16 @@ class TreePublisher:
             reply.workers[worker.id] = WorkerResult(
                 worker.id, worker.pid, worker.generation, WorkerStatus.STARTING
             )
-        return self.hub.relay.send(template, targets, timeout, reply, on_done)
+        return self.hub.relay.send(template, targets, timeout, reply, on_done, metered=metered)
+
+    def ask_workers(
+        self, channel: str, timeout: float, on_done: Callable[[TreeReply], None]
+    ) -> None:
+        """Ask the workers alone (the master's listeners do not run), unmetered: the
+        gather of a metrics scrape (`procbus.master.scrape`). `RuntimeError` if the
+        master is not open."""
+        template = protocol.PublishTemplate(channel, [], {}, timeout)
+        self._send(template, TreeReply(channel, None), timeout, on_done, metered=False)
 
     def finish(self, limit: float) -> None:
         """Before the master goes (exec, hand-over): let the publishes in flight get their

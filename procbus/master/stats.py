@@ -72,6 +72,8 @@ class ProcessFigures:
     threads: int | None
     fds: int | None
     connections: int | None
+    cpu_seconds: float | None = None
+    """User and system CPU time used since the process started."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))  # shallow: every field is a number (asdict deep-copies)
@@ -198,6 +200,7 @@ def _read(
     if handle is None:
         return ProcessFigures(pid, None, None, None, None, None, None)
     rss = threads = fds = None
+    cpu_seconds: float | None = None
     process = handle.process
     try:
         with process.oneshot():
@@ -205,6 +208,8 @@ def _read(
                 handle.cpu_percent = process.cpu_percent(None)
                 handle.cpu_since = now
             rss = process.memory_info().rss
+            times = process.cpu_times()
+            cpu_seconds = times.user + times.system
             threads = process.num_threads()
             if detailed:
                 fds = process.num_fds()
@@ -225,6 +230,7 @@ def _read(
         threads,
         fds,
         handle.connections if detailed else None,
+        cpu_seconds,
     )
 
 

@@ -48,6 +48,7 @@ from procbus.worker.apps import WorkerApp, WorkerContext, load_app
 from procbus.worker.credentials import Credentials
 from procbus.worker.drain import MARKER_GRACE, Drain
 from procbus.worker.link import WorkerLink
+from procbus.worker.metrics import subscribe as answer_metrics_scrapes
 from procbus.worker.runner import ListenerRunner
 
 log = logging.getLogger("procbus.worker")
@@ -291,6 +292,7 @@ class Worker:
         spec = self.spec
         link.hello(self.pid)
         link.state(WorkerBusState.STARTING)
+        answer_metrics_scrapes(self.bus)  # before the app: its own listeners come after
         ctx = WorkerContext(
             worker_id=spec.worker_id,
             generation=spec.generation,

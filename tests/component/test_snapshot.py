@@ -25,7 +25,7 @@ from procbus.worker.apps import COUNTER_NAMES
 from tests.component.fakes import FakeProcesses, Fate
 from tests.helpers import FakeClock
 
-FIGURES = ("pid", "cpu_percent", "rss", "uss", "threads", "fds", "connections")
+FIGURES = ("pid", "cpu_percent", "rss", "uss", "threads", "fds", "connections", "cpu_seconds")
 
 
 @dataclass

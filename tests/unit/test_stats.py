@@ -55,7 +55,9 @@ def test_own_process_figures_are_numbers(listener: socket.socket) -> None:
         "threads",
         "fds",
         "connections",
+        "cpu_seconds",
     }
+    assert isinstance(figures.cpu_seconds, float) and figures.cpu_seconds > 0
 
 
 def test_a_plain_sample_leaves_out_the_costly_figures() -> None:
