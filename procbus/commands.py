@@ -117,7 +117,18 @@ COMMANDS: Final[Mapping[str, CommandSpec]] = _spec(
             Param("channel", str, help="the channel"),
             Param("args", str, required=False, many=True, help="arguments (JSON literals)"),
         ),
-        options=(Option("kw", dict, help="keyword argument KEY=VALUE (repeatable)"),),
+        options=(
+            Option("kw", dict, help="keyword argument KEY=VALUE (repeatable)"),
+            Option(
+                "require",
+                str,
+                help="what done means: all (default), any, or a number of workers",
+            ),
+            Option("to", str, help="only these workers (ids, as 1,3)"),
+            Option("to_generation", int, minimum=1, help="only the workers of this generation"),
+            Option("retain", bool, help="keep it for every worker started later"),
+            Option("clear", bool, help="with --retain: drop the channel's retained publish"),
+        ),
     ),
     CommandSpec("graceful", Role.ADMIN, "publish graceful: every worker reloads in place"),
     CommandSpec(

@@ -40,6 +40,7 @@ from procbus.commands import (
 from procbus.master.jobs import Job, JobState
 from procbus.master.planner import WorkerProc
 from procbus.master.relay import TreeReply
+from procbus.publishing import DEFAULT, PublishOptions
 
 log = logging.getLogger("procbus.control")
 
@@ -141,7 +142,10 @@ class CommandTarget(Protocol):
         *,
         timeout: float | None,
         on_done: Callable[[TreeReply], None],
-    ) -> None: ...
+        options: PublishOptions = DEFAULT,
+    ) -> None:
+        """Raises ``TypeError`` (an argument the wire cannot carry) or ``ValueError`` (an
+        option the tree cannot honour: a target that does not exist) before anything runs."""
 
     def request_exit(self, fast: bool = False) -> None: ...
 
@@ -286,14 +290,16 @@ class Commands:
     def _publish(self, call: Call) -> None:
         channel, *args = call.args
         try:
+            options = PublishOptions.parse({k: v for k, v in call.kwargs.items() if k != "kw"})
             self.target.publish_async(
                 channel,
                 args,
                 call.kwargs.get("kw", {}),
                 timeout=call.publish_timeout(),
                 on_done=self._tree_reply(call),
+                options=options,
             )
-        except TypeError as exc:  # an argument the wire cannot carry
+        except (TypeError, ValueError) as exc:  # an argument or option the tree cannot take
             raise CommandError(ErrorCode.BAD_ARGUMENTS, f"publish: {exc}"[:500]) from None
 
     def _metrics(self, call: Call) -> None:

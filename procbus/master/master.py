@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -47,6 +47,7 @@ from procbus.master.runtime import RuntimeDir
 from procbus.master.scrape import Scraper
 from procbus.master.settings import TreeSettings, stop_limit
 from procbus.master.stats import ProcessMonitor
+from procbus.publishing import PublishOptions, Require
 from procbus.worker.apps import WorkerApp
 from procbus.worker.credentials import Credentials
 
@@ -277,11 +278,30 @@ class Master:
         return self.pool.all_running()
 
     def publish(
-        self, channel: str, *args: Any, timeout: float | None = None, **kwargs: Any
+        self,
+        channel: str,
+        *args: Any,
+        timeout: float | None = None,
+        require: Require = "all",
+        to: Iterable[int] | None = None,
+        to_generation: int | None = None,
+        retain: bool = False,
+        clear: bool = False,
+        **kwargs: Any,
     ) -> TreeReply:
-        """Publish on the whole tree and return every process's answer (`publisher`)."""
+        """Publish on the whole tree and return every process's answer (`publisher`;
+        the options are `procbus.publishing`'s). Raises ``ValueError`` for a bad option."""
+        options = PublishOptions(
+            require,
+            None if to is None else tuple(to),
+            to_generation,
+            retain,
+            clear,
+        )
         gathered: list[TreeReply] = []
-        self.publish_async(channel, args, kwargs, timeout=timeout, on_done=gathered.append)
+        self.publish_async(
+            channel, args, kwargs, timeout=timeout, on_done=gathered.append, options=options
+        )
         self.loop.run_until(lambda: bool(gathered))
         return gathered[0]
 

@@ -24,6 +24,7 @@ from procbus.master.hub import Hub
 from procbus.master.loop import EventLoop
 from procbus.master.pool import Pool
 from procbus.master.relay import Gather, TreeReply, WorkerResult, WorkerStatus
+from procbus.publishing import DEFAULT, PublishOptions
 
 log = logging.getLogger("procbus.master")
 
@@ -64,11 +65,14 @@ class TreePublisher:
         *,
         timeout: float | None = None,
         on_done: Callable[[TreeReply], None] | None = None,
+        options: PublishOptions = DEFAULT,
     ) -> None:
         """Start a tree publish; `on_done(reply)` is called from the loop when complete.
 
-        Raises ``TypeError`` before anything runs if an argument cannot be sent.
+        Raises ``TypeError`` before anything runs if an argument cannot be sent,
+        ``ValueError`` if an option cannot be honoured.
         """
+        self._check_options(options)
         args = list(args)
         kwargs = dict(kwargs or {})
         if channel in POOL_CHANNELS or channel in LOCAL_CHANNELS:
@@ -84,6 +88,13 @@ class TreePublisher:
             if outcome.error is not None:
                 reply.master_errors.append(outcome.error)
         self._send(template, reply, timeout, on_done)
+
+    def _check_options(self, options: PublishOptions) -> None:
+        unbuilt = [
+            name for name in ("require", "to", "to_generation", "retain") if name in options.wire()
+        ]
+        if unbuilt:
+            raise ValueError(f"publish option {unbuilt[0]} is not built yet")
 
     def _on_master(self, channel: str, args: list[Any], kwargs: dict[str, Any]) -> TreeReply:
         reply = TreeReply(channel, None)
