@@ -57,3 +57,12 @@ class RemoteError(ProcbusError):
 
     def __repr__(self) -> str:
         return f"RemoteError({self})"
+
+
+class QuorumError(ProcbusError):
+    """A tree publish's requirement (``require="any"`` or a number) was not met.
+
+    One of the exceptions in the `ChannelFailures` that
+    `TreeReply.raise_for_failures` raises; its message says why (too many
+    targets failed, or fewer targets than required).
+    """

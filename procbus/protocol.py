@@ -10,20 +10,32 @@ extension types are refused, and sizes are capped.
 
 Who sends what::
 
-    master PUB  -> worker SUB      PUBLISH (topic frame b"*" first)
+    master PUB  -> worker SUB      PUBLISH (topic frame b"*" first; a targeted one
+                                   names its workers in ``to``: see below)
     master PUB  -> one worker SUB  DRAIN (topic frame: that worker's own topic)
     worker DEALER -> master ROUTER HELLO, STATE, HEARTBEAT, REPLY
     master ROUTER -> worker DEALER WELCOME
     client DEALER -> master ROUTER CONTROL_REQUEST, answered by CONTROL_REPLY
     master XPUB -> watchers SUB    EVENT (topic frame: b"ev." and the event name)
+
+A targeted publish (``publish(..., to=[1, 3])``) still goes out once, on the
+broadcast topic, with the topics of its target workers in the optional field
+``to``: every worker counts it in its sequence (gap detection, WELCOME's
+``next_seq`` and the DRAIN marker's ``last_seq`` stay one sequence for the
+whole tree) and only its targets run it. Sending it on the targets' own topics
+instead would leave a hole in every other worker's sequence, a false gap.
+`PublishTemplate` puts ``to`` right after ``seq``, so that `publish_head` reads
+both without decoding the arguments: a worker that is no target pays for a few
+bytes, not for the body. A publish without ``to`` is the same frame as before
+the field existed.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgpack
 
@@ -105,6 +117,7 @@ _SCHEMAS: Final[dict[MsgType, dict[str, tuple[_Types, bool]]]] = {
         "args": (list, True),
         "kwargs": (dict, True),
         "timeout": (_NUMBER, True),
+        "to": (list, False),
     },
     MsgType.REPLY: {
         "seq": (int, True),
@@ -310,7 +323,8 @@ class PublishTemplate:
 
     The arguments are packed (and checked) when the template is made, before
     the master runs its own listeners; `frame(seq)` then only prepends the
-    number, so the sequence is allocated at the moment of sending.
+    number (and the targets of a targeted publish), so the sequence is
+    allocated at the moment of sending.
     """
 
     __slots__ = ("_rest", "channel")
@@ -325,12 +339,62 @@ class PublishTemplate:
         # its key/value pairs: keep the pairs, the seq pair goes in front.
         self._rest: bytes = pack(body)[1:]
 
-    def frame(self, seq: int) -> bytes:
-        return _PUBLISH_HEADER + _SEQ_KEY + pack(seq) + self._rest
+    def frame(self, seq: int, to: Sequence[bytes] | None = None) -> bytes:
+        """The frame of publish `seq`; with `to`, for those worker topics only."""
+        if to is None:
+            return _PUBLISH_HEADER + _SEQ_KEY + pack(seq) + self._rest
+        return _TARGETED_HEADER + _SEQ_KEY + pack(seq) + _TO_KEY + pack(list(to)) + self._rest
 
 
 _PUBLISH_HEADER: Final = bytes((VERSION, MsgType.PUBLISH, 0x85))  # fixmap of 5 pairs
+_TARGETED_HEADER: Final = bytes((VERSION, MsgType.PUBLISH, 0x86))  # 6 pairs: to as well
 _SEQ_KEY: Final[bytes] = msgpack.packb("seq")
+_TO_KEY: Final[bytes] = msgpack.packb("to")
+_HEAD_PREFIX: Final = _TARGETED_HEADER + _SEQ_KEY
+_UINT_WIDTHS: Final = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+"""msgpack's unsigned integers: marker byte -> bytes that follow it."""
+HEAD_PEEK: Final = 4096
+"""Bytes of targets `publish_head` reads at most (a few hundred topics)."""
+
+
+class PublishHead(NamedTuple):
+    """The number and the targets of a targeted publish, read before its body."""
+
+    seq: int
+    to: list[Any]
+    """The target workers' topics (bytes, as the master sends them)."""
+
+
+def publish_head(frame: bytes) -> PublishHead | None:
+    """The number and targets of a targeted PUBLISH, without decoding its arguments.
+
+    Only a frame laid out as `PublishTemplate` lays out a targeted publish
+    (``seq`` then ``to`` first in the map, the targets within `HEAD_PEEK`
+    bytes) gets a head; for anything else (a broadcast, a frame cut short or
+    malformed) this returns None and the caller decodes the whole frame, which
+    judges it. A broadcast costs a prefix comparison here.
+    """
+    if not frame.startswith(_HEAD_PREFIX):
+        return None
+    at = len(_HEAD_PREFIX)
+    marker = frame[at] if len(frame) > at else 0xC1
+    if marker < 0x80:  # a positive fixint
+        seq, at = marker, at + 1
+    elif marker in _UINT_WIDTHS:
+        end = at + 1 + _UINT_WIDTHS[marker]
+        seq, at = int.from_bytes(frame[at + 1 : end], "big"), end
+    else:
+        return None
+    if frame[at : at + len(_TO_KEY)] != _TO_KEY:
+        return None
+    at += len(_TO_KEY)
+    unpacker = msgpack.Unpacker(raw=False, ext_hook=_refuse_ext, max_ext_len=0)
+    unpacker.feed(frame[at : at + HEAD_PEEK])
+    try:
+        to = unpacker.unpack()
+    except Exception:  # cut short, malformed: decode() says why
+        return None
+    return PublishHead(seq, to) if isinstance(to, list) else None
 
 
 def decode(

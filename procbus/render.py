@@ -44,6 +44,7 @@ _STATE_COLOURS = {
     "ok": "green",
     "done": "green",
     "starting": "yellow",
+    "pending": "yellow",
     "booting": "yellow",
     "stopping": "yellow",
     "backoff": "yellow",
@@ -233,13 +234,29 @@ def stats(result: dict[str, Any], colour: bool) -> str:
 
 
 def tree_reply(result: dict[str, Any], colour: bool) -> str:
+    """The channel, the master's results, the requirement when it is not the default or
+    left workers pending, and a table of the workers."""
     lines = [f"{result['channel']} (seq {result['seq']}): master {_short(result['master'])}"]
     for error in result.get("master_errors", []):
         lines.append("  master error: " + error)
+    pending = [k for k, w in result["workers"].items() if w["status"] == "pending"]
+    require = result.get("require", "all")
+    if require != "all" or pending:
+        line = f"require {require}: " + (
+            "met" if result.get("met") else f"NOT MET, {result.get('reason') or 'unknown'}"
+        )
+        if pending:
+            line += (
+                f"; pending {', '.join(pending)} (answered after the reply: "
+                "procbus ctl watch shows their answers)"
+            )
+        lines.append(line)
     lines = [printable(line) for line in lines]
     rows = []
     for worker_id, answer in result["workers"].items():
         detail = _short(answer["results"])
+        if answer["status"] == "pending":
+            detail = "-"
         if answer["errors"]:
             detail = "; ".join(
                 f"{e['type']}: {e['message']}" + (f" ({e['listener']})" if e["listener"] else "")

@@ -9,8 +9,14 @@ For 1, 4 and 16 workers, measured in the same run:
 - baseline: the same shape in bare pyzmq (PUB fan-out, DEALER replies to a
   ROUTER, msgpack bodies), forked workers that echo, nothing else.
 
+With ``--targeted``: a publish to 1 of 4 workers (``to=[1]``) against a
+broadcast to all 4, with an argument of ``--payload`` bytes: round trip, the
+master's CPU per publish, and each worker's CPU per publish (psutil, during
+the throughput run), the target's and the non-targets'. Every worker reads a
+targeted publish (one send, one sequence); a non-target reads its head only.
+
 Bounded: a fixed number of publishes per measurement. Every process started is
-reaped. Run: ``.venv/bin/python scripts/bench_publish.py [--rounds N]``.
+reaped. Run: ``.venv/bin/python scripts/bench_publish.py [--rounds N] [--targeted]``.
 """
 
 from __future__ import annotations
@@ -30,14 +36,21 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+import psutil
 import zmq
 
 from procbus.master import Master, TreeSettings
+from procbus.publishing import PublishOptions
 from procbus.worker.apps import WorkerContext
 
 
 def echo_app(ctx: WorkerContext) -> None:
     ctx.bus.subscribe("bench", lambda value: value)
+    ctx.stopping.wait()
+
+
+def length_app(ctx: WorkerContext) -> None:
+    ctx.bus.subscribe("bench", len)  # a short answer whatever the argument's size
     ctx.stopping.wait()
 
 
@@ -99,6 +112,63 @@ def bench_procbus(workers: int, rounds: int, directory: str) -> dict[str, float]
                 master.loop.run_once(1.0)
 
         return measure(one, pipelined, rounds)
+    finally:
+        master.exit()
+        master.close()
+
+
+def bench_targeted(workers: int, rounds: int, directory: str, payload: int) -> dict[str, float]:
+    """A broadcast to every worker, then a publish to worker 1 alone, on one tree."""
+    master = Master(
+        length_app,
+        name="benchto",
+        runtime_dir=f"{directory}/pbto",
+        settings=TreeSettings(workers=workers, heartbeat_interval=1.0),
+    )
+    # A list of cache keys, as an invalidation would send: decoding it costs per key.
+    value = [f"key-{i:011d}" for i in range(payload // 17)]
+    figures: dict[str, float] = {}
+    try:
+        if not master.start(timeout=30):
+            raise RuntimeError("workers did not start")
+        processes = {w.id: psutil.Process(w.pid) for w in master.pool.current_workers()}
+
+        def cpu() -> dict[int, float]:
+            return {wid: sum(p.cpu_times()[:2]) for wid, p in processes.items()}
+
+        for label, options in (("all", PublishOptions()), ("to1", PublishOptions(to=(1,)))):
+            expected = workers if options.to is None else 1
+
+            def one(options: PublishOptions = options, expected: int = expected) -> None:
+                reply = master.publish("bench", value, timeout=10, to=options.to)
+                if not reply.ok or len(reply.workers) != expected:
+                    raise RuntimeError(f"bad reply: {reply}")
+
+            def pipelined(total: int, window: int, options: PublishOptions = options) -> None:
+                done = [0]
+                sent = 0
+
+                def finished(reply: Any) -> None:
+                    done[0] += 1
+
+                while done[0] < total:
+                    while sent < total and sent - done[0] < window:
+                        master.publish_async(
+                            "bench", [value], on_done=finished, timeout=10, options=options
+                        )
+                        sent += 1
+                    master.loop.run_once(1.0)
+
+            before = cpu()
+            result = measure(one, pipelined, rounds)
+            spent = {wid: used - before[wid] for wid, used in cpu().items()}
+            # measure() makes warm-up + rounds + rounds publishes.
+            count = min(50, rounds) + 2 * rounds
+            others = [spent[wid] for wid in spent if wid != 1]
+            figures.update({f"{label}_{key}": v for key, v in result.items()})
+            figures[f"{label}_target_cpu_us"] = spent[1] / count * 1e6
+            figures[f"{label}_other_cpu_us"] = sum(others) / len(others) / count * 1e6
+        return figures
     finally:
         master.exit()
         master.close()
@@ -198,10 +268,10 @@ def bench_bare(workers: int, rounds: int, directory: str) -> dict[str, float]:
         context.term()
 
 
-def run_one(kind: str, workers: int, rounds: int) -> dict[str, float]:
+def run_one(kind: str, workers: int, rounds: int, payload: int = 0) -> dict[str, float]:
     """One measurement in a fresh interpreter, so runs cannot disturb each other."""
     command = [sys.executable, __file__, "--one", kind, "--rounds", str(rounds)]
-    command += ["--workers", str(workers)]
+    command += ["--workers", str(workers), "--payload", str(payload)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} with {workers} workers failed:\n{done.stderr}")
@@ -213,16 +283,32 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2000)
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 4, 16])
-    parser.add_argument("--one", choices=["procbus", "pyzmq"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--targeted", action="store_true", help="a publish to 1 of 4 workers vs a broadcast"
+    )
+    parser.add_argument(
+        "--payload",
+        type=int,
+        nargs="*",
+        default=[0, 65536],
+        help="bytes of the argument (a list of 17-byte keys) with --targeted",
+    )
+    parser.add_argument("--one", choices=["procbus", "pyzmq", "targeted"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         directory = tempfile.mkdtemp(prefix="pb-bench-", dir="/tmp")
         try:
-            bench = bench_procbus if args.one == "procbus" else bench_bare
-            print(json.dumps(bench(args.workers[0], args.rounds, directory)))
+            if args.one == "targeted":
+                figures = bench_targeted(args.workers[0], args.rounds, directory, args.payload[0])
+            else:
+                bench = bench_procbus if args.one == "procbus" else bench_bare
+                figures = bench(args.workers[0], args.rounds, directory)
+            print(json.dumps(figures))
         finally:
             shutil.rmtree(directory, ignore_errors=True)
         return 0
+    if args.targeted:
+        return print_targeted(args.rounds, args.payload)
     print(
         f"{args.rounds} publishes per figure; round trip one at a time, throughput 64 in "
         "flight; cpu = the publisher's CPU per publish during the throughput run"
@@ -245,6 +331,31 @@ def main() -> int:
             f"{tree['cpu_us']:>4.0f}us {bare['cpu_us']:>4.0f}us",
             flush=True,
         )
+    return 0
+
+
+def print_targeted(rounds: int, payloads: list[int]) -> int:
+    print(
+        f"{rounds} publishes per figure, 4 workers; cpu per publish during the throughput "
+        "run: the master's, worker 1's (the target of to=[1]), the mean of workers 2-4's"
+    )
+    header = (
+        f"{'payload':>8} {'publish':>8} | {'p50':>7} {'p99':>7} {'pub/s':>7} | "
+        f"{'master':>7} {'worker 1':>8} {'others':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for payload in payloads:
+        figures = run_one("targeted", 4, rounds, payload)
+        for label, name in (("all", "to all"), ("to1", "to [1]")):
+            print(
+                f"{payload:>7}B {name:>8} | {figures[label + '_p50_us']:>5.0f}us "
+                f"{figures[label + '_p99_us']:>5.0f}us {figures[label + '_per_s']:>7.0f} | "
+                f"{figures[label + '_cpu_us']:>5.0f}us "
+                f"{figures[label + '_target_cpu_us']:>6.0f}us "
+                f"{figures[label + '_other_cpu_us']:>5.0f}us",
+                flush=True,
+            )
     return 0
 
 

@@ -26,9 +26,15 @@ class FakeMaster:
         self.xpub.bind(self.publish_endpoint)
         self.router.bind(self.reply_endpoint)
 
-    def publish(self, seq: int, channel: str = "ch", *args: Any) -> None:
+    def publish(
+        self, seq: int, channel: str = "ch", *args: Any, to: list[bytes] | None = None
+    ) -> None:
+        """Publish `seq` on the broadcast topic; with `to`, for those worker topics only."""
         template = protocol.PublishTemplate(channel, list(args), {}, 1.0)
-        self.xpub.send_multipart([protocol.BROADCAST_TOPIC, template.frame(seq)])
+        self.send_frame(template.frame(seq, to))
+
+    def send_frame(self, frame: bytes) -> None:
+        self.xpub.send_multipart([protocol.BROADCAST_TOPIC, frame])
 
     def drain(self, topic: bytes, last_seq: int) -> None:
         self.xpub.send_multipart([topic, protocol.encode(MsgType.DRAIN, {"last_seq": last_seq})])

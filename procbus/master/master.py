@@ -289,8 +289,8 @@ class Master:
         clear: bool = False,
         **kwargs: Any,
     ) -> TreeReply:
-        """Publish on the whole tree and return every process's answer (`publisher`;
-        the options are `procbus.publishing`'s). Raises ``ValueError`` for a bad option."""
+        """Publish on the tree, return every answer (`publisher`, `procbus.publishing`); the
+        master's listeners run whatever `to` says. ``ValueError``: bad option or target."""
         options = PublishOptions(
             require,
             None if to is None else tuple(to),

@@ -1,10 +1,13 @@
 """What the master counts of its tree publishes, for ``procbus_publishes_total`` and
 ``procbus_publish_duration_seconds``.
 
-The relay counts here when a gather completes: one outcome per worker answer
-(``ok``, ``error``, ``timeout``, ``lost``; a worker that was not yet a target
-is not an answer) and the publish's duration, from its send to the tree's
-answer. These are plain numbers, not prometheus_client objects: the master
+The relay counts here when a publish's reply goes back: one outcome per worker
+answer (``ok``, ``error``, ``timeout``, ``lost``; a worker that was not yet a
+target is not an answer) and the publish's duration, from its send to the
+tree's answer. A target still ``pending`` then (the publish's requirement was
+met, or could no longer be met, without it) is counted once its outcome is
+known (`PublishMeter.answered`): each target is counted once, by what became
+of the publish in it. These are plain numbers, not prometheus_client objects: the master
 keeps no metric registry (its own metrics are read from its state when a
 scrape asks, `procbus.master.metrics`), and the relay's hot path pays one
 dictionary update per worker and one bisection per publish.
@@ -64,6 +67,11 @@ class PublishMeter:
     durations: Histogram = field(default_factory=Histogram)
 
     def observe(self, answers: Iterable[str], seconds: float) -> None:
-        """A publish completed in `seconds`; `answers` are its workers' outcomes."""
+        """A publish's reply went back after `seconds`; `answers` are its workers'
+        outcomes known by then."""
         self.outcomes.update(answers)
         self.durations.observe(seconds)
+
+    def answered(self, outcome: str) -> None:
+        """A target that was pending when its publish's reply went back: its outcome."""
+        self.outcomes[outcome] += 1

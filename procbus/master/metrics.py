@@ -53,7 +53,11 @@ WORKER_STATES: Final = (
     *EMPTY_SLOT_STATES,
 )
 """Every value of ``procbus_workers{state}`` (each is shown, 0 included)."""
-PUBLISH_OUTCOMES: Final = tuple(s.value for s in WorkerStatus if s is not WorkerStatus.STARTING)
+PUBLISH_OUTCOMES: Final = tuple(
+    s.value for s in WorkerStatus if s not in (WorkerStatus.STARTING, WorkerStatus.PENDING)
+)
+"""A worker's outcome of a publish; one pending when the reply went back is counted
+when its outcome is known (`procbus.master.meter`)."""
 
 
 class Observed(Protocol):

@@ -3,9 +3,18 @@
 A publish on the master runs the master's listeners first (wspbus rules),
 then goes out once on the XPUB (`procbus.master.hub`) to every worker that is
 a target (running and subscribed); workers still starting are reported as
-such, and the relay gathers the others' replies until all answered or the
+such, and the relay gathers the others' replies until the publish's
+requirement is decided (``require``: by default every target answered) or the
 deadline passed. ``start``, ``stop`` and ``exit`` drive the bus and the pool
-instead of being forwarded; ``log`` and ``main`` stay on the master.
+instead of being forwarded; ``log`` and ``main`` stay on the master (neither
+takes ``require``, ``to`` or ``to_generation``).
+
+``to`` and ``to_generation`` choose the target workers
+(`procbus.master.targeting`): a worker or generation that does not exist is a
+``ValueError`` before anything runs. The master's own listeners run whatever
+the targets: the master owns the bus. The answers of workers still pending
+when the reply went back go to the event stream as ``publish_late_answer``
+events (`relay.late_answer_fields`: status and errors, never results).
 
 `TreePublisher.forward` is the hook of the master's bus (`Bus.forward`): a
 plain ``bus.publish("graceful")`` in the master reaches the workers too.
@@ -23,7 +32,14 @@ from procbus.errors import ProtocolError
 from procbus.master.hub import Hub
 from procbus.master.loop import EventLoop
 from procbus.master.pool import Pool
-from procbus.master.relay import Gather, TreeReply, WorkerResult, WorkerStatus
+from procbus.master.relay import (
+    Gather,
+    TreeReply,
+    WorkerResult,
+    WorkerStatus,
+    late_answer_fields,
+)
+from procbus.master.targeting import Selection, select
 from procbus.publishing import DEFAULT, PublishOptions
 
 log = logging.getLogger("procbus.master")
@@ -54,8 +70,21 @@ class TreePublisher:
         """The default deadline of a publish (the ``publish_timeout`` setting)."""
         self.emit = emit
         self.request_exit = request_exit
-        self.hub: Hub | None = None
-        """Set while the master is open."""
+        self._hub: Hub | None = None
+
+    @property
+    def hub(self) -> Hub | None:
+        """The workers' sockets, set while the master is open."""
+        return self._hub
+
+    @hub.setter
+    def hub(self, hub: Hub | None) -> None:
+        self._hub = hub
+        if hub is not None:
+            hub.relay.on_late_answer = self._late_answer
+
+    def _late_answer(self, reply: TreeReply, result: WorkerResult) -> None:
+        self.emit("publish_late_answer", **late_answer_fields(reply, result))
 
     def publish_async(
         self,
@@ -67,34 +96,45 @@ class TreePublisher:
         on_done: Callable[[TreeReply], None] | None = None,
         options: PublishOptions = DEFAULT,
     ) -> None:
-        """Start a tree publish; `on_done(reply)` is called from the loop when complete.
+        """Start a tree publish; `on_done(reply)` is called from the loop once the
+        publish's requirement is decided (see `procbus.master.quorum`).
 
         Raises ``TypeError`` before anything runs if an argument cannot be sent,
-        ``ValueError`` if an option cannot be honoured.
+        ``ValueError`` if an option cannot be honoured (a target that does not
+        exist, an option a channel that stays on the master cannot take).
         """
         self._check_options(options)
         args = list(args)
         kwargs = dict(kwargs or {})
         if channel in POOL_CHANNELS or channel in LOCAL_CHANNELS:
+            if options.targeted or options.require != "all":
+                option = "require" if options.require != "all" else "to or to_generation"
+                raise ValueError(
+                    f"publish on {channel!r} stays on the master: it takes no {option}"
+                )
             reply = self._on_master(channel, args, kwargs)
             if on_done is not None:
                 on_done(reply)
             return
         timeout = self.deadline() if timeout is None else timeout
         template = protocol.PublishTemplate(channel, args, kwargs, timeout)
-        reply = TreeReply(channel, None)
+        selection = self._select(options)
+        reply = TreeReply(channel, None, require=options.require)
         for outcome in self.bus.run_listeners(channel, *args, **kwargs):
             reply.master.append(outcome.result)
             if outcome.error is not None:
                 reply.master_errors.append(outcome.error)
-        self._send(template, reply, timeout, on_done)
+        self._send(template, reply, timeout, on_done, selection, targeted=options.targeted)
 
     def _check_options(self, options: PublishOptions) -> None:
-        unbuilt = [
-            name for name in ("require", "to", "to_generation", "retain") if name in options.wire()
-        ]
-        if unbuilt:
-            raise ValueError(f"publish option {unbuilt[0]} is not built yet")
+        if options.retain:
+            raise ValueError("publish option retain is not built yet")
+
+    def _select(self, options: PublishOptions = DEFAULT) -> Selection:
+        """The workers `options` name (`procbus.master.targeting`); ``ValueError`` if
+        one does not exist."""
+        targets, starting = self.pool.publish_targets()
+        return select(options, targets, starting, [slot.id for slot in self.pool.slots()])
 
     def _on_master(self, channel: str, args: list[Any], kwargs: dict[str, Any]) -> TreeReply:
         reply = TreeReply(channel, None)
@@ -117,17 +157,21 @@ class TreePublisher:
         reply: TreeReply,
         timeout: float,
         on_done: Callable[[TreeReply], None] | None,
+        selection: Selection | None = None,
         *,
         metered: bool = True,
+        targeted: bool = False,
     ) -> Gather:
         if self.hub is None:
             raise RuntimeError("the master is not started")
-        targets, starting = self.pool.publish_targets()
+        targets, starting = self._select() if selection is None else selection
         for worker in starting:
             reply.workers[worker.id] = WorkerResult(
                 worker.id, worker.pid, worker.generation, WorkerStatus.STARTING
             )
-        return self.hub.relay.send(template, targets, timeout, reply, on_done, metered=metered)
+        return self.hub.relay.send(
+            template, targets, timeout, reply, on_done, metered=metered, targeted=targeted
+        )
 
     def ask_workers(
         self, channel: str, timeout: float, on_done: Callable[[TreeReply], None]
@@ -175,6 +219,7 @@ class TreePublisher:
                 workers={
                     str(k): v.status.value
                     for k, v in reply.workers.items()
-                    if v.status not in (WorkerStatus.OK, WorkerStatus.STARTING)
+                    if v.status
+                    not in (WorkerStatus.OK, WorkerStatus.STARTING, WorkerStatus.PENDING)
                 },
             )

@@ -1,18 +1,32 @@
 """Tree publish: one send on PUB, then gather the workers' replies.
 
 A publish is numbered when it is sent. Each gather knows which workers it
-waits for; it completes when every one of them answered, died (`lost`) or the
-deadline passed (`timeout`). Replies are matched by number, so publishes may
-overlap; a reply that comes after its gather completed is counted and
-dropped. A slow worker delays nobody else's answer, only its own.
+waits for; each of them answers, dies (`lost`) or misses the deadline
+(`timeout`). Replies are matched by number, so publishes may overlap; a reply
+that comes after its gather completed is counted and dropped. A slow worker
+delays nobody else's answer, only its own.
+
+The reply goes back to the caller as soon as the publish's requirement
+(``require``, `procbus.master.quorum`) is met or can no longer be met; with
+the default ``"all"`` that is when every target's outcome is known. The
+targets that had not answered by then are `WorkerStatus.PENDING` in the reply,
+and the gather stays in `Relay.pending` for them (stragglers) until each
+answered, died or its deadline passed: each of those outcomes goes to
+`Relay.on_late_answer` (the master puts it on the event stream), not into the
+reply already given.
+
+A targeted publish (``to``, ``to_generation``) is the same single send on the
+broadcast topic, naming its targets' topics (see `procbus.protocol` for why
+not one send per target topic).
 
 A worker the master drains is sent a DRAIN marker after the publishes it is a
 target of, so it answers them before it stops: only a worker that dies or is
 cut short is `lost`.
 
-Each completed gather is counted in `Relay.meter` (`procbus.master.meter`): the
-outcome of every worker answer and the publish's duration, unless it was sent
-unmetered (a metrics scrape, which is counted on its own).
+Each gather is counted in `Relay.meter` (`procbus.master.meter`): the outcome
+of every worker's answer once it is known (a straggler's when it comes) and
+the publish's duration until its reply went back, unless it was sent unmetered
+(a metrics scrape, which is counted on its own).
 """
 
 from __future__ import annotations
@@ -21,17 +35,19 @@ import enum
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import zmq
 
 from procbus import protocol
 from procbus.bus import ChannelFailures
-from procbus.errors import ProtocolError, RemoteError
+from procbus.errors import ProtocolError, QuorumError, RemoteError
 from procbus.master.loop import EventLoop, Timer
 from procbus.master.meter import PublishMeter
 from procbus.master.planner import WorkerProc
+from procbus.master.quorum import Verdict, unmet_reason, verdict
 from procbus.protocol import MsgType
+from procbus.publishing import Require
 
 log = logging.getLogger("procbus.master")
 
@@ -48,6 +64,13 @@ class WorkerStatus(enum.StrEnum):
     """The worker died before it answered."""
     STARTING = "starting"
     """The worker was not yet subscribed: it was not a target."""
+    PENDING = "pending"
+    """A target that had not answered when the requirement was met or could no longer
+    be met; its answer goes to the event stream."""
+
+
+_FAILED: Final = frozenset({WorkerStatus.ERROR, WorkerStatus.TIMEOUT, WorkerStatus.LOST})
+_NOT_TARGETS: Final = frozenset({WorkerStatus.STARTING})
 
 
 @dataclass
@@ -88,16 +111,49 @@ class TreeReply:
     """The results of the master's own listeners."""
     master_errors: list[BaseException] = field(default_factory=list)
     workers: dict[int, WorkerResult] = field(default_factory=dict)
+    require: Require = "all"
+    """What "done" means (`procbus.master.quorum`): ``"all"``, ``"any"`` or a number."""
+
+    def _counts(self) -> tuple[int, int, int]:
+        """(targets, answered without error, failed): a starting worker is no target."""
+        targets = ok = failed = 0
+        for result in self.workers.values():
+            if result.status in _NOT_TARGETS:
+                continue
+            targets += 1
+            ok += result.status is WorkerStatus.OK
+            failed += result.status in _FAILED
+        return targets, ok, failed
+
+    @property
+    def met(self) -> bool:
+        """Whether the workers' answers meet the requirement (`require`)."""
+        return verdict(self.require, *self._counts()) is Verdict.MET
+
+    @property
+    def reason(self) -> str | None:
+        """Why the requirement is not met, in one line (None when it is)."""
+        if self.met:
+            return None
+        return unmet_reason(self.require, *self._counts()) or (f"require {self.require}: not met")
+
+    @property
+    def pending(self) -> list[int]:
+        """The targets that had not answered when the reply went back."""
+        return sorted(k for k, r in self.workers.items() if r.status is WorkerStatus.PENDING)
 
     @property
     def ok(self) -> bool:
-        """True when no listener failed and every target answered."""
-        return not self.master_errors and all(
-            r.status in (WorkerStatus.OK, WorkerStatus.STARTING) for r in self.workers.values()
-        )
+        """True when the requirement is met and none of the master's listeners failed.
+
+        With the default requirement (all), every target answered without error; with
+        ``"any"`` or N, a target that failed or is pending does not make it false (its
+        failure is still in `failures`)."""
+        return not self.master_errors and self.met
 
     def failures(self) -> list[BaseException]:
-        """The master's errors, then each worker's, as exceptions naming the worker."""
+        """The master's errors, then each worker's, as exceptions naming the worker;
+        last, when a requirement other than all is not met, a `QuorumError` saying why."""
         found: list[BaseException] = list(self.master_errors)
         for worker_id in sorted(self.workers):
             result = self.workers[worker_id]
@@ -115,10 +171,17 @@ class TreeReply:
                         ),
                     )
                 )
+        if self.require != "all":
+            reason = self.reason
+            if reason is not None:
+                found.append(QuorumError(f"require {self.require}: {reason}"))
         return found
 
     def raise_for_failures(self) -> TreeReply:
-        """Raise `ChannelFailures` if anything failed anywhere; else return self."""
+        """Raise `ChannelFailures` (holding every one of `failures`) unless `ok`;
+        else return self."""
+        if self.ok:
+            return self
         failures = ChannelFailures()
         for exc in self.failures():
             failures.add(exc)
@@ -130,24 +193,51 @@ class TreeReply:
         return {
             "channel": self.channel,
             "seq": self.seq,
+            "require": self.require,
+            "met": self.met,
+            "reason": self.reason,
             "master": self.master,
             "master_errors": [f"{type(e).__name__}: {e}" for e in self.master_errors],
             "workers": {str(k): v.to_dict() for k, v in sorted(self.workers.items())},
         }
 
 
+def late_answer_fields(reply: TreeReply, result: WorkerResult) -> dict[str, Any]:
+    """The event-stream fields of a straggler's outcome (`Relay.on_late_answer`).
+
+    Its status and errors' types and messages; never its results or tracebacks:
+    read-only watchers see the event stream, and results are the caller's.
+    """
+    return {
+        "channel": reply.channel,
+        "seq": reply.seq,
+        "worker": result.worker,
+        "pid": result.pid,
+        "generation": result.generation,
+        "status": result.status.value,
+        "errors": [{"type": e.type_name, "message": e.message} for e in result.errors],
+    }
+
+
 @dataclass(eq=False)
 class Gather:
-    """A publish in flight."""
+    """A publish in flight: until its reply went back (`done`), then until its
+    stragglers are accounted for."""
 
     reply: TreeReply
     waiting: dict[WorkerProc, None]
     on_done: list[Callable[[TreeReply], None]]
+    targets: int = 0
+    ok: int = 0
+    """Targets that answered without error."""
+    failed: int = 0
+    """Targets that answered with an error, died or missed the deadline."""
     timer: Timer | None = None
     done: bool = False
+    """The reply went back (`on_done` was called)."""
     sent_at: float = 0.0
     metered: bool = True
-    """Counted in the relay's `PublishMeter` when it completes."""
+    """Counted in the relay's `PublishMeter`."""
 
 
 class Relay:
@@ -158,9 +248,13 @@ class Relay:
         self.loop = loop
         self.seq = 0
         self.pending: dict[int, Gather] = {}
+        """Gathers by publish number: until every target's outcome is known."""
         self.late_replies = 0
         self.sent = 0
         self.meter = PublishMeter()
+        self.on_late_answer: Callable[[TreeReply, WorkerResult], None] = lambda r, w: None
+        """Called with the reply already given and a straggler's outcome (see the module
+        docstring); the master puts `late_answer_fields` on its event stream."""
 
     @property
     def next_seq(self) -> int:
@@ -176,22 +270,26 @@ class Relay:
         on_done: Callable[[TreeReply], None] | None = None,
         *,
         metered: bool = True,
+        targeted: bool = False,
     ) -> Gather:
-        """Send once to every subscriber; gather the `targets`' replies."""
+        """Send once to every subscriber; gather the `targets`' replies until
+        `reply.require` is met or can no longer be met. `targeted`: only the
+        `targets` run it (their topics go in the frame)."""
         self.seq += 1
         seq = self.seq
         reply.seq = seq
-        self.pub.send_multipart([protocol.BROADCAST_TOPIC, template.frame(seq)], copy=False)
+        waiting = dict.fromkeys(targets)
+        to = [worker.topic for worker in waiting] if targeted else None
+        self.pub.send_multipart([protocol.BROADCAST_TOPIC, template.frame(seq, to)], copy=False)
         self.sent += 1
         gather = Gather(
-            reply, dict.fromkeys(targets), [on_done] if on_done else [],
+            reply, waiting, [on_done] if on_done else [], targets=len(waiting),
             sent_at=self.loop.clock(), metered=metered,
         )  # fmt: skip
         self.pending[seq] = gather
-        if not gather.waiting:
-            self._complete(seq)
-        else:
+        if gather.waiting:
             gather.timer = self.loop.call_later(timeout, lambda: self._expire(seq))
+        self._settle(seq, gather)
         return gather
 
     def send_drain(self, topic: bytes) -> None:
@@ -226,50 +324,83 @@ class Relay:
         except ProtocolError as exc:
             log.warning("worker %d sent a malformed reply: %s", worker.id, exc)
             return
-        del gather.waiting[worker]
-        gather.reply.workers[worker.id] = WorkerResult(
-            worker.id,
-            worker.pid,
-            worker.generation,
-            WorkerStatus.ERROR if errors else WorkerStatus.OK,
-            list(message["results"]),
-            errors,
+        status = WorkerStatus.ERROR if errors else WorkerStatus.OK
+        result = WorkerResult(
+            worker.id, worker.pid, worker.generation, status, list(message["results"]), errors
         )
-        if not gather.waiting:
-            self._complete(seq)
+        self._outcome(seq, gather, worker, result)
 
     def on_worker_gone(self, worker: WorkerProc) -> None:
         """`worker` died: every publish still waiting for it reports it lost."""
         for seq, gather in list(self.pending.items()):
             if worker in gather.waiting:
-                del gather.waiting[worker]
-                gather.reply.workers[worker.id] = WorkerResult(
-                    worker.id, worker.pid, worker.generation, WorkerStatus.LOST
-                )
-                if not gather.waiting:
-                    self._complete(seq)
+                result = WorkerResult(worker.id, worker.pid, worker.generation, WorkerStatus.LOST)
+                self._outcome(seq, gather, worker, result)
 
     def _expire(self, seq: int) -> None:
         gather = self.pending.get(seq)
         if gather is None:
             return
-        for worker in gather.waiting:
-            gather.reply.workers[worker.id] = WorkerResult(
-                worker.id, worker.pid, worker.generation, WorkerStatus.TIMEOUT
-            )
-        gather.waiting.clear()
-        self._complete(seq)
+        for worker in list(gather.waiting):
+            result = WorkerResult(worker.id, worker.pid, worker.generation, WorkerStatus.TIMEOUT)
+            self._outcome(seq, gather, worker, result, settle=False)
+        self._settle(seq, gather)
 
-    def _complete(self, seq: int) -> None:
-        gather = self.pending.pop(seq)
-        gather.done = True
+    def _outcome(
+        self,
+        seq: int,
+        gather: Gather,
+        worker: WorkerProc,
+        result: WorkerResult,
+        *,
+        settle: bool = True,
+    ) -> None:
+        """`worker`'s outcome of publish `seq`: into the reply, or, once the reply went
+        back, to `on_late_answer`."""
+        del gather.waiting[worker]
+        if gather.done:
+            if gather.metered:
+                self.meter.answered(result.status.value)
+            self.on_late_answer(gather.reply, result)
+        else:
+            gather.reply.workers[worker.id] = result
+            if result.status is WorkerStatus.OK:
+                gather.ok += 1
+            else:
+                gather.failed += 1
+        if settle:
+            self._settle(seq, gather)
+
+    def _settle(self, seq: int, gather: Gather) -> None:
+        """Give the reply back once the requirement is decided; forget the gather once
+        no target is left to hear from."""
+        if not gather.done and (
+            not gather.waiting
+            or verdict(gather.reply.require, gather.targets, gather.ok, gather.failed)
+            is not Verdict.WAITING
+        ):
+            self._give_back(gather)
+        if gather.waiting:
+            return
+        del self.pending[seq]
         if gather.timer is not None:
             gather.timer.cancel()
+
+    def _give_back(self, gather: Gather) -> None:
+        gather.done = True
+        reply = gather.reply
+        for worker in gather.waiting:
+            reply.workers[worker.id] = WorkerResult(
+                worker.id, worker.pid, worker.generation, WorkerStatus.PENDING
+            )
         if gather.metered:
-            answers = gather.reply.workers.values()
             self.meter.observe(
-                (r.status.value for r in answers if r.status is not WorkerStatus.STARTING),
+                (r.status.value for r in reply.workers.values() if r.status in _COUNTED),
                 self.loop.clock() - gather.sent_at,
             )
         for callback in gather.on_done:
-            callback(gather.reply)
+            callback(reply)
+
+
+_COUNTED: Final = frozenset(WorkerStatus) - {WorkerStatus.STARTING, WorkerStatus.PENDING}
+"""Worker outcomes the meter counts (a pending one is counted when it comes)."""

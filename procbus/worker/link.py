@@ -19,6 +19,14 @@ When the master drains this worker it sends a DRAIN marker on the worker's
 own topic, after the last publish the worker may be a target of (see
 `procbus.worker.drain`): the link notes it (`drain_seq`) and drops every
 publish after it.
+
+A targeted publish (see `procbus.protocol`) comes on the broadcast topic like
+any other and names its target workers' topics. A worker that is not among
+them counts its number (so the sequence has no hole, and the DRAIN marker's
+``last_seq`` means the same for every worker) and drops it; it reads only the
+frame's head (`protocol.publish_head`), never the arguments. A gap noticed on
+such a publish is reported with this worker's next reply: whom the missed
+publishes were for, the worker cannot know.
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ _NOT_CONTAINER_BYTES = bytes(set(range(256)) - set(_CONTAINER_BYTES))
 them (a string's bytes may look like headers too: the count is an upper bound)."""
 MAX_HELD = 10_000
 """Publishes held back before WELCOME, at most."""
+MAX_GAPS = 16
+"""Gaps kept for one reply; more are merged into the last one."""
 
 
 class LinkError(enum.StrEnum):
@@ -120,9 +130,13 @@ class WorkerLink:
         self.topic = f"w.{worker_id}.{generation}.".encode()
         self.next_seq: int | None = None
         """Set by WELCOME: the first publish this worker must answer."""
-        self._gaps: dict[int, tuple[int, int]] = {}
-        """Publish number -> the numbers missed just before it, told with its reply."""
-        self._held: list[Message] = []
+        self._gaps: dict[int, list[tuple[int, int]]] = {}
+        """Publish number -> the numbers missed before it (first, last), told with its reply."""
+        self._missed: list[tuple[int, int]] = []
+        """Gaps seen since this worker's last publish: for the next one it is a target of."""
+        self._held: list[tuple[int, Message | None]] = []
+        """Before WELCOME: (number, publish) in arrival order; None for a publish that
+        names other workers (its number still counts)."""
         self.drain_seq: int | None = None
         """Set by the master's DRAIN marker: the last publish it sent before it."""
         self._taking = True
@@ -222,11 +236,12 @@ class WorkerLink:
         self.dealer.send(protocol.encode(MsgType.REPLY, body))
 
     def _link_errors(self, seq: int) -> list[dict[str, str]]:
-        gap = self._gaps.pop(seq, None) if self._gaps else None
-        if gap is None:
+        gaps = self._gaps.pop(seq, None) if self._gaps else None
+        if gaps is None:
             return []
-        first, last = gap
-        missed = f"{first}" if first == last else f"{first}-{last}"
+        missed = ", ".join(
+            f"{first}" if first == last else f"{first}-{last}" for first, last in gaps
+        )
         return [_link_error(LinkError.SEQUENCE_GAP, f"missed publishes {missed} before {seq}")]
 
     # -- receiving ---------------------------------------------------------
@@ -245,6 +260,10 @@ class WorkerLink:
         if len(frames) != 2:
             log.warning("dropped a publish of %d frames (expected 2)", len(frames))
             return None
+        head = protocol.publish_head(frames[1])
+        if head is not None and self.topic not in head.to:
+            self._not_a_target(head.seq)
+            return None
         try:
             message = protocol.decode(frames[1], expect=_ON_SUB)
         except ProtocolError as exc:
@@ -253,13 +272,27 @@ class WorkerLink:
         if message.type is MsgType.DRAIN:
             self._drain_marker(frames[0], message["last_seq"])
             return None
+        targets = message.get("to")
+        if targets is not None and self.topic not in targets:
+            self._not_a_target(message["seq"])
+            return None
         if not self._taking:
             return None
         if self.next_seq is None:
             if len(self._held) < MAX_HELD:
-                self._held.append(message)
+                self._held.append((message["seq"], message))
             return None
-        return self._sequence(message)
+        return message if self._sequence(message["seq"], target=True) else None
+
+    def _not_a_target(self, seq: int) -> None:
+        """Count publish `seq`, which names other workers, in the sequence."""
+        if not self._taking:
+            return
+        if self.next_seq is None:
+            if len(self._held) < MAX_HELD:
+                self._held.append((seq, None))
+            return
+        self._sequence(seq, target=False)
 
     def _drain_marker(self, topic: bytes, last_seq: int) -> None:
         if topic != self.topic:
@@ -278,25 +311,36 @@ class WorkerLink:
 
     @property
     def held(self) -> int:
-        """Publishes held back until a WELCOME says which to answer."""
-        return len(self._held)
+        """Publishes held back until a WELCOME says which to answer (those that name
+        other workers are not owed: they are not counted)."""
+        return sum(message is not None for _, message in self._held)
 
     def take_held(self) -> list[Message]:
         """After WELCOME: the held-back publishes this worker must answer."""
         held, self._held = self._held, []
-        return [m for m in held if self._sequence(m) is not None]
+        return [
+            message
+            for seq, message in held
+            if self._sequence(seq, target=message is not None) and message is not None
+        ]
 
-    def _sequence(self, message: Message) -> Message | None:
-        """Check `message`'s number against the expected one (gap detection)."""
+    def _sequence(self, seq: int, *, target: bool) -> bool:
+        """Count publish `seq` (gap detection); False if it was already counted or is
+        before this worker's WELCOME. A gap goes with the reply to the next publish
+        this worker is a `target` of."""
         assert self.next_seq is not None
-        seq: int = message["seq"]
         if seq < self.next_seq:
-            return None
+            return False
         if seq > self.next_seq:
-            self._gaps[seq] = (self.next_seq, seq - 1)
+            if len(self._missed) < MAX_GAPS:
+                self._missed.append((self.next_seq, seq - 1))
+            else:
+                self._missed[-1] = (self._missed[-1][0], seq - 1)
             log.error("missed publishes %d..%d", self.next_seq, seq - 1)
         self.next_seq = seq + 1
-        return message
+        if target and self._missed:
+            self._gaps[seq], self._missed = self._missed, []
+        return True
 
     def receive_command(self, flags: int = 0) -> Message | None:
         """Read one message from the master on DEALER (a WELCOME).

@@ -24,6 +24,7 @@ from procbus.master.pool import Pool
 from procbus.master.publisher import TreePublisher
 from procbus.master.relay import TreeReply, WorkerStatus
 from procbus.protocol import MsgType
+from procbus.publishing import PublishOptions
 from tests.component.fakes import FakeProcesses, Fate, Recorder, fake_pool
 from tests.helpers import FakeClock, Sockets, keep_time_moving
 
@@ -202,3 +203,76 @@ def test_a_worker_drained_is_sent_its_marker_after_the_publishes_it_owes(wired: 
     marker = received(sub)
     assert (first.type, first["seq"]) == (MsgType.PUBLISH, 1)
     assert (marker.type, marker["last_seq"]) == (MsgType.DRAIN, 1)
+
+
+def test_a_target_that_does_not_exist_is_refused_before_anything_runs(wired: Wired) -> None:
+    """Steps: worker 1 runs; a listener on the master's bus; publish 'echo' to worker 9,
+    to generation 7, and 'stop' and 'log' to worker 1.
+    Expected: each raises ValueError in one line naming what is wrong (and, for a
+    worker or generation, what exists); the master's listener never ran; nothing was
+    sent."""
+    wired.run_worker()
+    ran: list[str] = []
+    wired.publisher.bus.subscribe("echo", lambda: ran.append("echo"))
+    bad = [
+        (PublishOptions(to=(9,)), "echo", "no worker 9 (workers: 1)"),
+        (PublishOptions(to_generation=7), "echo", "no worker of generation 7 (generations: 1)"),
+        (PublishOptions(to=(1,)), "stop", "publish on 'stop' stays on the master: it takes "),
+        (PublishOptions(require="any"), "log", "publish on 'log' stays on the master: it takes "),
+    ]
+    for options, channel, message in bad:
+        with pytest.raises(ValueError) as caught:
+            wired.publisher.publish_async(channel, options=options)
+        assert str(caught.value).startswith(message)
+    assert ran == []
+    assert wired.hub.relay.sent == 0
+
+
+def test_a_targeted_publish_names_its_workers_and_runs_the_masters_listeners(
+    wired: Wired,
+) -> None:
+    """Steps: worker 1 runs; a listener on the master's bus; publish 'echo' to worker 1
+    and to generation 1.
+    Expected: the master's listener ran for both (the master owns the bus); each
+    publish reached the worker's SUB on the broadcast topic, naming the worker's topic
+    in ``to``."""
+    _, sub = wired.run_worker()
+    ran: list[str] = []
+    wired.publisher.bus.subscribe("echo", lambda: ran.append("echo"))
+    for options in (PublishOptions(to=(1,)), PublishOptions(to_generation=1)):
+        wired.publisher.publish_async("echo", options=options)
+        topic, frame = sub.recv_multipart()
+        assert topic == protocol.BROADCAST_TOPIC
+        assert protocol.decode(frame)["to"] == [wired.worker.topic]
+    assert ran == ["echo", "echo"]
+
+
+def test_a_straggler_answer_goes_to_the_event_stream_without_its_results(
+    wired: Wired, recorder: Recorder
+) -> None:
+    """Steps: worker 1 runs; publish 'echo' requiring 2 workers (there is one); the
+    worker then answers with a secret result and an error.
+    Expected: the reply comes back at once, not met, worker 1 pending; the answer is a
+    ``publish_late_answer`` event with its status and error type and message, and no
+    result or traceback; nothing is left in flight."""
+    dealer, _ = wired.run_worker()
+    replies: list[TreeReply] = []
+    wired.publisher.publish_async("echo", on_done=replies.append, options=PublishOptions(2))
+    (reply,) = replies
+    assert (reply.met, reply.workers[1].status) == (False, WorkerStatus.PENDING)
+    error = {"type": "KeyError", "message": "'db'", "listener": "l", "traceback": "tb"}
+    answer = {"seq": 1, "results": ["s3cret"], "errors": [error]}
+    dealer.send(protocol.encode(MsgType.REPLY, answer))
+    wired.settle(lambda: bool(recorder.named("publish_late_answer")))
+    (event,) = recorder.named("publish_late_answer")
+    assert event == {
+        "channel": "echo",
+        "seq": 1,
+        "worker": 1,
+        "pid": wired.worker.pid,
+        "generation": 1,
+        "status": "error",
+        "errors": [{"type": "KeyError", "message": "'db'"}],
+    }
+    assert "s3cret" not in repr(recorder.events)
+    assert wired.hub.relay.pending == {}

@@ -74,3 +74,26 @@ def test_master_from_python_gives_up_when_no_worker_can_boot() -> None:
         assert result["halted"].startswith("worker ")
         assert "could not boot: " in result["halted"]
         assert "broken_app cannot be imported" in result["halted"]
+
+
+def test_script_publishes_with_a_requirement_and_to_chosen_workers() -> None:
+    """Steps: a script's master with four workers publishes 'hang' (worker 2 sleeps 3 s)
+    requiring 3; 'whoami' to worker 3; 'whoami' to worker 9; 'boom' (every worker
+    raises) requiring any.
+    Expected: the first reply is met and ok with worker 2 pending; the second lists
+    worker 3 alone, its own answer; the third raises ValueError naming worker 9 and the
+    workers there are; the last is not met, and `raise_for_failures` raises the four
+    errors and a QuorumError saying none can answer."""
+    status, out, err = run_script("tests.tree.quorum_script")
+    assert status == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    quorum, targeted, refused, failed = lines
+    assert (quorum["quorum"]["ok"], quorum["quorum"]["pending"]) == (True, [2])
+    assert targeted["targeted"]["workers"] == {"3": "ok"}
+    assert targeted["targeted"]["results"]["3"][0]["worker"] == 3
+    assert refused == {"refused": "no worker 9 (workers: 1-4)"}
+    assert (failed["failed"]["ok"], failed["failed"]["met"]) == (False, False)
+    assert failed["raised"][-1] == (
+        "QuorumError: require any: 4 of 4 target workers failed, none can answer"
+    )
+    assert sum(line.startswith("RemoteError: worker") for line in failed["raised"]) == 4

@@ -357,3 +357,129 @@ def test_reply_with_many_containers_within_the_limits_is_sent_whole(
     message = protocol.decode(master.receive_frame(), limits=protocol.WORKER_LIMITS)
     assert message["results"] == [result]
     assert message["errors"] == []
+
+
+# -- targeted publishes --------------------------------------------------------
+
+OTHER = b"w.2.1."
+"""The topic of another worker (the link under test is worker 1, generation 1)."""
+
+
+def test_publishes_for_other_workers_count_in_the_sequence_without_a_gap(
+    tree: tuple[FakeMaster, WorkerLink],
+) -> None:
+    """Steps: welcomed at 1; publish 1 for another worker, 2 for this one and another,
+    3 for every worker, 4 for another, 5 for this one.
+    Expected: the link hands over 2, 3 and 5 only; none of their replies reports a gap;
+    next_seq is 6 (the publishes for others were counted)."""
+    master, link = tree
+    welcome(master, link, 1)
+    master.publish(1, to=[OTHER])
+    master.publish(2, to=[OTHER, link.topic])
+    master.publish(3)
+    master.publish(4, to=[OTHER])
+    master.publish(5, to=[link.topic])
+    assert read_all(link, 5) == [None, 2, 3, None, 5]
+    assert link.next_seq == 6
+    for seq in (2, 3, 5):
+        assert reply_errors(master, link, seq) == []
+
+
+def test_publish_for_other_workers_is_not_decoded(
+    tree: tuple[FakeMaster, WorkerLink], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Steps: welcomed at 1; publish 1 for another worker whose body after its targets
+    is not msgpack; then the same broken publish 2 for this worker; then publish 3.
+    Expected: 1 is skipped silently (its arguments were never read) and counted;
+    2 is dropped as malformed (logged); 3 is handed over and its reply reports the
+    gap 2 (this worker never ran it)."""
+    master, link = tree
+    welcome(master, link, 1)
+    template = protocol.PublishTemplate("ch", [], {}, 1.0)
+    for seq, to in ((1, OTHER), (2, link.topic)):
+        good = template.frame(seq, to=[to])
+        master.send_frame(good[: good.index(b"\xa7channel")] + b"\xc1" * 8)
+    master.publish(3)
+    with caplog.at_level("WARNING", logger="procbus.worker"):
+        assert read_all(link, 3) == [None, None, 3]
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "dropped a malformed publish",
+        "missed publishes 2..2",
+    ]
+    (gap,) = reply_errors(master, link, 3)
+    assert gap["message"] == "missed publishes 2 before 3"
+
+
+def test_publish_naming_its_targets_elsewhere_in_the_map_is_filtered_too(
+    tree: tuple[FakeMaster, WorkerLink],
+) -> None:
+    """Steps: welcomed at 1; a PUBLISH encoded as a plain map with ``to`` last (not the
+    template's layout) for another worker, then one for this worker.
+    Expected: the first is skipped, the second handed over, no gap."""
+    master, link = tree
+    welcome(master, link, 1)
+    for seq, to in ((1, OTHER), (2, link.topic)):
+        body = {"seq": seq, "channel": "ch", "args": [], "kwargs": {}, "timeout": 1.0}
+        master.send_frame(protocol.encode(MsgType.PUBLISH, {**body, "to": [to]}))
+    assert read_all(link, 2) == [None, 2]
+    assert reply_errors(master, link, 2) == []
+
+
+def test_gap_seen_on_a_publish_for_others_is_reported_with_the_next_reply(
+    tree: tuple[FakeMaster, WorkerLink],
+) -> None:
+    """Steps: welcomed at 1; publish 1 for this worker; 2-3 never arrive; 4 is for
+    another worker; 6 for another (5 lost too); 7 for this worker; 8 for every worker.
+    Expected: 1, 7 and 8 are handed over; the reply to 7 names both gaps, 2-3 and 5
+    (the worker cannot know whom they were for); the reply to 8 names none."""
+    master, link = tree
+    welcome(master, link, 1)
+    master.publish(1, to=[link.topic])
+    master.publish(4, to=[OTHER])
+    master.publish(6, to=[OTHER])
+    master.publish(7, to=[link.topic])
+    master.publish(8)
+    assert read_all(link, 5) == [1, None, None, 7, 8]
+    assert reply_errors(master, link, 1) == []
+    (gap,) = reply_errors(master, link, 7)
+    assert gap["message"] == "missed publishes 2-3, 5 before 7"
+    assert reply_errors(master, link, 8) == []
+
+
+def test_publishes_for_others_held_before_welcome_are_counted_not_handed_over(
+    tree: tuple[FakeMaster, WorkerLink],
+) -> None:
+    """Steps: publishes 1 (this worker), 2 (another), 3 (another) and 4 (this worker)
+    arrive before WELCOME(1).
+    Expected: `held` counts the two this worker owes; WELCOME releases 1 and 4, whose
+    replies report no gap; next_seq is 5."""
+    master, link = tree
+    master.publish(1, to=[link.topic])
+    master.publish(2, to=[OTHER])
+    master.publish(3, to=[OTHER])
+    master.publish(4, to=[link.topic])
+    assert read_all(link, 4) == [None] * 4
+    assert link.held == 2
+    welcome(master, link, 1)
+    assert [m["seq"] for m in link.take_held()] == [1, 4]
+    assert (link.held, link.next_seq) == (0, 5)
+    assert reply_errors(master, link, 4) == []
+
+
+def test_drain_marker_after_publishes_for_others_reports_nothing_missed(
+    tree: tuple[FakeMaster, WorkerLink], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Steps: welcomed at 1; publish 1 for this worker, 2 and 3 for another, then the
+    DRAIN marker (last_seq 3).
+    Expected: 1 is handed over; the marker is taken with nothing logged as missed (the
+    publishes for others were counted), drain_seq is 3."""
+    master, link = tree
+    welcome(master, link, 1)
+    master.publish(1, to=[link.topic])
+    master.publish(2, to=[OTHER])
+    master.publish(3, to=[OTHER])
+    master.drain(link.topic, 3)
+    with caplog.at_level("ERROR", logger="procbus.worker"):
+        assert read_all(link, 4) == [1, None, None, None]
+    assert link.drain_seq == 3
+    assert caplog.records == []

@@ -311,3 +311,77 @@ def test_unpack_refuses_a_body_beyond_its_limits(body: Any, error: str) -> None:
     with pytest.raises(ProtocolError, match=f"^{error}$"):
         protocol.unpack(msgpack.packb(body), limits)
     assert protocol.unpack(msgpack.packb([[[1]], 2, 3, 4, 5]), limits) == [[[1]], 2, 3, 4, 5]
+
+
+def test_targeted_publish_frame_carries_its_targets_and_a_broadcast_frame_is_unchanged() -> None:
+    """Steps: frame one template without targets and with the topics of workers 1 and 3.
+    Expected: the broadcast frame is byte for byte what it was before targeting existed
+    (a map of 5 fields; older workers read it); the targeted one decodes with ``to``
+    holding the topics, and the same other fields."""
+    template = protocol.PublishTemplate("ch", [1, "two"], {"k": [3]}, 2.5)
+    body = {"seq": 9, "channel": "ch", "args": [1, "two"], "kwargs": {"k": [3]}, "timeout": 2.5}
+    assert template.frame(9) == bytes((protocol.VERSION, MsgType.PUBLISH)) + msgpack.packb(body)
+    message = protocol.decode(template.frame(9, to=[b"w.1.1.", b"w.3.2."]))
+    assert message.body == {**body, "to": [b"w.1.1.", b"w.3.2."]}
+
+
+@pytest.mark.parametrize("seq", [0, 1, 127, 128, 255, 256, 2**16, 2**32, 2**40])
+def test_publish_head_reads_seq_and_targets_of_a_targeted_publish(seq: int) -> None:
+    """Steps: a targeted frame for every width msgpack gives a sequence number.
+    Expected: `publish_head` returns the number and the targets; for the broadcast
+    frame of the same template it returns None (the caller decodes it whole)."""
+    template = protocol.PublishTemplate("ch", ["x" * 1000], {}, 1.0)
+    head = protocol.publish_head(template.frame(seq, to=[b"w.2.1."]))
+    assert head == protocol.PublishHead(seq, [b"w.2.1."])
+    assert protocol.publish_head(template.frame(seq)) is None
+
+
+def test_publish_head_does_not_read_the_arguments() -> None:
+    """Steps: a targeted frame whose bytes after the targets are not msgpack at all.
+    Expected: `publish_head` still returns the number and targets (it never looks at
+    the arguments: a worker that is no target does not pay for them); `decode`
+    refuses the frame."""
+    good = protocol.PublishTemplate("ch", [], {}, 1.0).frame(5, to=[b"w.1.1."])
+    head_end = good.index(b"\xa7channel")
+    broken = good[:head_end] + b"\xc1" * 64
+    assert protocol.publish_head(broken) == protocol.PublishHead(5, [b"w.1.1."])
+    with pytest.raises(ProtocolError):
+        protocol.decode(broken)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"",
+        bytes((protocol.VERSION, MsgType.PUBLISH)),
+        bytes((protocol.VERSION, MsgType.PUBLISH, 0x86)) + msgpack.packb("seq"),
+        bytes((protocol.VERSION, MsgType.PUBLISH, 0x86))
+        + msgpack.packb("seq")
+        + msgpack.packb(-1)
+        + msgpack.packb("to"),
+        bytes((protocol.VERSION, MsgType.PUBLISH, 0x86))
+        + msgpack.packb("seq")
+        + msgpack.packb(3)
+        + msgpack.packb("to")
+        + b"\x92\xc4",  # an array of 2 cut in its first item
+        bytes((protocol.VERSION, MsgType.PUBLISH, 0x86))
+        + msgpack.packb("seq")
+        + msgpack.packb(3)
+        + msgpack.packb("to")
+        + msgpack.packb("not a list"),
+        bytes((protocol.VERSION + 1, MsgType.PUBLISH, 0x86))
+        + msgpack.packb("seq")
+        + msgpack.packb(3)
+        + msgpack.packb("to")
+        + msgpack.packb([b"w.1.1."]),
+        bytes((protocol.VERSION, MsgType.DRAIN, 0x86))
+        + msgpack.packb("seq")
+        + msgpack.packb(3)
+        + msgpack.packb("to")
+        + msgpack.packb([b"w.1.1."]),
+    ],
+)
+def test_publish_head_leaves_anything_else_to_decode(frame: bytes) -> None:
+    """Steps: frames that are short, cut, of another version or type, or whose targets
+    are not a list. Expected: None (never an exception): `decode` judges them."""
+    assert protocol.publish_head(frame) is None

@@ -16,7 +16,13 @@ from procbus.bus import ChannelFailures
 from procbus.errors import RemoteError
 from procbus.master.loop import EventLoop
 from procbus.master.planner import WorkerProc, WorkerState
-from procbus.master.relay import Relay, TreeReply, WorkerResult, WorkerStatus
+from procbus.master.relay import (
+    Relay,
+    TreeReply,
+    WorkerResult,
+    WorkerStatus,
+    late_answer_fields,
+)
 from procbus.protocol import MsgType
 from tests.helpers import FakeClock
 
@@ -376,11 +382,15 @@ def test_tree_reply_to_dict_is_plain_data_keyed_by_worker_id_string() -> None:
     """Steps: to_dict on a reply with a master error, an error, a timeout, a lost and an
     ok worker.
     Expected: exactly the documented shape, workers keyed "1".."4" in order, errors as
-    maps of type, message, listener, traceback, master errors as "Type: message".
+    maps of type, message, listener, traceback, master errors as "Type: message"; the
+    requirement (all, by default), not met, and why.
     """
     assert failed_reply().to_dict() == {
         "channel": "reconfigure",
         "seq": 7,
+        "require": "all",
+        "met": False,
+        "reason": "3 of 4 target workers failed",
         "master": [None],
         "master_errors": ["ValueError: bad value"],
         "workers": {
@@ -404,3 +414,286 @@ def test_tree_reply_to_dict_is_plain_data_keyed_by_worker_id_string() -> None:
         },
     }
     assert list(failed_reply().to_dict()["workers"]) == ["1", "2", "3", "4"]
+
+
+# -- quorum (require) ------------------------------------------------------------
+
+
+class LateAnswers:
+    """The relay's `on_late_answer` hook: keeps (seq, worker id, status) of each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int | None, int, WorkerStatus]] = []
+        self.results: list[WorkerResult] = []
+
+    def __call__(self, reply: TreeReply, result: WorkerResult) -> None:
+        self.calls.append((reply.seq, result.worker, result.status))
+        self.results.append(result)
+
+
+@pytest.fixture
+def late(relay: Relay) -> LateAnswers:
+    hook = LateAnswers()
+    relay.on_late_answer = hook
+    return hook
+
+
+def statuses(reply: TreeReply) -> dict[int, str]:
+    return {wid: result.status.value for wid, result in sorted(reply.workers.items())}
+
+
+def test_any_replies_at_the_first_answer_without_error_and_stragglers_go_to_the_hook(
+    relay: Relay, loop: EventLoop, clock: FakeClock, late: LateAnswers
+) -> None:
+    """Steps: require "any" of workers 1-4; worker 2 answers with an error, then worker 3
+    without; then worker 1 answers, worker 4 dies.
+    Expected: no reply after the error; the reply goes back once, at worker 3's answer:
+    met and ok, 2 error, 3 ok, 1 and 4 pending. The gather stays pending for the
+    stragglers: worker 1's answer and worker 4's death go to the hook (ok, lost), the
+    reply already given is not changed; then nothing is pending, no timer is left, and
+    the deadline passing changes nothing."""
+    w = [worker(i) for i in (1, 2, 3, 4)]
+    done = Done()
+    gather = relay.send(template(), w, 5.0, TreeReply("reconfigure", None, require="any"), done)
+    relay.on_reply(w[1], reply_message(1, errors=[error("KeyError", "'db'")]))
+    assert done.calls == []
+    relay.on_reply(w[2], reply_message(1, results=["fine"]))
+    assert done.calls == [gather.reply]
+    reply = gather.reply
+    assert (reply.met, reply.ok, reply.reason) == (True, True, None)
+    assert statuses(reply) == {1: "pending", 2: "error", 3: "ok", 4: "pending"}
+    assert list(relay.pending) == [1]
+
+    relay.on_reply(w[0], reply_message(1, results=["late"]))
+    relay.on_worker_gone(w[3])
+    assert late.calls == [(1, 1, WorkerStatus.OK), (1, 4, WorkerStatus.LOST)]
+    assert late.results[0].results == ["late"]
+    assert statuses(reply) == {1: "pending", 2: "error", 3: "ok", 4: "pending"}
+    assert relay.pending == {}
+    assert gather.timer is not None and gather.timer.cancelled
+    expire(loop, clock, 1005.0)
+    assert len(done.calls) == 1
+    assert len(late.calls) == 2
+
+
+def test_require_n_replies_once_n_targets_answered_without_error(
+    relay: Relay, loop: EventLoop, clock: FakeClock, late: LateAnswers
+) -> None:
+    """Steps: require 3 of workers 1-4; 1, 2 and 4 answer ok; the deadline passes.
+    Expected: the reply at the third answer, met, worker 3 pending; at the deadline
+    worker 3 goes to the hook as a timeout; nothing is left pending."""
+    w = [worker(i) for i in (1, 2, 3, 4)]
+    done = Done()
+    gather = relay.send(template(), w, 5.0, TreeReply("reconfigure", None, require=3), done)
+    relay.on_reply(w[0], reply_message(1))
+    relay.on_reply(w[1], reply_message(1))
+    assert done.calls == []
+    relay.on_reply(w[3], reply_message(1))
+    assert done.calls == [gather.reply]
+    assert gather.reply.met
+    assert statuses(gather.reply) == {1: "ok", 2: "ok", 3: "pending", 4: "ok"}
+    expire(loop, clock, 1005.0)
+    assert late.calls == [(1, 3, WorkerStatus.TIMEOUT)]
+    assert relay.pending == {}
+
+
+def test_require_n_replies_as_soon_as_it_can_no_longer_be_met(
+    relay: Relay, late: LateAnswers
+) -> None:
+    """Steps: require 3 of workers 1-4; worker 1 answers with an error, worker 2 dies.
+    Expected: the reply at the death (only 2 can still answer): not met, not ok, with
+    the reason; 3 and 4 pending; `raise_for_failures` raises ChannelFailures holding
+    worker 1's error, worker 2's loss and the unmet requirement."""
+    w = [worker(i) for i in (1, 2, 3, 4)]
+    done = Done()
+    gather = relay.send(template(), w, 5.0, TreeReply("reconfigure", None, require=3), done)
+    relay.on_reply(w[0], reply_message(1, errors=[error("KeyError", "'db'")]))
+    assert done.calls == []
+    relay.on_worker_gone(w[1])
+    assert done.calls == [gather.reply]
+    reply = gather.reply
+    assert (reply.met, reply.ok) == (False, False)
+    assert reply.reason == "2 of 4 target workers failed, at most 2 can answer"
+    assert statuses(reply) == {1: "error", 2: "lost", 3: "pending", 4: "pending"}
+    with pytest.raises(ChannelFailures) as caught:
+        reply.raise_for_failures()
+    assert [str(e) for e in caught.value.get_instances()] == [
+        "worker 1: KeyError: 'db' in listener app.reload",
+        f"worker 2: Lost: worker 2 (pid {w[1].pid}) died before answering",
+        "require 3: 2 of 4 target workers failed, at most 2 can answer",
+    ]
+
+
+def test_require_beyond_the_targets_replies_at_once_not_met(
+    relay: Relay, loop: EventLoop, clock: FakeClock, late: LateAnswers, pub: RecordingPub
+) -> None:
+    """Steps: require 5 of workers 1-4.
+    Expected: the publish is still sent once; the reply comes back from `send` itself,
+    not met, with the reason naming the 4 targets (no exception), every worker pending;
+    their answers (two ok, then the deadline for the others) go to the hook; nothing is
+    left pending."""
+    w = [worker(i) for i in (1, 2, 3, 4)]
+    done = Done()
+    gather = relay.send(template(), w, 5.0, TreeReply("reconfigure", None, require=5), done)
+    assert len(pub.sent) == 1
+    assert done.calls == [gather.reply]
+    assert not gather.reply.met
+    assert gather.reply.reason == "the publish has only 4 target workers"
+    assert set(statuses(gather.reply).values()) == {"pending"}
+    relay.on_reply(w[0], reply_message(1))
+    relay.on_reply(w[2], reply_message(1))
+    expire(loop, clock, 1005.0)
+    assert late.calls == [
+        (1, 1, WorkerStatus.OK),
+        (1, 3, WorkerStatus.OK),
+        (1, 2, WorkerStatus.TIMEOUT),
+        (1, 4, WorkerStatus.TIMEOUT),
+    ]
+    assert relay.pending == {}
+
+
+def test_any_without_targets_replies_at_once_not_met(relay: Relay) -> None:
+    """Steps: require "any" with no target (every worker still starting).
+    Expected: the reply at once, not met, reason "no target worker"; nothing pending."""
+    done = Done()
+    gather = relay.send(template(), [], 5.0, TreeReply("x", None, require="any"), done)
+    assert done.calls == [gather.reply]
+    assert gather.reply.reason == "the publish has no target worker"
+    assert relay.pending == {}
+
+
+def test_timeouts_and_losses_count_as_failures_of_the_requirement(
+    relay: Relay, loop: EventLoop, clock: FakeClock, late: LateAnswers
+) -> None:
+    """Steps: require 2 of workers 1-3; worker 1 dies, worker 2 answers; the deadline
+    passes for worker 3.
+    Expected: no reply until the deadline; then not met, worker 3 `timeout` (not
+    pending: its outcome is known), nothing goes to the hook, nothing left pending."""
+    w = [worker(i) for i in (1, 2, 3)]
+    done = Done()
+    gather = relay.send(template(), w, 5.0, TreeReply("reconfigure", None, require=2), done)
+    relay.on_worker_gone(w[0])
+    relay.on_reply(w[1], reply_message(1))
+    assert done.calls == []
+    expire(loop, clock, 1005.0)
+    assert done.calls == [gather.reply]
+    assert statuses(gather.reply) == {1: "lost", 2: "ok", 3: "timeout"}
+    assert not gather.reply.met
+    assert late.calls == []
+    assert relay.pending == {}
+
+
+def test_require_all_still_waits_for_every_target_after_a_failure(
+    relay: Relay, late: LateAnswers
+) -> None:
+    """Steps: the default requirement (all) of workers 1-3; worker 1 answers with an
+    error, worker 2 ok, worker 3 ok.
+    Expected: no reply until worker 3 answered (every outcome is listed, nobody is
+    pending); then not met, not ok; nothing went to the hook."""
+    w = [worker(i) for i in (1, 2, 3)]
+    done = Done()
+    gather = relay.send(template(), w, 5.0, TreeReply("reconfigure", None), done)
+    relay.on_reply(w[0], reply_message(1, errors=[error("KeyError", "'db'")]))
+    relay.on_reply(w[1], reply_message(1))
+    assert done.calls == []
+    relay.on_reply(w[2], reply_message(1))
+    assert done.calls == [gather.reply]
+    assert statuses(gather.reply) == {1: "error", 2: "ok", 3: "ok"}
+    assert (gather.reply.met, gather.reply.ok) == (False, False)
+    assert late.calls == []
+
+
+def test_met_requirement_is_success_despite_failures_but_a_master_error_is_not() -> None:
+    """Steps: a reply requiring 1 with worker 1 ok, worker 2 error, worker 3 pending;
+    the same with a master listener error.
+    Expected: the first is met and ok, `raise_for_failures` returns it, its failures
+    still list worker 2's error (pending is no failure); the second is met but not ok
+    and raises with the master's error."""
+    remote = RemoteError(2, "KeyError", "'db'")
+    workers = {
+        1: WorkerResult(1, 101, 1, WorkerStatus.OK),
+        2: WorkerResult(2, 202, 1, WorkerStatus.ERROR, errors=[remote]),
+        3: WorkerResult(3, 303, 1, WorkerStatus.PENDING),
+    }
+    reply = TreeReply("reconfigure", 1, workers=workers, require=1)
+    assert (reply.met, reply.ok) == (True, True)
+    assert reply.raise_for_failures() is reply
+    assert reply.failures() == [remote]
+    failing = TreeReply(
+        "reconfigure", 1, master_errors=[ValueError("m")], workers=workers, require=1
+    )
+    assert (failing.met, failing.ok) == (True, False)
+    with pytest.raises(ChannelFailures):
+        failing.raise_for_failures()
+
+
+def test_to_dict_shows_the_requirement_whether_met_and_pending_workers() -> None:
+    """Steps: to_dict of a reply requiring 2 of 3 with one ok and two pending (unmet).
+    Expected: require 2, met false, the reason, pending statuses."""
+    reply = TreeReply(
+        "reconfigure",
+        4,
+        workers={
+            1: WorkerResult(1, 101, 1, WorkerStatus.OK, ["r"]),
+            2: WorkerResult(2, 202, 1, WorkerStatus.PENDING),
+            3: WorkerResult(3, 303, 1, WorkerStatus.ERROR),
+        },
+        require=3,
+    )
+    document = reply.to_dict()
+    assert (document["require"], document["met"]) == (3, False)
+    assert document["reason"] == "1 of 3 target workers failed, at most 2 can answer"
+    assert document["workers"]["2"]["status"] == "pending"
+
+
+def test_quorum_meter_counts_each_workers_outcome_once_when_it_is_known(
+    relay: Relay, loop: EventLoop, clock: FakeClock, late: LateAnswers
+) -> None:
+    """Steps: require "any" of workers 1-3; worker 1 answers ok 2 ms after the send;
+    worker 2 answers with an error later; the deadline passes for worker 3.
+    Expected: one duration (2 ms: the reply's time), and the outcomes ok 1, error 1,
+    timeout 1: a pending worker is counted once, by its final outcome."""
+    w = [worker(i) for i in (1, 2, 3)]
+    relay.send(template(), w, 5.0, TreeReply("reconfigure", None, require="any"))
+    clock.now += 0.002
+    relay.on_reply(w[0], reply_message(1))
+    assert (relay.meter.durations.count, relay.meter.durations.total) == (1, pytest.approx(0.002))
+    assert dict(relay.meter.outcomes) == {"ok": 1}
+    relay.on_reply(w[1], reply_message(1, errors=[error("KeyError", "'db'")]))
+    expire(loop, clock, 1005.0)
+    assert dict(relay.meter.outcomes) == {"ok": 1, "error": 1, "timeout": 1}
+    assert relay.meter.durations.count == 1
+
+
+def test_late_answer_event_carries_status_and_errors_but_no_results() -> None:
+    """Steps: the event fields of a straggler that answered with a result and an error.
+    Expected: channel, seq, worker, pid, generation, status and each error's type and
+    message; no results and no traceback (read-only watchers see the event stream)."""
+    remote = RemoteError(2, "KeyError", "'db'", listener="app.reload", traceback="secret tb")
+    result = WorkerResult(2, 202, 3, WorkerStatus.ERROR, ["secret value"], [remote])
+    assert late_answer_fields(TreeReply("reconfigure", 9, require="any"), result) == {
+        "channel": "reconfigure",
+        "seq": 9,
+        "worker": 2,
+        "pid": 202,
+        "generation": 3,
+        "status": "error",
+        "errors": [{"type": "KeyError", "message": "'db'"}],
+    }
+
+
+# -- targeting -------------------------------------------------------------------
+
+
+def test_targeted_publish_is_one_send_naming_its_targets_topics(
+    relay: Relay, pub: RecordingPub
+) -> None:
+    """Steps: send a targeted publish to workers 1 (generation 2) and 3.
+    Expected: one PUB send on the broadcast topic (every worker counts it) whose PUBLISH
+    names the two workers' topics in ``to``; an untargeted send names none."""
+    relay.send(template(), [worker(1, 2), worker(3)], 5.0, TreeReply("x", None), targeted=True)
+    relay.send(template(), [worker(1, 2)], 5.0, TreeReply("x", None))
+    assert [frames[0] for frames in pub.sent] == [protocol.BROADCAST_TOPIC] * 2
+    first, second = (protocol.decode(frames[1]) for frames in pub.sent)
+    assert first["to"] == [b"w.1.2.", b"w.3.1."]
+    assert "to" not in second.body

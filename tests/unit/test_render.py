@@ -207,3 +207,26 @@ def test_watch_line_escapes_event_fields() -> None:
     assert raw_controls(line) == [] and "\n" not in line
     assert "exit\\x1b" in line
     assert "error=\\x1b[2J b=\\x9b c=\\r" in line
+
+
+def test_publish_reply_shows_the_requirement_and_pending_workers() -> None:
+    """Steps: render a reply requiring 3 that was met with worker 2 pending; one requiring
+    5 of 4, not met; one with the default requirement, all ok.
+    Expected: the first says "require 3: met", names worker 2 as pending and where its
+    answer goes, and its row says pending (yellow with colour on) with no result; the
+    second says NOT MET with the reason; the third shows no requirement line."""
+    workers = {
+        "1": {"pid": 1001, "status": "ok", "results": ["r"], "errors": []},
+        "2": {"pid": 1002, "status": "pending", "results": [], "errors": []},
+    }
+    met = {"channel": "ch", "seq": 3, "master": [], "require": 3, "met": True, "reason": None}
+    text = render.render("publish", {**met, "workers": workers}, colour=False)
+    assert "require 3: met; pending 2 (answered after the reply: procbus ctl watch" in text
+    (row,) = [line for line in text.splitlines() if line.startswith("2 ")]
+    assert row.split() == ["2", "1002", "pending", "-"]
+    assert "\x1b[33mpending" in render.render("publish", {**met, "workers": workers}, True)
+    unmet = {**met, "require": 5, "met": False, "reason": "the publish has only 4 target workers"}
+    text = render.render("publish", {**unmet, "workers": {"1": workers["1"]}}, colour=False)
+    assert "require 5: NOT MET, the publish has only 4 target workers\n" in text
+    default = {**met, "require": "all", "workers": {"1": workers["1"]}}
+    assert "require" not in render.render("publish", default, colour=False)
