@@ -43,6 +43,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from procbus.errors import ConfigError
+from procbus.worker.interface import Interface
 
 ENV_PREFIX: Final = "PROCBUS_"
 FILE_TABLE: Final = "procbus"
@@ -158,10 +159,10 @@ def _path(raw: object, textual: bool) -> Path:
     return Path(raw)
 
 
-def _choice(enum: type[LogLevel]) -> Parser:
+def _choice(enum: type[StrEnum]) -> Parser:
     expected = "one of " + ", ".join(member.value for member in enum)
 
-    def parse(raw: object, textual: bool) -> LogLevel:
+    def parse(raw: object, textual: bool) -> StrEnum:
         if isinstance(raw, str):
             try:
                 return enum(raw.strip().lower())
@@ -339,8 +340,12 @@ _UIDS_HELP: Final = "more uids allowed on the ipc:// control socket"
 # fmt: off
 SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("app", _text("a MODULE:ATTRIBUTE reference", _valid_reference),
-            "WSGI app to host, as MODULE:ATTRIBUTE", metavar="APP", positional=True,
+            "WSGI or ASGI app to host, as MODULE:ATTRIBUTE", metavar="APP", positional=True,
             default_doc=f"none (the demo, {DEMO_APP})"),
+    Setting("interface", _choice(Interface),
+            "the app's interface: auto (a coroutine function, or an object whose __call__ is "
+            "one, is ASGI and is served by uvicorn; any other callable is WSGI, served by "
+            "waitress), asgi or wsgi", metavar="KIND", default=Interface.AUTO),
     Setting("workers", _integer(0), "number of worker processes", short="-w", metavar="N",
             default_factory=_cpu_count, default_doc="number of CPUs"),
     Setting("bind", _list_of(_text(_ADDRESS, _valid_address), f"a list of {_ADDRESS}"),
@@ -428,6 +433,7 @@ class Config:
     """
 
     app: str | None
+    interface: Interface
     workers: int
     bind: tuple[str, ...]
     name: str

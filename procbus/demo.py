@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
 from procbus.bus import bus
-from procbus.worker.wsgi import current_context
+from procbus.worker.apps import current_context
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

@@ -13,10 +13,11 @@ in the worker after fork, so each new worker runs the code on disk now.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -86,6 +87,30 @@ class WorkerContext:
         self.counters.add("requests")
         if failed:
             self.counters.add("errors")
+
+
+_current: WorkerContext | None = None
+
+
+def current_context() -> WorkerContext | None:
+    """The context of the HTTP worker (WSGI or ASGI) running in this process, if any.
+
+    A hosted app reads its worker's id, generation and counters here (the demo
+    does); ``None`` outside a hosting worker.
+    """
+    return _current
+
+
+@contextlib.contextmanager
+def hosting(ctx: WorkerContext) -> Iterator[WorkerContext]:
+    """Make `ctx` the `current_context` while a host serves the app."""
+    global _current
+    _current = ctx
+    try:
+        yield ctx
+    finally:
+        if _current is ctx:
+            _current = None
 
 
 def import_object(spec: str) -> Any:
