@@ -60,6 +60,10 @@ class WorkerContext:
     bus: Bus
     sockets: Sequence[socket.socket] = ()
     stopping: threading.Event = field(default_factory=threading.Event)
+    stop_deadline: float | None = None
+    """Set (`time.monotonic`) before `stopping`: the graceful timeout of this stop
+    ends then, and the master kills the worker. A host gives up its drain a
+    little before, so that the worker still exits on its own."""
     counters: Counters = field(default_factory=Counters)
     settings: dict[str, Any] = field(default_factory=dict)
     """Extra settings the master passes to its workers' apps."""

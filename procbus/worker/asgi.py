@@ -68,6 +68,7 @@ from procbus.worker.runner import publish_deadline
 from procbus.worker.stopping import (
     CUT_GRACE,
     DRAIN_PRIORITY,
+    EXIT_MARGIN,
     FRESH_GRACE,
     IDLE_GRACE,
     STOP_ACCEPTING_PRIORITY,
@@ -372,6 +373,10 @@ class UvicornHost:
         self.draining = True
         started = time.monotonic()
         self._deadline = started + self.graceful_timeout
+        if self.ctx.stop_deadline is not None:  # the master kills then
+            self._deadline = max(
+                started, min(self._deadline, self.ctx.stop_deadline - EXIT_MARGIN)
+            )
         for server in self._servers:
             server.close()
         self._not_accepting.set()

@@ -36,3 +36,6 @@ IDLE_GRACE: Final = 0.5
 """How long an idle keep-alive connection stays open once a drain began."""
 CUT_GRACE: Final = 2
 """Seconds requests still in the app get after the graceful timeout cut them."""
+EXIT_MARGIN: Final = 0.25
+"""Seconds before ``ctx.stop_deadline`` (the master's kill) at which a host cuts
+what is left of its drain, so that the worker ends on its own."""

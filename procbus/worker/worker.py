@@ -311,6 +311,12 @@ class Worker:
 
         if self._drain is None:
             link.state(WorkerBusState.STOPPING)
+        deadline = (
+            self._drain.deadline
+            if self._drain is not None
+            else time.monotonic() + spec.graceful_timeout
+        )
+        ctx.stop_deadline = deadline
         ctx.stopping.set()
         # A quick stop (SIGQUIT, or the master gone) skips the drain: the
         # stop and exit listeners may wait for in-flight work.
@@ -320,11 +326,6 @@ class Worker:
             # After a drain nothing runs any more, unless it ran out of time: like
             # a request in flight, the publish whose listeners run now finishes
             # and is answered before the stop listeners run.
-            deadline = (
-                self._drain.deadline
-                if self._drain is not None
-                else time.monotonic() + spec.graceful_timeout
-            )
             if not self._runner.join(max(0.0, deadline - time.monotonic())):
                 log.warning(
                     "worker %d: listeners still running after %gs",
