@@ -46,6 +46,20 @@ class Counters:
         with self._lock:
             return dict(self._values)
 
+    def request_started(self) -> None:
+        """One more request in flight (one lock: this is on every request's path)."""
+        with self._lock:
+            self._values["in_flight"] += 1
+
+    def request_finished(self, failed: bool) -> None:
+        """One request served (failed: counted in ``errors`` too)."""
+        with self._lock:
+            values = self._values
+            values["in_flight"] -= 1
+            values["requests"] += 1
+            if failed:
+                values["errors"] += 1
+
     def __getitem__(self, name: str) -> int:
         with self._lock:
             return self._values.get(name, 0)
@@ -83,14 +97,11 @@ class WorkerContext:
 
     def request_started(self) -> None:
         """Count a request as in flight (hosting servers call this)."""
-        self.counters.add("in_flight")
+        self.counters.request_started()
 
     def request_finished(self, failed: bool = False) -> None:
         """Count a served request; the master recycles after `max_requests`."""
-        self.counters.add("in_flight", -1)
-        self.counters.add("requests")
-        if failed:
-            self.counters.add("errors")
+        self.counters.request_finished(failed)
 
 
 _current: WorkerContext | None = None

@@ -63,7 +63,7 @@ from procbus.master.sockets import DEFAULT_BACKLOG
 from procbus.worker import access
 from procbus.worker.access import AccessRecord
 from procbus.worker.apps import WorkerApp, WorkerContext, hosting, import_object
-from procbus.worker.lifespan import ASGIApp, Lifespan
+from procbus.worker.lifespan import ASGIApp, Lifespan, LifespanOutcome
 from procbus.worker.runner import publish_deadline
 from procbus.worker.stopping import (
     CUT_GRACE,
@@ -284,6 +284,7 @@ class UvicornHost:
         self._wake: asyncio.Event | None = None
         self._end: asyncio.Event | None = None
         self._servers: list[asyncio.Server] = []
+        self._lifespan_task: asyncio.Task[LifespanOutcome] | None = None
         self._stop_requested = False
         self._deadline: float | None = None
         """`time.monotonic` at which the drain (and the lifespan shutdown) give up."""
@@ -312,7 +313,13 @@ class UvicornHost:
                 self.ctx.ready()
                 await self._serve_until_stopped()
             await self._drain(loop)
-            await self._end.wait()
+            # The bus's stop listeners run the lifespan shutdown and its last exit
+            # listener ends the loop (async listeners have it until then). When
+            # nobody stops the bus (``ctx.stopping`` alone), the loop ends at the
+            # deadline, with the lifespan shut down.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._end.wait(), self._remaining())
+            await self._lifespan_shutdown()
         finally:
             with self._calls_lock:
                 self._loop = None
@@ -414,9 +421,21 @@ class UvicornHost:
         if tasks:
             await asyncio.wait(tasks, timeout=CUT_GRACE)
 
+    def _remaining(self) -> float:
+        """Seconds left until the drain's deadline (0 before a drain began)."""
+        return max(0.0, (self._deadline or 0.0) - time.monotonic())
+
+    async def _lifespan_shutdown(self) -> None:
+        """The lifespan shutdown, once, whoever asks first (the stop listener, or the end)."""
+        task = self._lifespan_task
+        if task is None:
+            task = self._lifespan_task = asyncio.create_task(
+                self.lifespan.shutdown(self._remaining())
+            )
+        await task
+
     async def _shut_down(self) -> None:
-        deadline = self._deadline if self._deadline is not None else time.monotonic()
-        await self.lifespan.shutdown(deadline - time.monotonic())
+        await self._lifespan_shutdown()
         assert self._end is not None
         if not self.ctx.stopping.is_set():
             self._end.set()  # the app stopped the bus itself: no exit follows
@@ -457,9 +476,8 @@ class UvicornHost:
             if loop is None or threading.get_ident() == self._loop_thread:
                 return
             future = asyncio.run_coroutine_threadsafe(self._shut_down(), loop)
-        remaining = (self._deadline or time.monotonic()) - time.monotonic()
         try:
-            future.result(max(0.0, remaining) + CUT_GRACE)
+            future.result(self._remaining() + CUT_GRACE)
         except (TimeoutError, concurrent.futures.CancelledError):
             log.warning("ASGI lifespan shutdown did not end in time")
 
@@ -482,7 +500,12 @@ def _idle(connection: Any) -> bool:
 
 class RequestAccounting:
     """ASGI middleware: count each HTTP request in the worker's counters, log it,
-    and say ``Connection: close`` while the host drains."""
+    and say ``Connection: close`` while the host drains.
+
+    On every request's path, so kept lean: without ``access_log`` it only
+    follows the status (a request failed when the app raised, never answered,
+    or answered 5xx).
+    """
 
     def __init__(
         self, app: ASGIApp, ctx: WorkerContext, host: UvicornHost, *, log_access: bool
@@ -496,31 +519,57 @@ class RequestAccounting:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        ctx = self.ctx
+        if self.log_access:
+            await self._logged(scope, receive, send)
+            return
         host = self.host
-        record = AccessRecord(started=time.time())
-        ctx.request_started()
+        counters = self.ctx.counters
+        status = 0
 
         async def counting_send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if host.draining:
+                    message = _closing(message)
+            await send(message)
+
+        counters.request_started()
+        failed = True
+        try:
+            await self.app(scope, receive, counting_send)
+            failed = not 0 < status < 500
+        finally:
+            counters.request_finished(failed)
+
+    async def _logged(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        host = self.host
+        record = AccessRecord(started=time.time())
+
+        async def recording_send(message: dict[str, Any]) -> None:
             kind = message["type"]
             if kind == "http.response.start":
                 record.status = message["status"]
                 if host.draining:
-                    headers = [*message.get("headers", ()), (b"connection", b"close")]
-                    message = {**message, "headers": headers}
+                    message = _closing(message)
             elif kind == "http.response.body":
                 record.sent += len(message.get("body", b""))
             await send(message)
 
+        self.ctx.request_started()
         try:
-            await self.app(scope, receive, counting_send)
+            await self.app(scope, receive, recording_send)
         except BaseException:
             record.raised = True
             raise
         finally:
-            ctx.request_finished(failed=record.failed)
-            if self.log_access:
-                access.access_logger.info("%s", common_log_line(scope, record))
+            self.ctx.request_finished(failed=record.failed)
+            access.access_logger.info("%s", common_log_line(scope, record))
+
+
+def _closing(start: dict[str, Any]) -> dict[str, Any]:
+    """`start` (an ``http.response.start``) saying ``Connection: close``."""
+    return {**start, "headers": [*start.get("headers", ()), (b"connection", b"close")]}
 
 
 def common_log_line(scope: dict[str, Any], record: AccessRecord) -> str:
