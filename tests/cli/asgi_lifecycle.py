@@ -1,7 +1,8 @@
 """An ASGI app whose lifespan and async listeners the tests steer through the environment.
 
 - ``PROCBUS_TEST_GATE``: the lifespan startup waits until this file exists;
-- ``PROCBUS_TEST_STARTUP``: ``fail`` sends ``lifespan.startup.failed``, ``raise`` raises;
+- ``PROCBUS_TEST_STARTUP``: ``fail`` sends ``lifespan.startup.failed``, ``raise`` raises
+  (or the content of the file ``PROCBUS_TEST_STARTUP_FILE`` names, read at each startup);
 - ``PROCBUS_TEST_SHUTDOWN_FILE``: the lifespan shutdown appends "PID shutdown" to it;
 - ``PROCBUS_TEST_SHUTDOWN``: ``hang`` makes the shutdown never complete.
 
@@ -67,6 +68,8 @@ async def _lifespan(receive: Any, send: Any) -> None:
     while gate and not Path(gate).exists():
         await asyncio.sleep(0.05)
     startup = os.environ.get("PROCBUS_TEST_STARTUP")
+    if "PROCBUS_TEST_STARTUP_FILE" in os.environ:
+        startup = Path(os.environ["PROCBUS_TEST_STARTUP_FILE"]).read_text().strip()
     if startup == "fail":
         await send({"type": "lifespan.startup.failed", "message": "the database is down"})
         return

@@ -107,6 +107,25 @@ def test_lifespan_startup_failure_stops_the_master_at_start(startup: str, expect
         assert log.count("] INFO procbus.master: worker") <= 2
 
 
+def test_reload_to_a_lifespan_that_fails_rolls_back_and_keeps_serving(tmp_path) -> None:
+    """Steps: 2 workers whose lifespan startup succeeds; make it fail; reload under load.
+    Expected: the reload fails naming the lifespan failure; the same workers serve on;
+    no request failed."""
+    startup = write(tmp_path / "startup", "complete")
+    env = {"PROCBUS_TEST_STARTUP_FILE": str(startup)}
+    with running(LIFECYCLE, "-b", "127.0.0.1:0", workers=2, env=env) as proc:
+        before = {w["pid"] for w in proc.workers()}
+        write(startup, "fail")
+        with Load(proc.port(), clients=2, path="/") as load:
+            load.wait_for(20)
+            reply = proc.request("reload", timeout=60)
+            load.wait_for(20)
+        assert not reply["ok"], reply
+        assert "the database is down" in reply["error"]["message"]
+        assert {w["pid"] for w in proc.wait_running(2)} == before
+        assert load.failures == []
+
+
 def test_lifespan_shutdown_runs_after_the_requests_in_flight_on_term(tmp_path) -> None:
     """Steps: 2 workers of an app recording its lifespan shutdown; TERM the master.
     Expected: exit 0; each worker's pid is recorded once."""
