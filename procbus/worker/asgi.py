@@ -288,8 +288,11 @@ class UvicornHost:
         self._stop_requested = False
         self._deadline: float | None = None
         """`time.monotonic` at which the drain (and the lifespan shutdown) give up."""
+        # Nothing is served until `_listen`: nothing to stop accepting or to drain.
         self._not_accepting = threading.Event()
+        self._not_accepting.set()
         self._drained = threading.Event()
+        self._drained.set()
         self._finished = threading.Event()
         self._calls_lock = threading.Lock()
 
@@ -307,7 +310,7 @@ class UvicornHost:
         bus = self.ctx.bus
         bus.awaiter = awaiter
         try:
-            await self.lifespan.startup()
+            await self._start_lifespan()
             if not self._stopping():
                 await self._listen(loop)
                 self.ctx.ready()
@@ -334,6 +337,24 @@ class UvicornHost:
             self._drained.set()
             self._finished.set()
 
+    async def _start_lifespan(self) -> None:
+        """The lifespan startup, given up if the worker is stopped meanwhile."""
+        assert self._wake is not None
+        startup = asyncio.ensure_future(self.lifespan.startup())
+        stop = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({startup, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if startup.done():
+            startup.result()  # a failure raises: the worker failed to boot
+            return
+        log.info("stopped during the ASGI lifespan startup: startup cancelled")
+        startup.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await startup
+        await self.lifespan.abort()
+
     async def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
         protocol_class: Any = self.config.http_protocol_class
         protocol = functools.partial(
@@ -344,6 +365,8 @@ class UvicornHost:
             _loop=loop,
         )
         self._update_default_headers()
+        self._not_accepting.clear()
+        self._drained.clear()
         for sock in self.ctx.sockets:
             # A duplicate, so that closing it stops this worker only. asyncio
             # calls listen() again with the master's own backlog: no change.
@@ -435,6 +458,8 @@ class UvicornHost:
         await task
 
     async def _shut_down(self) -> None:
+        if self._deadline is None:
+            return  # no drain yet (a stop during the startup): `serve` shuts down after it
         await self._lifespan_shutdown()
         assert self._end is not None
         if not self.ctx.stopping.is_set():

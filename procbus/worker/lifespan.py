@@ -63,6 +63,8 @@ class Lifespan:
         self._message = ""
         self._error: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
+        self._started = False
+        """The startup completed: there is something to shut down."""
 
     @property
     def running(self) -> bool:
@@ -88,15 +90,25 @@ class Lifespan:
             raise StartupError(f"ASGI lifespan startup failed: {self._message or 'no message'}")
         if outcome is LifespanOutcome.UNSUPPORTED:
             log.info("the ASGI app does not use the lifespan protocol: served without it")
+        self._started = outcome is LifespanOutcome.COMPLETE
         return outcome
+
+    async def abort(self) -> None:
+        """Cancel the app's lifespan call (a stop during its startup); wait until it ended."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def shutdown(self, timeout: float) -> LifespanOutcome:
         """Send ``lifespan.shutdown`` and wait `timeout` seconds at most for the answer.
 
+        Nothing is sent unless the startup completed (and the app still listens).
         A failure or a timeout is logged (and the app's lifespan call
         cancelled on a timeout); nothing is raised: the worker stops anyway.
         """
-        if not self.running:
+        if not (self._started and self.running):
             return LifespanOutcome.UNSUPPORTED
         assert self._inbox is not None and self._task is not None
         self._outcome = None

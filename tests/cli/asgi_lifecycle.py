@@ -1,6 +1,7 @@
 """An ASGI app whose lifespan and async listeners the tests steer through the environment.
 
-- ``PROCBUS_TEST_GATE``: the lifespan startup waits until this file exists;
+- ``PROCBUS_TEST_GATE``: the lifespan startup waits until this file exists (and says
+  it waits with a file ``GATE.PID.waiting``);
 - ``PROCBUS_TEST_STARTUP``: ``fail`` sends ``lifespan.startup.failed``, ``raise`` raises
   (or the content of the file ``PROCBUS_TEST_STARTUP_FILE`` names, read at each startup);
 - ``PROCBUS_TEST_SHUTDOWN_FILE``: the lifespan shutdown appends "PID shutdown" to it;
@@ -65,6 +66,8 @@ async def _lifespan(receive: Any, send: Any) -> None:
     assert message["type"] == "lifespan.startup"
     _loop.append(asyncio.get_running_loop())
     gate = os.environ.get("PROCBUS_TEST_GATE")
+    if gate:
+        Path(f"{gate}.{os.getpid()}.waiting").touch()
     while gate and not Path(gate).exists():
         await asyncio.sleep(0.05)
     startup = os.environ.get("PROCBUS_TEST_STARTUP")

@@ -87,6 +87,23 @@ def test_worker_runs_only_once_the_lifespan_startup_completed(tmp_path) -> None:
         assert status == 200 and body.startswith(b"up ")
 
 
+def test_term_during_the_lifespan_startup_cancels_it_and_stops_at_once(tmp_path) -> None:
+    """Steps: an app whose lifespan startup waits for a gate that never opens; TERM the
+    master while the worker is starting. Expected: the master exits 0 well before the
+    graceful timeout (5 s) would have the worker killed; the worker says it cancelled
+    the startup."""
+    env = {"PROCBUS_TEST_GATE": str(tmp_path / "never")}
+    with running(LIFECYCLE, "-b", "127.0.0.1:0", workers=1, wait=False, env=env) as proc:
+        wait_until(lambda: list(tmp_path.glob("never.*.waiting")), 10)
+        assert [w["state"] for w in proc.workers()] == ["starting"]
+        started = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(10) == 0
+        assert time.monotonic() - started < 3
+        assert "startup cancelled" in proc.log()
+        assert "killing" not in proc.log()
+
+
 @pytest.mark.parametrize(
     ("startup", "expected"),
     [
