@@ -291,10 +291,11 @@ def main() -> int:
         for part in parts:
             names, start = (TREES, running_tree) if part == "trees" else (SERVERS, running_server)
             results = {}
-            for name in names:
+            shift = (round_ - 1) % len(names)  # each server goes first in turn
+            for name in names[shift:] + names[:shift]:
                 with start(name, args.workers) as (port, processes):
                     results[name] = measure(port, processes, args, client)
-            rounds[part].append(results)
+            rounds[part].append({name: results[name] for name in names})
             report(TITLES[part].format(workers=args.workers) + suffix, results)
     if args.rounds > 1:
         for part in parts:
