@@ -6,9 +6,10 @@ serves the app there with uvicorn's HTTP protocol (httptools where installed,
 else h11) on duplicates of the listening sockets the worker inherited.
 
 Why uvicorn: ``scripts/bench_asgi.py`` measures it against hypercorn in the
-same pre-fork tree (see the README's Dependencies); uvicorn serves about 2x
-the requests per second at a lower p99, and its protocols are the ones FastAPI
-and Starlette users run today. procbus uses uvicorn's ``Config`` and its
+same pre-fork setting (see the README's Dependencies): uvicorn serves 4.5x the
+requests per second at a lower p99 (hypercorn's HTTP/1 parser is pure
+Python), neither stalls on the shared socket, and its protocols are the ones
+FastAPI and Starlette users run today. procbus uses uvicorn's ``Config`` and its
 protocol classes, not its ``Server``: the server's life is the worker's
 (the bus's ``start`` and ``stop``), and its drain is procbus's
 (`procbus.worker.stopping`: stop accepting at once while the siblings go on
@@ -27,21 +28,23 @@ The app's life follows the worker's bus:
   within what is left of the graceful timeout;
 - the event loop ends after the last ``exit`` listener (`LOOP_END_PRIORITY`),
   so that async ``stop`` and ``exit`` listeners still have it; if the app
-  stopped the bus itself (no exit follows), right after the lifespan shutdown.
+  stopped the bus itself (no exit follows), right after the lifespan shutdown;
+  if nobody stops the bus (``ctx.stopping`` alone), at the graceful timeout.
 
 **Async listeners.** While the loop runs, the worker's bus hands an ``async
-def`` listener's coroutine to it (`LoopAwaiter`, the bus's ``awaiter``): the
-coroutine runs on the app's loop, beside its requests, and what it returns or
-raises is that listener's result or error in the tree publish. It is given up
+def`` listener's coroutine to it (`procbus.worker.awaiter`, the bus's
+``awaiter``): the coroutine runs on the app's loop, beside its requests, and
+what it returns or raises is that listener's result or error in the tree
+publish. It is given up
 (cancelled, a ``TimeoutError``) at the publish's deadline. A sync listener
 runs on the listener thread as in any worker, and must not touch the loop's
 objects except through ``loop.call_soon_threadsafe``.
 
 Each HTTP request is counted in ``ctx.counters`` (failed when the app raises
 or answers 5xx); with ``access_log`` each is logged on ``procbus.access`` in the
-common log format, as the WSGI host does. Request headers reach the app as
-sent (uvicorn's proxy-headers rewriting is off: proxy trust is the app's
-business).
+common log format, as the WSGI host does (`procbus.worker.asgi_requests`).
+Request headers reach the app as sent (uvicorn's proxy-headers rewriting is
+off: proxy trust is the app's business).
 """
 
 from __future__ import annotations
@@ -55,16 +58,15 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Final
 
 from procbus.errors import StartupError
 from procbus.master.sockets import DEFAULT_BACKLOG
-from procbus.worker import access
-from procbus.worker.access import AccessRecord
 from procbus.worker.apps import WorkerApp, WorkerContext, hosting, import_object
+from procbus.worker.asgi_requests import RequestAccounting
+from procbus.worker.awaiter import LoopAwaiter
 from procbus.worker.lifespan import ASGIApp, Lifespan, LifespanOutcome
-from procbus.worker.runner import publish_deadline
 from procbus.worker.stopping import (
     CUT_GRACE,
     DRAIN_PRIORITY,
@@ -77,7 +79,6 @@ from procbus.worker.stopping import (
 __all__ = [
     "LIFESPAN_SHUTDOWN_PRIORITY",
     "LOOP_END_PRIORITY",
-    "LoopAwaiter",
     "asgi_worker",
 ]
 
@@ -158,83 +159,6 @@ def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
     elif kind != "asyncio":
         raise ValueError(f"loop must be auto, uvloop or asyncio, got {kind!r}")
     return asyncio.new_event_loop
-
-
-# -- async listeners ------------------------------------------------------------
-
-
-class LoopAwaiter:
-    """The worker bus's ``awaiter`` while the app's loop runs (see the module doc).
-
-    Called on any thread but the loop's: it hands the awaitable to the loop
-    and waits for its outcome, until the publish's deadline
-    (`procbus.worker.runner.publish_deadline`) if there is one.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._loop_thread = threading.get_ident()
-        self._lock = threading.Lock()
-        self._closed = False
-        self._pending: set[concurrent.futures.Future[tuple[Any, BaseException | None]]] = set()
-
-    def __call__(self, awaitable: Awaitable[Any]) -> Any:
-        if threading.get_ident() == self._loop_thread:
-            _discard(awaitable)
-            raise RuntimeError(
-                "an async listener was published to from the app's event loop itself, "
-                "which cannot wait for it: publish from another thread, or await the "
-                "coroutine in the app"
-            )
-        with self._lock:
-            if self._closed:
-                _discard(awaitable)
-                raise RuntimeError("the ASGI app's event loop has ended: async listener not run")
-            future = asyncio.run_coroutine_threadsafe(_outcome_of(awaitable), self._loop)
-            self._pending.add(future)
-        deadline = publish_deadline()
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            value, escaped = future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise TimeoutError(
-                f"async listener still running at the publish's deadline "
-                f"({timeout:.3g}s after it began here): cancelled"
-            ) from None
-        except concurrent.futures.CancelledError:
-            raise RuntimeError(
-                "the ASGI app's event loop ended before the async listener did"
-            ) from None
-        finally:
-            with self._lock:
-                self._pending.discard(future)
-        if escaped is not None:
-            raise escaped  # SystemExit or KeyboardInterrupt: the worker ends, as for sync ones
-        return value
-
-    def close(self) -> None:
-        """The loop ends: nothing more is handed to it; whoever waits is told."""
-        with self._lock:
-            self._closed = True
-            pending, self._pending = self._pending, set()
-        for future in pending:
-            future.cancel()
-
-
-async def _outcome_of(awaitable: Awaitable[Any]) -> tuple[Any, BaseException | None]:
-    """Await `awaitable`; ``SystemExit`` and ``KeyboardInterrupt`` come back as values
-    (raised on the loop, they would end it)."""
-    try:
-        return await awaitable, None
-    except (SystemExit, KeyboardInterrupt) as exc:
-        return None, exc
-
-
-def _discard(awaitable: Awaitable[Any]) -> None:
-    close = getattr(awaitable, "close", None)
-    if close is not None:
-        close()  # a coroutine never awaited would warn
 
 
 # -- the server -----------------------------------------------------------------
@@ -518,96 +442,3 @@ def _idle(connection: Any) -> bool:
         return False
     cycle = connection.cycle
     return cycle is None or bool(cycle.response_complete)
-
-
-# -- counting and logging requests ------------------------------------------------
-
-
-class RequestAccounting:
-    """ASGI middleware: count each HTTP request in the worker's counters, log it,
-    and say ``Connection: close`` while the host drains.
-
-    On every request's path, so kept lean: without ``access_log`` it only
-    follows the status (a request failed when the app raised, never answered,
-    or answered 5xx).
-    """
-
-    def __init__(
-        self, app: ASGIApp, ctx: WorkerContext, host: UvicornHost, *, log_access: bool
-    ) -> None:
-        self.app = app
-        self.ctx = ctx
-        self.host = host
-        self.log_access = log_access
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self.log_access:
-            await self._logged(scope, receive, send)
-            return
-        host = self.host
-        counters = self.ctx.counters
-        status = 0
-
-        def counting_send(message: dict[str, Any]) -> Awaitable[None]:
-            # Not a coroutine function: it hands back send's awaitable, one
-            # coroutine less per message on the hot path.
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                if host.draining:
-                    message = _closing(message)
-            result: Awaitable[None] = send(message)
-            return result
-
-        counters.request_started()
-        failed = True
-        try:
-            await self.app(scope, receive, counting_send)
-            failed = not 0 < status < 500
-        finally:
-            counters.request_finished(failed)
-
-    async def _logged(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        host = self.host
-        record = AccessRecord(started=time.time())
-
-        async def recording_send(message: dict[str, Any]) -> None:
-            kind = message["type"]
-            if kind == "http.response.start":
-                record.status = message["status"]
-                if host.draining:
-                    message = _closing(message)
-            elif kind == "http.response.body":
-                record.sent += len(message.get("body", b""))
-            await send(message)
-
-        self.ctx.request_started()
-        try:
-            await self.app(scope, receive, recording_send)
-        except BaseException:
-            record.raised = True
-            raise
-        finally:
-            self.ctx.request_finished(failed=record.failed)
-            access.access_logger.info("%s", common_log_line(scope, record))
-
-
-def _closing(start: dict[str, Any]) -> dict[str, Any]:
-    """`start` (an ``http.response.start``) saying ``Connection: close``."""
-    return {**start, "headers": [*start.get("headers", ()), (b"connection", b"close")]}
-
-
-def common_log_line(scope: dict[str, Any], record: AccessRecord) -> str:
-    """The access log's line for the request `scope` (see `procbus.worker.access`)."""
-    path = scope.get("raw_path") or scope.get("path", "").encode()
-    target = path.decode("latin-1")
-    if scope.get("query_string"):
-        target += "?" + scope["query_string"].decode("latin-1")
-    line = f"{scope.get('method', '-')} {target} HTTP/{scope.get('http_version', '1.1')}"
-    client: Sequence[Any] | None = scope.get("client")
-    return access.common_log_line(
-        record, remote_addr=client[0] if client else None, remote_user=None, request_line=line
-    )
