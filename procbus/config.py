@@ -585,6 +585,12 @@ def _check_together(values: Mapping[str, Any], sources: Mapping[str, Source]) ->
             f"app and worker are mutually exclusive: app = {values['app']!r} "
             f"({sources['app']}), worker = {values['worker']!r} ({sources['worker']})"
         )
+    if values["worker"] is not None and values["interface"] is not Interface.AUTO:
+        raise ConfigError(
+            f"interface applies to an APP, not to a generic worker: interface = "
+            f"{values['interface'].value!r} ({sources['interface']}), worker = "
+            f"{values['worker']!r} ({sources['worker']})"
+        )
     if (values["ctl"] or "").startswith("tcp://") and values["curve_keys"] is None:
         raise ConfigError(
             f"ctl: a tcp:// endpoint needs curve_keys, got {values['ctl']!r} "

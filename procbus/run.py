@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The options of ``procbus run`` (one per setting of `procbus.config`)."""
     parser = argparse.ArgumentParser(
         prog="procbus run",
-        description="Host APP (module:attribute, a WSGI app; the demo app when omitted) "
+        description="Host APP (module:attribute, a WSGI or ASGI app; the demo app when omitted) "
         "behind pre-forked workers. Command line beats --config file beats PROCBUS_* "
         "environment beats defaults. Exit status: 0 stopped, 1 could not start, "
         "2 bad configuration.",

@@ -232,7 +232,7 @@ class UvicornHost:
         with self._calls_lock:
             self._loop = loop
         bus = self.ctx.bus
-        bus.awaiter = awaiter
+        previous, bus.awaiter = bus.awaiter, awaiter
         try:
             await self._start_lifespan()
             if not self._stopping():
@@ -251,7 +251,7 @@ class UvicornHost:
             with self._calls_lock:
                 self._loop = None
             if bus.awaiter is awaiter:
-                bus.awaiter = None
+                bus.awaiter = previous
             awaiter.close()
             for server in self._servers:
                 server.close()

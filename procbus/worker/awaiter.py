@@ -14,7 +14,10 @@ slow coroutine cannot hold the listener thread for ever.
 
 Two things cannot be waited for and are errors instead of deadlocks: a
 publish made on the loop's own thread (a request handler calling
-``bus.publish``), and one after the loop ended.
+``bus.publish``), and one after the loop ended. A worker without an event
+loop (WSGI, generic) has `no_event_loop` as its awaiter: an ``async def``
+listener there is an error that says so, rather than a coroutine that is
+never run and cannot be sent back.
 """
 
 from __future__ import annotations
@@ -24,11 +27,11 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, NoReturn
 
 from procbus.worker.runner import publish_deadline
 
-__all__ = ["LoopAwaiter"]
+__all__ = ["LoopAwaiter", "no_event_loop"]
 
 
 class LoopAwaiter:
@@ -103,3 +106,12 @@ def _discard(awaitable: Awaitable[Any]) -> None:
     close = getattr(awaitable, "close", None)
     if close is not None:
         close()  # a coroutine never awaited would warn
+
+
+def no_event_loop(awaitable: Awaitable[Any]) -> NoReturn:
+    """The awaiter of a worker that runs no event loop: the listener's error."""
+    _discard(awaitable)
+    raise TypeError(
+        "an async listener ran in a worker without an event loop: async listeners "
+        "run in the workers of an ASGI app (on its loop)"
+    )

@@ -45,6 +45,7 @@ from procbus.master.systemd import forget_in_worker
 from procbus.privatedir import DirectoryId
 from procbus.protocol import Message, MsgType, WorkerBusState
 from procbus.worker.apps import WorkerApp, WorkerContext, load_app
+from procbus.worker.awaiter import no_event_loop
 from procbus.worker.credentials import Credentials
 from procbus.worker.drain import MARKER_GRACE, Drain
 from procbus.worker.link import WorkerLink
@@ -290,6 +291,8 @@ class Worker:
             sockets=spec.sockets,
             settings=spec.app_settings,
         )
+        # An ASGI host replaces this while its event loop runs.
+        self.bus.awaiter = no_event_loop
         try:
             app = load_app(spec.app)
             self.bus.start()

@@ -88,3 +88,8 @@ async def _lifespan(receive: Any, send: Any) -> None:
         with open(record, "a") as stream:
             stream.write(f"{os.getpid()} shutdown\n")
     await send({"type": "lifespan.shutdown.complete"})
+
+
+def generic(ctx: Any) -> None:
+    """A generic (non-HTTP) worker with this module's async listeners: no event loop."""
+    ctx.stopping.wait()

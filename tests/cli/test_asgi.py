@@ -210,6 +210,18 @@ def test_async_listener_past_the_publish_deadline_is_cancelled_and_the_next_one_
         assert time.monotonic() - started < 5
 
 
+def test_async_listener_in_a_worker_without_an_event_loop_is_an_error_saying_so() -> None:
+    """Steps: a generic worker (no event loop) whose module subscribes async listeners;
+    publish to one. Expected: that worker's answer is an error naming the cause (not
+    an unsendable coroutine); a sync listener of the same module answers ok."""
+    with running("--worker", "tests.cli.asgi_lifecycle:generic", workers=1) as proc:
+        reply = proc.request("publish", "listener.sleep", 0)
+        (error,) = reply["result"]["workers"]["1"]["errors"]
+        assert error["type"] == "TypeError"
+        assert "worker without an event loop" in error["message"]
+        assert proc.call("publish", "listener.sync")["workers"]["1"]["status"] == "ok"
+
+
 def test_example_app_cache_clear_answers_from_every_worker() -> None:
     with running("examples.asgi_app:app", "-b", "127.0.0.1:0", workers=2) as proc:
         with Load(proc.port(), clients=2, path="/items/7") as load:
