@@ -28,11 +28,13 @@ propagate at once.
 
 Beyond wspbus: subscribe, unsubscribe and publish are safe from any thread; a
 ``log`` message with no ``log`` listener goes to the standard ``logging`` logger
-``procbus`` instead of vanishing; and the re-exec path (`Bus.restart`) keeps an
+``procbus`` instead of vanishing; the re-exec path (`Bus.restart`) keeps an
 explicit set of file descriptors open across ``execv`` (`Bus.keep_fds`), which
-is how listening sockets survive a restart. A process with an event loop
-for its listeners sets `Bus.awaiter` (an ASGI worker does): then an ``async
-def`` listener's coroutine is run there, and its outcome is the listener's.
+is how listening sockets survive a restart; `Bus.on_state` hears every
+state change (a worker reports its bus's state to its master with it). A
+process with an event loop for its listeners sets `Bus.awaiter` (an ASGI
+worker does): then an ``async def`` listener's coroutine is run there, and its
+outcome is the listener's.
 
 This module does no IO of its own beyond the re-exec that wspbus defines.
 """
@@ -250,6 +252,9 @@ class Bus:
         """Called after the local listeners of every `publish` (not by
         `run_listeners`); a master sets it to carry publishes to its workers.
         It returns the remote failures to raise with the local ones."""
+        self.on_state: Callable[[State], None] | None = None
+        """Called with each state the bus enters, in the thread that moved it, once
+        `wait` was woken; a worker sets it to tell its master where its bus is."""
         self.awaiter: Awaiter | None = None
         """Set by a process that runs an event loop for its listeners (an ASGI
         worker): a listener that returns an awaitable (an ``async def``
@@ -269,6 +274,9 @@ class Bus:
         with self._state_changed:
             self._state = value
             self._state_changed.notify_all()
+        hook = self.on_state
+        if hook is not None:
+            hook(value)
 
     # -- pub/sub -----------------------------------------------------------
 

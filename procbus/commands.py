@@ -22,7 +22,7 @@ class Role(enum.StrEnum):
     """What a control client may do."""
 
     READ = "read"
-    """status, stats, ping, version, watch."""
+    """status, stats, jobs, metrics, ping, version, watch."""
     ADMIN = "admin"
     """Everything."""
 
@@ -104,6 +104,12 @@ COMMANDS: Final[Mapping[str, CommandSpec]] = _spec(
     CommandSpec("stats", Role.READ, "process figures of the master and every worker"),
     CommandSpec("jobs", Role.READ, "long commands running or recently finished"),
     CommandSpec(
+        "metrics",
+        Role.READ,
+        "Prometheus metrics of the master and every worker (the text /metrics serves)",
+        options=(Option("openmetrics", bool, help="OpenMetrics text instead of Prometheus's"),),
+    ),
+    CommandSpec(
         "publish",
         Role.ADMIN,
         "publish on the whole tree and show every process's answer",
@@ -111,7 +117,18 @@ COMMANDS: Final[Mapping[str, CommandSpec]] = _spec(
             Param("channel", str, help="the channel"),
             Param("args", str, required=False, many=True, help="arguments (JSON literals)"),
         ),
-        options=(Option("kw", dict, help="keyword argument KEY=VALUE (repeatable)"),),
+        options=(
+            Option("kw", dict, help="keyword argument KEY=VALUE (repeatable)"),
+            Option(
+                "require",
+                str,
+                help="what done means: all (default), any, or a number of workers",
+            ),
+            Option("to", str, help="only these workers (ids, as 1,3)"),
+            Option("to_generation", int, minimum=1, help="only the workers of this generation"),
+            Option("retain", bool, help="keep it for every worker started later"),
+            Option("clear", bool, help="with --retain: drop the channel's retained publish"),
+        ),
     ),
     CommandSpec("graceful", Role.ADMIN, "publish graceful: every worker reloads in place"),
     CommandSpec(

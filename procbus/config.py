@@ -142,6 +142,27 @@ def _boolean(raw: object, textual: bool) -> bool:
     raise _Rejected(raw, "true or false")
 
 
+_SIZE_UNITS: Final = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_SIZE: Final = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(?:([KMGT])(?:i?B)?|B)?\s*", re.I)
+
+
+def _size(raw: object, textual: bool) -> int:
+    """Bytes: an integer, or text with a unit K, M, G or T (powers of 1024): ``512M``,
+    ``2G``, ``1.5G``; ``0`` is 0. Text in the config file too (``max_rss = "512M"``)."""
+    expected = "a size in bytes, or with a unit K, M, G or T (512M, 2G, 1.5G)"
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        if raw < 0:
+            raise _Rejected(raw, expected)
+        return raw
+    match = _SIZE.fullmatch(raw) if isinstance(raw, str) else None
+    if match is None:
+        raise _Rejected(raw, expected)
+    number, unit = match.groups()
+    if "." in number and not unit:
+        raise _Rejected(raw, expected)  # a fraction of a byte
+    return int(float(number) * _SIZE_UNITS[(unit or "").upper()])
+
+
 def _text(expected: str, valid: Callable[[str], bool]) -> Parser:
     def parse(raw: object, textual: bool) -> str:
         if not isinstance(raw, str) or not valid(raw):
@@ -202,6 +223,10 @@ def _valid_address(text: str) -> bool:
             return False
         return True
     return bool(host) and re.fullmatch(r"[^\s:\[\]/]+", host) is not None
+
+
+def _valid_tcp_address(text: str) -> bool:
+    return not text.startswith("unix:") and _valid_address(text)
 
 
 def _valid_reference(text: str) -> bool:
@@ -335,6 +360,7 @@ def _cpu_count() -> int:
 
 
 _ADDRESS: Final = "HOST:PORT, [IPV6]:PORT or unix:PATH with a port in 0-65535"
+_TCP_ADDRESS: Final = "HOST:PORT or [IPV6]:PORT with a port in 0-65535"
 _UIDS_HELP: Final = "more uids allowed on the ipc:// control socket"
 
 # fmt: off
@@ -383,6 +409,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("stats_interval", _seconds(0, inclusive=False),
             "seconds between stats events while someone watches them (procbus top)",
             metavar="SECONDS", default=1.0),
+    Setting("metrics", _text(_TCP_ADDRESS, _valid_tcp_address),
+            "serve Prometheus metrics on http://HOST:PORT/metrics (unauthenticated: bind "
+            "127.0.0.1 or a private address)", metavar="HOST:PORT", default_doc="off"),
+    Setting("metrics_timeout", _seconds(0, inclusive=False),
+            "seconds a metrics scrape waits for the workers (the late ones are left out)",
+            metavar="SECONDS", default=2.0),
     Setting("max_requests", _integer(0), "recycle a worker after this many requests (0: never)",
             metavar="N", default=0),
     Setting("max_requests_jitter", _integer(0),
@@ -391,6 +423,13 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("max_age", _seconds(0, inclusive=True),
             "recycle a worker after this many seconds (0: never)", metavar="SECONDS",
             default=0.0),
+    Setting("max_rss", _size,
+            "recycle a worker whose RSS is above this size (bytes, or 512M, 2G) in "
+            "rss_samples samples in a row, one per heartbeat interval (0: never)",
+            metavar="SIZE", default=0),
+    Setting("rss_samples", _integer(1),
+            "samples in a row above max_rss after which a worker is recycled", metavar="K",
+            default=3),
     Setting("pidfile", _path, "write the master's pid to this file", metavar="FILE"),
     Setting("daemon", _boolean, "detach from the terminal", flag=True, default=False),
     Setting("user", _account, "switch workers to this user (name or uid)", metavar="USER"),
@@ -449,9 +488,13 @@ class Config:
     heartbeat_interval: float
     publish_timeout: float
     stats_interval: float
+    metrics: str | None
+    metrics_timeout: float
     max_requests: int
     max_requests_jitter: int
     max_age: float
+    max_rss: int
+    rss_samples: int
     pidfile: Path | None
     daemon: bool
     user: str | int | None

@@ -369,7 +369,15 @@ def _print_human(
         if reply.get("result") is not None:
             out.write(render.render(command, reply["result"], colour))
         return
-    text = render.render(command, reply.get("result"), colour)
+    result = reply.get("result")
+    if command == "metrics" and isinstance(result, dict):
+        # The exposition as it is (for a textfile collector), escaped only on a terminal.
+        text = str(result.get("text", ""))
+        if out.isatty():
+            text = "".join(render.printable(line) + "\n" for line in text.splitlines())
+        out.write((f"# {endpoint}\n" if endpoint else "") + text)
+        return
+    text = render.render(command, result, colour)
     if prefix:
         text = "".join(prefix + line + "\n" for line in text.splitlines())
     out.write(text)

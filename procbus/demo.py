@@ -13,6 +13,11 @@ watch the worker change; publish and watch every worker answer.
 The ``demo.message`` listener is subscribed on ``procbus.bus`` (the worker's
 own bus in a worker) when this module is imported, which happens in the worker
 after fork; its return value is the worker's reply to the publish.
+
+Every request is counted in ``demo_requests_total{path}``, a plain
+prometheus_client counter of the worker's default registry: with ``--metrics``
+(``scripts/demo`` sets it), ``/metrics`` shows it once per worker, with a
+``worker`` label, beside procbus's own metrics.
 """
 
 from __future__ import annotations
@@ -24,15 +29,20 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
+from prometheus_client import Counter
+
 from procbus.bus import bus
 from procbus.worker.apps import current_context
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-__all__ = ["MESSAGE_CHANNEL", "DemoError", "app", "last_message"]
+__all__ = ["MESSAGE_CHANNEL", "REQUESTS", "DemoError", "app", "last_message"]
 
 MESSAGE_CHANNEL: Final = "demo.message"
+PATHS: Final = frozenset({"/", "/worker", "/health", "/boom"})
+"""The ``path`` label's values (anything else is ``other``: labels must stay few)."""
+REQUESTS: Final = Counter("demo_requests", "Requests the demo app answered.", ["path"])
 
 _lock = threading.Lock()
 _last_message: str | None = None
@@ -74,6 +84,7 @@ def worker_info() -> dict[str, int | None]:
 def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     """The demo WSGI app."""
     path = environ.get("PATH_INFO") or "/"
+    REQUESTS.labels(path if path in PATHS else "other").inc()
     if path == "/boom":
         raise DemoError("boom: this is the demo's deliberate failure")
     if path == "/health":
@@ -120,6 +131,7 @@ dt {{ font-weight: bold; }} code, pre {{ background: #f4f4f4; padding: .1rem .3r
 <p>Publish a message to every worker, then reload this page:</p>
 <pre>procbus ctl publish {channel} "hello, workers"</pre>
 <p>Try <code>procbus ctl reload</code> (a new generation answers),
+<code>procbus ctl metrics</code> (this page's counter, per worker),
 <a href="/worker">/worker</a> (JSON), <a href="/health">/health</a>
 and <a href="/boom">/boom</a> (a 500; the worker goes on).</p>
 </body>

@@ -61,7 +61,8 @@ class MsgType(enum.IntEnum):
 
 
 class WorkerBusState(enum.StrEnum):
-    """Where a worker's own bus is, as its STATE messages say (the wire carries the value)."""
+    """Where a worker is in its life, as its STATE messages say (the wire carries the
+    value): the master's readiness keys on RUNNING. Its bus's own state is a `BusState`."""
 
     STARTING = "starting"
     """Said hello; loading the app and starting its bus."""
@@ -73,6 +74,22 @@ class WorkerBusState(enum.StrEnum):
     """Its bus stopped; the process exits next."""
     FAILED = "failed"
     """The app could not boot, returned or raised (`error` says which); it exits next."""
+
+
+class BusState(enum.StrEnum):
+    """A worker's own bus state, by the name of its `procbus.bus.states` member.
+
+    Every HEARTBEAT carries it (field ``bus``), and a worker sends one at once when
+    its bus moves: ``status`` shows it as ``bus_state``. It is not `WorkerBusState`:
+    a worker drains its publishes while its bus is still STARTED, and its bus is
+    STOPPING while the stop listeners wait for the requests in flight.
+    """
+
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    STARTED = "STARTED"
+    STOPPING = "STOPPING"
+    EXITING = "EXITING"
 
 
 _Types = type | tuple[type, ...]
@@ -101,7 +118,7 @@ _SCHEMAS: Final[dict[MsgType, dict[str, tuple[_Types, bool]]]] = {
         "topic": (bytes, True),
     },
     MsgType.WELCOME: {"next_seq": (int, True)},
-    MsgType.HEARTBEAT: {"counters": (dict, True)},
+    MsgType.HEARTBEAT: {"counters": (dict, True), "bus": (str, False)},
     MsgType.STATE: {"state": (str, True), "error": (_OPTIONAL_STR, False)},
     MsgType.CONTROL_REQUEST: {
         "id": (str, True),
@@ -340,6 +357,8 @@ def decode(
     validate(msg_type, body)
     if msg_type is MsgType.STATE:
         body["state"] = WorkerBusState(body["state"])
+    elif msg_type is MsgType.HEARTBEAT and "bus" in body:
+        body["bus"] = BusState(body["bus"])
     return Message(msg_type, body)
 
 
@@ -367,6 +386,10 @@ def validate(msg_type: MsgType, body: Mapping[str, Any]) -> None:
     elif msg_type is MsgType.STATE and body["state"] not in _BUS_STATES:
         raise ProtocolError(
             f"STATE field 'state' must be one of {', '.join(_BUS_STATES)}, got {body['state']!r}"
+        )
+    elif msg_type is MsgType.HEARTBEAT and body.get("bus", BusState.STARTED) not in _BUS_NAMES:
+        raise ProtocolError(
+            f"HEARTBEAT field 'bus' must be one of {', '.join(_BUS_NAMES)}, got {body['bus']!r}"
         )
 
 
@@ -401,6 +424,7 @@ _COMPILED: Final = {
 """The schemas ready for `validate` (run for every message, so precomputed)."""
 _BY_VALUE: Final = {int(msg_type): msg_type for msg_type in MsgType}
 _BUS_STATES: Final = tuple(state.value for state in WorkerBusState)
+_BUS_NAMES: Final = tuple(state.value for state in BusState)
 
 
 def _names(types: _Types) -> str:

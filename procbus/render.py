@@ -124,17 +124,24 @@ def _state_colour(column: int) -> Callable[[int, str], str | None]:
 
 
 def status(result: dict[str, Any], colour: bool) -> str:
+    """The master's line and a table of the workers. Two columns show only when they
+    say something: BUS when a worker's bus is not STARTED (it starts, or stops), and
+    RECYCLED when a worker was replaced for a limit (max_requests, max_age, max_rss)."""
     master = result["master"]
     head = printable(
         f"master {master['pid']} ({master['name']})  {master['state']}  "
         f"generation {master['generation']}  up {duration(master['uptime'])}  "
         f"workers {len(result['workers'])}"
     )
+    workers = result["workers"]
+    bus = any(w.get("bus_state") not in (None, "STARTED") for w in workers)
+    recycled = any(w.get("last_recycle") for w in workers)
     rows = [
         [
             str(w["id"]),
             str(w["pid"] or "-"),
             w["state"],
+            *([w.get("bus_state") or "-"] if bus else []),
             str(w["generation"]),
             duration(w["age"]),
             duration(w["heartbeat_age"]),
@@ -142,14 +149,16 @@ def status(result: dict[str, Any], colour: bool) -> str:
             size(w["rss"]),
             str(w["requests"]),
             str(w["restarts"]),
+            *([_recycle(w.get("last_recycle"))] if recycled else []),
             _first_line(w["last_error"]),
         ]
-        for w in result["workers"]
+        for w in workers
     ]
     headers = [
         "ID",
         "PID",
         "STATE",
+        *(["BUS"] if bus else []),
         "GEN",
         "AGE",
         "BEAT",
@@ -157,9 +166,17 @@ def status(result: dict[str, Any], colour: bool) -> str:
         "RSS",
         "REQS",
         "RESTARTS",
+        *(["RECYCLED"] if recycled else []),
         "LAST ERROR",
     ]
     return head + "\n" + table(headers, rows, _state_colour(2), colour)
+
+
+def _recycle(recycled: dict[str, Any] | None) -> str:
+    """``max_rss 2m05s ago``: the limit a slot's last worker reached, and when."""
+    if not recycled:
+        return "-"
+    return f"{recycled['reason']} {duration(recycled['age'])} ago"
 
 
 def _first_line(text: str | None, width: int = 60) -> str:

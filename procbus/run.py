@@ -326,6 +326,7 @@ _RESTART_ONLY: Final = frozenset(
         "bind",
         "name",
         "ctl",
+        "metrics",
         "runtime_dir",
         "daemon",
         "pidfile",
@@ -349,6 +350,7 @@ def tree_settings(config: Config) -> TreeSettings:
         heartbeat_interval=config.heartbeat_interval,
         publish_timeout=config.publish_timeout,
         stats_interval=config.stats_interval,
+        metrics_timeout=config.metrics_timeout,
         supervision=Supervision(
             timeout=config.timeout,
             boot_timeout=config.boot_timeout,
@@ -356,6 +358,8 @@ def tree_settings(config: Config) -> TreeSettings:
             max_requests=config.max_requests,
             max_requests_jitter=config.max_requests_jitter,
             max_age=config.max_age,
+            max_rss=config.max_rss,
+            rss_samples=config.rss_samples,
         ),
     )
 
@@ -366,7 +370,7 @@ def worker_credentials(config: Config) -> Credentials | None:
 
 
 def control_settings(config: Config) -> ControlSettings:
-    """Who may use the control socket, and where it is."""
+    """Who may use the control socket, and where it and the metrics endpoint are."""
     return ControlSettings.from_config(
-        config.ctl, config.curve_keys, config.admin_uids, config.read_uids
+        config.ctl, config.curve_keys, config.admin_uids, config.read_uids, config.metrics
     )

@@ -8,7 +8,8 @@ waits until every worker runs and, whatever happens, sends TERM, waits, then
 KILLs the whole session it created.
 
 Run directly, this module is that master process:
-``benchmaster.py --workers N --runtime-dir DIR [--heartbeat S] [--stats-interval S]``.
+``benchmaster.py --workers N --runtime-dir DIR [--heartbeat S] [--stats-interval S]
+[--max-rss BYTES]``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from procbus.client import Client, ControlError
-from procbus.master import Master, TreeSettings
+from procbus.master import Master, Supervision, TreeSettings
 
 HERE = Path(__file__).resolve().parent
 
@@ -66,7 +67,12 @@ def _wait_running(control: str, workers: int, proc: subprocess.Popen[bytes], lim
 
 @contextlib.contextmanager
 def bench_master(
-    workers: int, *, heartbeat: float = 1.0, stats_interval: float = 1.0, boot_limit: float = 60.0
+    workers: int,
+    *,
+    heartbeat: float = 1.0,
+    stats_interval: float = 1.0,
+    max_rss: int = 0,
+    boot_limit: float = 60.0,
 ) -> Iterator[RunningMaster]:
     """A master with `workers` idle workers in its own session; stopped and reaped on exit."""
     directory = Path(tempfile.mkdtemp(prefix="pbb-", dir="/tmp"))
@@ -83,6 +89,8 @@ def bench_master(
         str(heartbeat),
         "--stats-interval",
         str(stats_interval),
+        "--max-rss",
+        str(max_rss),
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -116,12 +124,14 @@ def main() -> int:
     parser.add_argument("--runtime-dir", required=True)
     parser.add_argument("--heartbeat", type=float, default=1.0)
     parser.add_argument("--stats-interval", type=float, default=1.0)
+    parser.add_argument("--max-rss", type=int, default=0, help="bytes (0: no RSS sampling)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     settings = TreeSettings(
         workers=args.workers,
         heartbeat_interval=args.heartbeat,
         stats_interval=args.stats_interval,
+        supervision=Supervision(max_rss=args.max_rss),
     )
     return Master(_idle, name="bench", runtime_dir=args.runtime_dir, settings=settings).run()
 

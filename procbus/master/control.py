@@ -40,6 +40,7 @@ from procbus.commands import (
 from procbus.master.jobs import Job, JobState
 from procbus.master.planner import WorkerProc
 from procbus.master.relay import TreeReply
+from procbus.publishing import DEFAULT, PublishOptions
 
 log = logging.getLogger("procbus.control")
 
@@ -101,6 +102,12 @@ class Answer:
             raise CommandError(*self.error)
 
 
+class Scraped(Protocol):
+    """The text of a metrics scrape (`procbus.master.scrape.Exposition`)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 class CommandTarget(Protocol):
     """What the commands may ask of the tree: the master implements it."""
 
@@ -135,9 +142,21 @@ class CommandTarget(Protocol):
         *,
         timeout: float | None,
         on_done: Callable[[TreeReply], None],
-    ) -> None: ...
+        options: PublishOptions = DEFAULT,
+    ) -> None:
+        """Raises ``TypeError`` (an argument the wire cannot carry) or ``ValueError`` (an
+        option the tree cannot honour: a target that does not exist) before anything runs."""
 
     def request_exit(self, fast: bool = False) -> None: ...
+
+    def scrape(
+        self,
+        on_done: Callable[[Scraped], None],
+        *,
+        openmetrics: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """A metrics scrape of the whole tree (`procbus.master.scrape`)."""
 
     def kill_worker(self, worker_id: int, signum: int) -> WorkerProc: ...
 
@@ -174,6 +193,7 @@ class Commands:
             "status": lambda call: call.answer.resolve(self.target.status()),
             "stats": lambda call: call.answer.resolve(self.target.stats()),
             "jobs": lambda call: call.answer.resolve({"jobs": self.target.job_listing()}),
+            "metrics": self._metrics,
             "publish": self._publish,
             "graceful": self._graceful,
             "exit": self._exit,
@@ -270,15 +290,24 @@ class Commands:
     def _publish(self, call: Call) -> None:
         channel, *args = call.args
         try:
+            options = PublishOptions.parse({k: v for k, v in call.kwargs.items() if k != "kw"})
             self.target.publish_async(
                 channel,
                 args,
                 call.kwargs.get("kw", {}),
                 timeout=call.publish_timeout(),
                 on_done=self._tree_reply(call),
+                options=options,
             )
-        except TypeError as exc:  # an argument the wire cannot carry
+        except (TypeError, ValueError) as exc:  # an argument or option the tree cannot take
             raise CommandError(ErrorCode.BAD_ARGUMENTS, f"publish: {exc}"[:500]) from None
+
+    def _metrics(self, call: Call) -> None:
+        self.target.scrape(
+            lambda exposition: call.answer.resolve(exposition.to_dict()),
+            openmetrics=bool(call.kwargs.get("openmetrics", False)),
+            timeout=call.publish_timeout(),
+        )
 
     def _graceful(self, call: Call) -> None:
         self.target.publish_async(

@@ -64,6 +64,9 @@ class ControlSettings:
     """CURVE client key id -> the client's name, for audit lines."""
     curve_server: tuple[bytes, bytes] | None = field(default=None, repr=False)
     """The master's CURVE (public, secret) key, z85 (TCP only)."""
+    metrics: str | None = None
+    """HOST:PORT of the ``/metrics`` HTTP endpoint (`procbus.master.metrics_http`);
+    None: none (``ctl metrics`` still answers)."""
 
     @classmethod
     def from_config(
@@ -72,6 +75,7 @@ class ControlSettings:
         curve_keys: Path | None,
         admin_uids: Collection[int] = (),
         read_uids: Collection[int] = (),
+        metrics: str | None = None,
     ) -> ControlSettings:
         """Settings for `endpoint`, with the CURVE keys of `curve_keys` when it is not ipc.
 
@@ -81,7 +85,7 @@ class ControlSettings:
         socket is set up (`secure`).
         """
         if _is_ipc(endpoint) or curve_keys is None:
-            return cls(endpoint, admin_uids, read_uids)
+            return cls(endpoint, admin_uids, read_uids, metrics=metrics)
         try:
             server = keys.load_server(curve_keys)
         except ConfigError as exc:
@@ -95,6 +99,7 @@ class ControlSettings:
             key_roles={client.key_id: client.role for client in server.clients},
             key_names={client.key_id: client.name for client in server.clients},
             curve_server=(server.public, server.secret),
+            metrics=metrics,
         )
 
     def local_uids(self) -> set[int]:

@@ -36,6 +36,7 @@ from procbus.master.control_server import CONTROL_MAX_MESSAGE, ControlServer, Co
 from procbus.master.events import EventStream, event_socket
 from procbus.master.hub import Hub
 from procbus.master.loop import EventLoop
+from procbus.master.metrics_http import MetricsHTTP, metrics_listener, metrics_url
 from procbus.master.pool import Pool
 from procbus.master.runtime import RuntimeDir
 from procbus.privatedir import traverse_problem
@@ -83,6 +84,9 @@ class Endpoints:
         self.events: zmq.Socket[bytes] | None = None
         self.control: zmq.Socket[bytes] | None = None
         self.fd_reserve: list[int] = []
+        self.metrics: MetricsHTTP | None = None
+        """The ``/metrics`` endpoint, once served (it listens once the name is bound)."""
+        self._metrics_socket: socket.socket | None = None
         self.on_denied: Callable[[Denial], None] = lambda denial: None
         """A connection was refused (for the event stream)."""
 
@@ -164,6 +168,7 @@ class Endpoints:
             self.context = self.zap = None
             self.xpub = self.router = self.events = self.control = None
             self._close_name_fds()
+            self._close_metrics()
             if isinstance(exc, StartupError):
                 raise
             raise StartupError(f"cannot bind the master's endpoints: {exc}") from None
@@ -187,6 +192,9 @@ class Endpoints:
             loop.add_reader(source, callback, priority=1)
         loop.add_reader(self.control, control.on_readable, priority=2)
         loop.call_every(RUNTIME_CHECK_INTERVAL, self._check_runtime)  # until loop.close()
+        self.metrics = MetricsHTTP(loop, commands)
+        if self._metrics_socket is not None:
+            self.metrics.listen(self._metrics_socket)
         return hub, control
 
     def _check_runtime(self) -> None:
@@ -221,9 +229,29 @@ class Endpoints:
             self.name_fds[role] = listeners.duplicate(sock)
             listeners.bind_fd(self.control if role == "control" else self.events, sock, endpoint)
             self.addresses[role] = endpoint
+        if self.settings.metrics is not None:
+            self._bind_metrics(self.settings.metrics, inherited.pop("metrics", None))
         for fd in inherited.values():  # not wanted any more (the configuration changed)
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+    def _bind_metrics(self, address: str, inherited: int | None) -> None:
+        """The ``/metrics`` endpoint's listening socket: one of the name's, handed on."""
+        sock = metrics_listener(address, inherited)
+        self._metrics_socket = sock
+        self.name_fds["metrics"] = listeners.duplicate(sock)
+        self.addresses["metrics"] = metrics_url(sock)
+        log.info("metrics on %s", self.addresses["metrics"])
+        if self.metrics is not None:
+            self.metrics.listen(sock)
+
+    def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()  # and its listening socket
+        elif self._metrics_socket is not None:
+            self._metrics_socket.close()
+        self.metrics = self._metrics_socket = None
+        self.addresses.pop("metrics", None)
 
     def _local_mode(self) -> int:
         """The control and event sockets' mode: anyone's when uids are listed (the ZAP
@@ -332,6 +360,7 @@ class Endpoints:
         if self.zap is not None:
             self.zap.close()
             self.zap = None
+        self._close_metrics()
         for sock in (self.xpub, self.router, self.control):
             if sock is not None:
                 sock.close()

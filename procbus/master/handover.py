@@ -7,6 +7,7 @@ names below, and open file descriptors:
 ==========================  =====================================================
 ``PROCBUS_FDS``             the listening sockets the workers serve (HTTP)
 ``PROCBUS_CONTROL_FDS``     the listening sockets of the name: ``control=FD,...``
+                            (and ``metrics``, the ``/metrics`` endpoint)
 ``PROCBUS_LOCK_FD``         the runtime directory's lock (exec only: a successor
                             takes the lock when the old master lets go)
 ``PROCBUS_GENERATION``      the next master's generation
@@ -53,7 +54,7 @@ TARGET_VARIABLE: Final = "PROCBUS_TARGET"
 ADOPT_VARIABLE: Final = "PROCBUS_ADOPT"
 SUCCESSOR_VARIABLE: Final = "PROCBUS_SUCCESSOR"
 
-CONTROL_ROLES: Final = ("control", "events", "events_remote")
+CONTROL_ROLES: Final = ("control", "events", "events_remote", "metrics")
 
 # The upgrade's two pipes (see `procbus.master.jobs.upgrade` for the old master's side):
 READY: Final = b"ready\n"

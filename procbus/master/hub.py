@@ -108,7 +108,7 @@ class Hub:
             self._drop(identity, f"{message.type.name} from a worker that did not say hello")
             return
         if message.type is MsgType.HEARTBEAT:
-            self.pool.heartbeat(found, message["counters"])
+            self.pool.heartbeat(found, message["counters"], message.get("bus"))
         elif message.type is MsgType.STATE:
             self.pool.worker_state(found, message["state"], message.get("error"))
         else:

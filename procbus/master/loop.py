@@ -87,6 +87,18 @@ class EventLoop:
         self._priorities[source] = priority
         self._poller.register(source, zmq.POLLIN)
 
+    def add_writer(
+        self, source: Pollable, callback: Callable[[], None], *, priority: int = 0
+    ) -> None:
+        """Call `callback` whenever `source` can be written to without blocking.
+
+        A source is watched for reading or for writing, not both at once;
+        `remove_reader` stops either.
+        """
+        self._handlers[source] = callback
+        self._priorities[source] = priority
+        self._poller.register(source, zmq.POLLOUT)
+
     def remove_reader(self, source: Pollable) -> None:
         self._priorities.pop(source, None)
         if self._handlers.pop(source, None) is not None:

@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,13 +38,16 @@ from procbus.master.jobs import Job, JobAborted, Jobs
 from procbus.master.jobs.bodies import job_body
 from procbus.master.lineage import Lineage
 from procbus.master.loop import Clock, EventLoop
+from procbus.master.memory import MemoryWatch
 from procbus.master.planner import WorkerProc
 from procbus.master.pool import Pool
 from procbus.master.publisher import TreePublisher
 from procbus.master.relay import TreeReply
 from procbus.master.runtime import RuntimeDir
+from procbus.master.scrape import Scraper
 from procbus.master.settings import TreeSettings, stop_limit
 from procbus.master.stats import ProcessMonitor
+from procbus.publishing import PublishOptions, Require
 from procbus.worker.apps import WorkerApp
 from procbus.worker.credentials import Credentials
 
@@ -102,6 +105,7 @@ class Master:
         self.pool.on_ready, self.pool.on_gone = self._worker_ready, self._worker_gone
         self.pool.on_drain = lambda worker: self.hub.drain(worker) if self.hub else None
         self.pool.on_halt = lambda reason: self.request_exit(fast=True, code=1)
+        self.memory = MemoryWatch(self.pool, self.monitor.rss, lambda: self.settings)
         self.endpoints.on_denied = lambda denial: self.emit("auth_denied", **denial.to_dict())
         self.publisher = TreePublisher(
             self.bus, self.pool, self.loop, deadline=lambda: self.settings.publish_timeout,
@@ -109,6 +113,7 @@ class Master:
         )  # fmt: skip
         self.publish_async = self.publisher.publish_async
         """Start a tree publish; `on_done(reply)` is called from the loop when complete."""
+        self.scrape = Scraper(self, self.publisher.ask_workers).scrape
         self.hub: Hub | None = None
         self.control: ControlServer | None = None
         self.commands = Commands(self)
@@ -195,8 +200,7 @@ class Master:
         self.loop.close()
         line = self.lineage
         self.endpoints.close(exec_next=line.exec_requested, handed_over=bool(line.upgraded_to))
-        self.hub = self.publisher.hub = None
-        self.control = None
+        self.hub = self.publisher.hub = self.control = None
         log.info("master %d closed", self.pid)
 
     # -- the workers ------------------------------------------------------------
@@ -261,16 +265,11 @@ class Master:
         return self.hub is not None
 
     def start(self, timeout: float | None = None) -> bool:
-        """Start the bus (bind, fork the workers); wait until they all run.
-
-        Returns whether every worker runs within `timeout` (None: the boot
-        timeout). With ``timeout=0`` it does not wait.
-        """
+        """Start the bus (bind, fork the workers); True once every worker runs within
+        `timeout` (None: the boot timeout; 0: no wait)."""
         self.open()
         self.bus.start()
-        if timeout == 0:
-            return self.pool.all_running()
-        return self.wait_ready(timeout)
+        return self.pool.all_running() if timeout == 0 else self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Pump the loop until every worker runs (or flaps, or none can boot); True if all run."""
@@ -279,11 +278,30 @@ class Master:
         return self.pool.all_running()
 
     def publish(
-        self, channel: str, *args: Any, timeout: float | None = None, **kwargs: Any
+        self,
+        channel: str,
+        *args: Any,
+        timeout: float | None = None,
+        require: Require = "all",
+        to: Iterable[int] | None = None,
+        to_generation: int | None = None,
+        retain: bool = False,
+        clear: bool = False,
+        **kwargs: Any,
     ) -> TreeReply:
-        """Publish on the whole tree and return every process's answer (`publisher`)."""
+        """Publish on the whole tree and return every process's answer (`publisher`;
+        the options are `procbus.publishing`'s). Raises ``ValueError`` for a bad option."""
+        options = PublishOptions(
+            require,
+            None if to is None else tuple(to),
+            to_generation,
+            retain,
+            clear,
+        )
         gathered: list[TreeReply] = []
-        self.publish_async(channel, args, kwargs, timeout=timeout, on_done=gathered.append)
+        self.publish_async(
+            channel, args, kwargs, timeout=timeout, on_done=gathered.append, options=options
+        )
         self.loop.run_until(lambda: bool(gathered))
         return gathered[0]
 
@@ -297,6 +315,7 @@ class Master:
         self.settings = settings
         self.pool.policy = settings.supervision
         self.event_stream.interval = settings.stats_interval
+        self.memory.update()
 
     def _job_of(self, name: str, *args: Any, **options: Any) -> Job:
         """Run a long command as the Python API; raise `CommandError` if it was refused."""

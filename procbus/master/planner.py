@@ -29,7 +29,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from procbus.protocol import WorkerBusState
+from procbus.protocol import BusState, WorkerBusState
+
+
+class RecycleReason(enum.StrEnum):
+    """Why a running worker is replaced although nothing is wrong with it (its limits)."""
+
+    MAX_REQUESTS = "max_requests"
+    MAX_AGE = "max_age"
+    MAX_RSS = "max_rss"
 
 
 class WorkerState(enum.StrEnum):
@@ -89,11 +97,23 @@ class Supervision:
     so that workers started together are not recycled together."""
     max_age: float = 0.0
     """Recycle a worker after this many seconds (0: never)."""
+    max_rss: int = 0
+    """Bytes: recycle a worker whose RSS is above this in `rss_samples` samples in a
+    row (0: never; the master samples only when it is set)."""
+    rss_samples: int = 3
+    """How many samples in a row a worker's RSS must be above `max_rss`: one sample
+    over is a peak, several are a worker that grew."""
     backoff: Backoff = field(default_factory=Backoff)
     halt_at_boot: bool = True
     """Give up (`HALT`: the master exits with status 1) when a worker cannot boot,
     or a slot flaps, before every worker ran once. False: back off and flap, as
     once the pool came up."""
+
+    def __post_init__(self) -> None:
+        if self.max_rss < 0:
+            raise ValueError(f"max_rss must be >= 0, got {self.max_rss}")
+        if self.rss_samples < 1:
+            raise ValueError(f"rss_samples must be >= 1, got {self.rss_samples}")
 
 
 @dataclass(eq=False)
@@ -107,8 +127,10 @@ class WorkerProc:
     state: WorkerState = WorkerState.BOOTING
     subscribed: bool = False
     hello: bool = False
-    bus_state: WorkerBusState | None = None
-    """What it said last in a STATE message."""
+    lifecycle: WorkerBusState | None = None
+    """What it said last in a STATE message (its readiness keys on RUNNING)."""
+    bus_state: BusState | None = None
+    """Its own bus's state, as its last heartbeat said."""
     last_heartbeat: float | None = None
     counters: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
@@ -129,6 +151,11 @@ class WorkerProc:
     boot_failed: bool = False
     """It exited with the status that says its app could not be imported or started
     (the worker's contract; the pool knows the number, this module does not)."""
+    rss: list[int] = field(default_factory=list)
+    """Its last RSS samples in bytes, oldest first, at most `Supervision.rss_samples`
+    (recorded by the pool while max_rss is set)."""
+    recycle: RecycleReason | None = None
+    """Why it is being replaced, once its replacement was forked for a limit."""
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -143,6 +170,19 @@ class WorkerProc:
     def topic(self) -> bytes:
         """What it subscribes to on the master's PUB, and names itself by on ROUTER."""
         return f"w.{self.id}.{self.generation}.".encode()
+
+
+@dataclass(frozen=True)
+class Recycled:
+    """A worker of a slot reached a limit and was replaced: which, why and when."""
+
+    reason: RecycleReason
+    detail: str
+    """The limit and the figure that reached it, for people."""
+    at: float
+    """When its replacement was forked (the pool's clock)."""
+    pid: int
+    generation: int
 
 
 @dataclass(eq=False)
@@ -160,6 +200,7 @@ class WorkerSlot:
     last_error: str | None = None
     boot_failed: bool = False
     """The last of its workers to die unasked could not boot."""
+    last_recycle: Recycled | None = None
 
     def workers(self) -> Iterator[WorkerProc]:
         if self.current is not None:
@@ -254,7 +295,7 @@ class PoolView:
     retired: list[WorkerProc] = field(default_factory=list)
     rollout: Rollout | None = None
     """The rolling reload in progress, if any; automatic recycling (max_requests,
-    max_age) is paused meanwhile."""
+    max_age, max_rss) is paused meanwhile."""
     booted: bool = False
     """Every wanted worker ran at the same time once (the tree came up)."""
     halted: str | None = None
@@ -262,7 +303,8 @@ class PoolView:
 
     @property
     def recycling(self) -> bool:
-        """Whether workers are recycled (max_requests, max_age): not during a rollout."""
+        """Whether workers are recycled (max_requests, max_age, max_rss): not during a
+        rollout."""
         return self.rollout is None
 
 
@@ -289,6 +331,8 @@ class Action:
     worker: WorkerProc | None = None
     reason: str = ""
     replace: bool = False
+    recycle: RecycleReason | None = None
+    """A SPAWN that replaces the current worker because it reached this limit."""
 
 
 @dataclass
@@ -355,6 +399,7 @@ def _plan_slot(
         return
 
     current, replacement = slot.current, slot.replacement
+    limit: RecycleReason | None = None
     if current is None and replacement is not None:
         actions.append(Action(ActionKind.PROMOTE, slot.id, replacement, "slot empty"))
         current, replacement = replacement, None
@@ -379,15 +424,20 @@ def _plan_slot(
         at(current.started_at + policy.boot_timeout)
         return
     elif current.state is WorkerState.RUNNING:
-        recycle = _recycle_reason(current, now, policy) if view.recycling else None
-        renew = recycle or ("replace requested" if _rolling(view, slot) else "")
+        recycle = _recycle(current, now, policy) if view.recycling else None
+        if recycle is not None:
+            limit, renew = recycle
+        else:
+            renew = "replace requested" if _rolling(view, slot) else ""
         if not renew and view.recycling and policy.max_age > 0:
             at(current.started_at + policy.max_age)
     else:
         return
     if renew and not slot.flapping:
         if now >= slot.next_spawn_at:
-            actions.append(Action(ActionKind.SPAWN, slot.id, reason=renew, replace=True))
+            actions.append(
+                Action(ActionKind.SPAWN, slot.id, reason=renew, replace=True, recycle=limit)
+            )
         else:
             at(slot.next_spawn_at)
 
@@ -541,12 +591,37 @@ def _adoption_failed(worker: WorkerProc, now: float, policy: Supervision) -> boo
     )
 
 
-def _recycle_reason(worker: WorkerProc, now: float, policy: Supervision) -> str | None:
+def rss_exceeded(worker: WorkerProc, policy: Supervision) -> bool:
+    """Whether `worker`'s last `rss_samples` RSS samples are all above max_rss."""
+    samples = policy.rss_samples
+    return (
+        policy.max_rss > 0
+        and len(worker.rss) >= samples
+        and min(worker.rss[-samples:]) > policy.max_rss
+    )
+
+
+def _recycle(
+    worker: WorkerProc, now: float, policy: Supervision
+) -> tuple[RecycleReason, str] | None:
+    """The limit `worker` reached, and what it is at, or None."""
     if policy.max_requests > 0 and worker.requests >= request_limit(worker, policy):
-        return f"served {worker.requests} requests (max_requests {policy.max_requests})"
+        detail = f"served {worker.requests} requests (max_requests {policy.max_requests})"
+        return RecycleReason.MAX_REQUESTS, detail
     if policy.max_age > 0 and now - worker.started_at >= policy.max_age:
-        return f"{now - worker.started_at:.0f}s old (max_age {policy.max_age:g}s)"
+        detail = f"{now - worker.started_at:.0f}s old (max_age {policy.max_age:g}s)"
+        return RecycleReason.MAX_AGE, detail
+    if rss_exceeded(worker, policy):
+        detail = (
+            f"RSS {_mib(worker.rss[-1])} above max_rss {_mib(policy.max_rss)} "
+            f"in {policy.rss_samples} samples in a row"
+        )
+        return RecycleReason.MAX_RSS, detail
     return None
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f}M"
 
 
 def _deadlines(

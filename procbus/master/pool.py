@@ -5,15 +5,19 @@ function the master provides), signals, reaps, and updates each worker's record
 from what the worker says (hello, state, heartbeat) and from what the kernel
 says (exit status). After anything changes it asks the planner again, and
 arms one timer for the planner's next deadline, so the master never polls.
+
+It also counts what the metrics report: recycles by the limit reached
+(`Pool.recycles`) and reloads by how they ended (`Pool.reload_results`).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import random
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from procbus.master.loop import EventLoop, Timer
@@ -21,6 +25,7 @@ from procbus.master.planner import (
     Action,
     ActionKind,
     PoolView,
+    Recycled,
     Rollout,
     Supervision,
     WorkerProc,
@@ -29,8 +34,9 @@ from procbus.master.planner import (
     plan,
     record_exit,
     request_limit,
+    rss_exceeded,
 )
-from procbus.protocol import WorkerBusState
+from procbus.protocol import BusState, WorkerBusState
 
 log = logging.getLogger("procbus.master")
 
@@ -97,6 +103,10 @@ class Pool:
         self.generations: dict[int, int] = {}
         """Worker id -> last generation a previous master used (restart, upgrade):
         a new slot goes on from there, so generations never repeat."""
+        self.recycles: collections.Counter[str] = collections.Counter()
+        """Workers replaced for reaching a limit, by `RecycleReason` value."""
+        self.reload_results: collections.Counter[str] = collections.Counter()
+        """Reloads, by how they ended (counted by the reload job: `jobs.workers.ReloadResult`)."""
 
     # -- what the rest of the master reads --------------------------------
 
@@ -257,6 +267,8 @@ class Pool:
                 slot = self.view.slots[action.slot] = WorkerSlot(
                     action.slot, generation=self.generations.get(action.slot, 0)
                 )
+            if action.recycle is not None and slot.current is not None:
+                self._recycling(slot, slot.current, action)
             self._fork(slot, action.replace, action.reason)
         elif action.kind is ActionKind.PROMOTE:
             assert slot is not None and worker is not None
@@ -290,6 +302,27 @@ class Pool:
             log.error("%s; stopping", action.reason)
             self._emit("halt", worker=action.slot, reason=action.reason)
             self.on_halt(action.reason)
+
+    def _recycling(self, slot: WorkerSlot, worker: WorkerProc, action: Action) -> None:
+        """`worker` reached a limit: its replacement is forked next (and it drains once
+        that one runs). Counted once per worker, however many forks its replacement takes."""
+        assert action.recycle is not None
+        if worker.recycle is not None:
+            return
+        worker.recycle = action.recycle
+        slot.last_recycle = Recycled(
+            action.recycle, action.reason, self.loop.clock(), worker.pid, worker.generation
+        )
+        self.recycles[action.recycle.value] += 1
+        log.info("worker %d (pid %d) is recycled: %s", worker.id, worker.pid, action.reason)
+        self._emit(
+            "recycle",
+            worker=worker.id,
+            pid=worker.pid,
+            generation=worker.generation,
+            reason=action.recycle.value,
+            detail=action.reason,
+        )
 
     def _fork(self, slot: WorkerSlot, replace: bool, reason: str) -> None:
         slot.generation += 1
@@ -442,7 +475,7 @@ class Pool:
         self._maybe_ready(worker)
 
     def worker_state(self, worker: WorkerProc, state: WorkerBusState, error: str | None) -> None:
-        worker.bus_state = state
+        worker.lifecycle = state
         worker.last_heartbeat = self.loop.clock()
         if error:
             worker.last_error = error
@@ -460,23 +493,44 @@ class Pool:
             worker.stop_deadline = self.loop.clock() + self.policy.graceful_timeout
             self.replan()
 
-    def heartbeat(self, worker: WorkerProc, counters: dict[str, Any]) -> None:
+    def heartbeat(
+        self, worker: WorkerProc, counters: dict[str, Any], bus: BusState | None = None
+    ) -> None:
         worker.last_heartbeat = self.loop.clock()
         worker.counters = {k: v for k, v in counters.items() if isinstance(v, int)}
-        if worker.adopted and worker.bus_state is None:
+        if bus is not None and bus is not worker.bus_state:
+            worker.bus_state = bus
+            self._emit("bus_state", worker=worker.id, pid=worker.pid, bus_state=bus.value)
+        if worker.adopted and worker.lifecycle is None:
             # An adopted worker's first heartbeat here: it runs, and a WELCOME
             # reaches it now.
-            worker.bus_state = WorkerBusState.RUNNING
+            worker.lifecycle = WorkerBusState.RUNNING
             self._maybe_ready(worker)
         limit = request_limit(worker, self.policy)
         if limit and worker.requests >= limit and worker.state is WorkerState.RUNNING:
+            self.replan()
+
+    def record_rss(self, samples: Mapping[WorkerProc, int | None]) -> None:
+        """One RSS sample of each worker (None: it could not be read, no sample); the
+        planner decides on the last `rss_samples` of them (`planner.rss_exceeded`)."""
+        keep = self.policy.rss_samples
+        over = False
+        for worker, rss in samples.items():
+            if rss is None or not worker.alive:
+                continue
+            worker.rss.append(rss)
+            del worker.rss[:-keep]
+            over = over or (
+                worker.state is WorkerState.RUNNING and rss_exceeded(worker, self.policy)
+            )
+        if over:
             self.replan()
 
     def _maybe_ready(self, worker: WorkerProc) -> None:
         if (
             worker.state in (WorkerState.BOOTING, WorkerState.STARTING)
             and worker.subscribed
-            and worker.bus_state is WorkerBusState.RUNNING
+            and worker.lifecycle is WorkerBusState.RUNNING
         ):
             worker.state = WorkerState.RUNNING
             worker.ran = True

@@ -24,6 +24,7 @@ from procbus.master.hub import Hub
 from procbus.master.loop import EventLoop
 from procbus.master.pool import Pool
 from procbus.master.relay import Gather, TreeReply, WorkerResult, WorkerStatus
+from procbus.publishing import DEFAULT, PublishOptions
 
 log = logging.getLogger("procbus.master")
 
@@ -64,11 +65,14 @@ class TreePublisher:
         *,
         timeout: float | None = None,
         on_done: Callable[[TreeReply], None] | None = None,
+        options: PublishOptions = DEFAULT,
     ) -> None:
         """Start a tree publish; `on_done(reply)` is called from the loop when complete.
 
-        Raises ``TypeError`` before anything runs if an argument cannot be sent.
+        Raises ``TypeError`` before anything runs if an argument cannot be sent,
+        ``ValueError`` if an option cannot be honoured.
         """
+        self._check_options(options)
         args = list(args)
         kwargs = dict(kwargs or {})
         if channel in POOL_CHANNELS or channel in LOCAL_CHANNELS:
@@ -84,6 +88,13 @@ class TreePublisher:
             if outcome.error is not None:
                 reply.master_errors.append(outcome.error)
         self._send(template, reply, timeout, on_done)
+
+    def _check_options(self, options: PublishOptions) -> None:
+        unbuilt = [
+            name for name in ("require", "to", "to_generation", "retain") if name in options.wire()
+        ]
+        if unbuilt:
+            raise ValueError(f"publish option {unbuilt[0]} is not built yet")
 
     def _on_master(self, channel: str, args: list[Any], kwargs: dict[str, Any]) -> TreeReply:
         reply = TreeReply(channel, None)
@@ -106,6 +117,8 @@ class TreePublisher:
         reply: TreeReply,
         timeout: float,
         on_done: Callable[[TreeReply], None] | None,
+        *,
+        metered: bool = True,
     ) -> Gather:
         if self.hub is None:
             raise RuntimeError("the master is not started")
@@ -114,7 +127,16 @@ class TreePublisher:
             reply.workers[worker.id] = WorkerResult(
                 worker.id, worker.pid, worker.generation, WorkerStatus.STARTING
             )
-        return self.hub.relay.send(template, targets, timeout, reply, on_done)
+        return self.hub.relay.send(template, targets, timeout, reply, on_done, metered=metered)
+
+    def ask_workers(
+        self, channel: str, timeout: float, on_done: Callable[[TreeReply], None]
+    ) -> None:
+        """Ask the workers alone (the master's listeners do not run), unmetered: the
+        gather of a metrics scrape (`procbus.master.scrape`). `RuntimeError` if the
+        master is not open."""
+        template = protocol.PublishTemplate(channel, [], {}, timeout)
+        self._send(template, TreeReply(channel, None), timeout, on_done, metered=False)
 
     def finish(self, limit: float) -> None:
         """Before the master goes (exec, hand-over): let the publishes in flight get their

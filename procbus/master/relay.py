@@ -9,6 +9,10 @@ dropped. A slow worker delays nobody else's answer, only its own.
 A worker the master drains is sent a DRAIN marker after the publishes it is a
 target of, so it answers them before it stops: only a worker that dies or is
 cut short is `lost`.
+
+Each completed gather is counted in `Relay.meter` (`procbus.master.meter`): the
+outcome of every worker answer and the publish's duration, unless it was sent
+unmetered (a metrics scrape, which is counted on its own).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from procbus import protocol
 from procbus.bus import ChannelFailures
 from procbus.errors import ProtocolError, RemoteError
 from procbus.master.loop import EventLoop, Timer
+from procbus.master.meter import PublishMeter
 from procbus.master.planner import WorkerProc
 from procbus.protocol import MsgType
 
@@ -140,6 +145,9 @@ class Gather:
     on_done: list[Callable[[TreeReply], None]]
     timer: Timer | None = None
     done: bool = False
+    sent_at: float = 0.0
+    metered: bool = True
+    """Counted in the relay's `PublishMeter` when it completes."""
 
 
 class Relay:
@@ -152,6 +160,7 @@ class Relay:
         self.pending: dict[int, Gather] = {}
         self.late_replies = 0
         self.sent = 0
+        self.meter = PublishMeter()
 
     @property
     def next_seq(self) -> int:
@@ -165,6 +174,8 @@ class Relay:
         timeout: float,
         reply: TreeReply,
         on_done: Callable[[TreeReply], None] | None = None,
+        *,
+        metered: bool = True,
     ) -> Gather:
         """Send once to every subscriber; gather the `targets`' replies."""
         self.seq += 1
@@ -172,7 +183,10 @@ class Relay:
         reply.seq = seq
         self.pub.send_multipart([protocol.BROADCAST_TOPIC, template.frame(seq)], copy=False)
         self.sent += 1
-        gather = Gather(reply, dict.fromkeys(targets), [on_done] if on_done else [])
+        gather = Gather(
+            reply, dict.fromkeys(targets), [on_done] if on_done else [],
+            sent_at=self.loop.clock(), metered=metered,
+        )  # fmt: skip
         self.pending[seq] = gather
         if not gather.waiting:
             self._complete(seq)
@@ -251,5 +265,11 @@ class Relay:
         gather.done = True
         if gather.timer is not None:
             gather.timer.cancel()
+        if gather.metered:
+            answers = gather.reply.workers.values()
+            self.meter.observe(
+                (r.status.value for r in answers if r.status is not WorkerStatus.STARTING),
+                self.loop.clock() - gather.sent_at,
+            )
         for callback in gather.on_done:
             callback(gather.reply)

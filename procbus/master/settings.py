@@ -22,12 +22,15 @@ class TreeSettings:
     supervision: Supervision = field(default_factory=Supervision)
     stats_interval: float = 1.0
     """Seconds between ``stats`` events, sampled only while someone subscribes."""
+    metrics_timeout: float = 2.0
+    """Seconds a metrics scrape waits for the workers' answers (the late are left out)."""
 
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-        if not self.stats_interval > 0:
-            raise ValueError(f"stats_interval must be > 0, got {self.stats_interval}")
+        for name in ("stats_interval", "metrics_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 def stop_limit(policy: Supervision) -> float:

@@ -13,6 +13,7 @@ from procbus.bus import Bus
 from procbus.master.control_server import ControlServer
 from procbus.master.hub import Hub
 from procbus.master.loop import EventLoop
+from procbus.master.planner import Recycled
 from procbus.master.pool import Pool
 from procbus.master.stats import ProcessMonitor
 from procbus.worker.apps import COUNTER_NAMES
@@ -57,6 +58,7 @@ def status(master: Observed) -> dict[str, Any]:
                 "state": (
                     worker.state.value if worker else ("flapping" if slot.flapping else "backoff")
                 ),
+                "bus_state": worker.bus_state.value if worker and worker.bus_state else None,
                 "generation": worker.generation if worker else slot.generation,
                 "age": now - worker.started_at if worker else None,
                 "heartbeat_age": (
@@ -69,6 +71,7 @@ def status(master: Observed) -> dict[str, Any]:
                 "requests": worker.requests if worker else 0,
                 "restarts": slot.restarts,
                 "last_error": slot.last_error,
+                "last_recycle": _recycled(slot.last_recycle, now),
             }
         )
     master.monitor.keep_only([master.pid, *(w.pid for w in master.pool.by_pid.values())])
@@ -82,6 +85,20 @@ def status(master: Observed) -> dict[str, Any]:
             "endpoints": master.addresses,
         },
         "workers": workers,
+    }
+
+
+def _recycled(recycled: Recycled | None, now: float) -> dict[str, Any] | None:
+    """The last time a slot's worker was recycled: the limit, the figure, and when
+    (``time``: wall clock; ``age``: seconds ago)."""
+    if recycled is None:
+        return None
+    age = now - recycled.at
+    return {
+        "reason": recycled.reason.value,
+        "detail": recycled.detail,
+        "time": time.time() - age,
+        "age": age,
     }
 
 

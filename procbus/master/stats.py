@@ -72,6 +72,8 @@ class ProcessFigures:
     threads: int | None
     fds: int | None
     connections: int | None
+    cpu_seconds: float | None = None
+    """User and system CPU time used since the process started."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))  # shallow: every field is a number (asdict deep-copies)
@@ -132,6 +134,22 @@ class ProcessMonitor:
             if pid not in wanted:
                 self.forget(pid)
 
+    def rss(self, pids: Iterable[int]) -> dict[int, int | None]:
+        """The resident set size of each pid now, in bytes (None: it cannot be read).
+
+        Uncached, and nothing else is read (``/proc/PID/statm`` on Linux): these are
+        the samples memory-aware recycling decides on, each a measurement of its own.
+        """
+        found: dict[int, int | None] = {}
+        for pid in pids:
+            self.watch(pid)
+            handle = self._handles.get(pid)
+            try:
+                found[pid] = handle.process.memory_info().rss if handle is not None else None
+            except (psutil.Error, OSError):  # gone, or out of file descriptors
+                found[pid] = None
+        return found
+
     def sample(self, pid: int, detailed: bool = False) -> ProcessFigures:
         """Figures of `pid`; `detailed` adds fds, USS and connections (costlier)."""
         return self.sample_many([pid], detailed)[pid]
@@ -182,6 +200,7 @@ def _read(
     if handle is None:
         return ProcessFigures(pid, None, None, None, None, None, None)
     rss = threads = fds = None
+    cpu_seconds: float | None = None
     process = handle.process
     try:
         with process.oneshot():
@@ -189,6 +208,8 @@ def _read(
                 handle.cpu_percent = process.cpu_percent(None)
                 handle.cpu_since = now
             rss = process.memory_info().rss
+            times = process.cpu_times()
+            cpu_seconds = times.user + times.system
             threads = process.num_threads()
             if detailed:
                 fds = process.num_fds()
@@ -209,6 +230,7 @@ def _read(
         threads,
         fds,
         handle.connections if detailed else None,
+        cpu_seconds,
     )
 
 

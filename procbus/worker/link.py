@@ -35,7 +35,7 @@ from zmq.utils.monitor import recv_monitor_message
 from procbus import protocol
 from procbus.bus import ListenerOutcome
 from procbus.errors import ProtocolError
-from procbus.protocol import Message, MsgType, WorkerBusState
+from procbus.protocol import BusState, Message, MsgType, WorkerBusState
 
 log = logging.getLogger("procbus.worker")
 
@@ -171,8 +171,9 @@ class WorkerLink:
     def state(self, state: WorkerBusState, error: str | None = None) -> None:
         self.send(MsgType.STATE, {"state": state, "error": error})
 
-    def heartbeat(self, counters: dict[str, int]) -> None:
-        self.send(MsgType.HEARTBEAT, {"counters": counters})
+    def heartbeat(self, counters: dict[str, int], bus: BusState) -> None:
+        """Alive, with these counters, its bus in state `bus`."""
+        self.send(MsgType.HEARTBEAT, {"counters": counters, "bus": bus})
 
     def reply(self, seq: int, outcomes: Sequence[ListenerOutcome]) -> None:
         """Answer publish `seq` with each listener's result or error.

@@ -38,17 +38,18 @@ from typing import Any, NoReturn
 
 import zmq
 
-from procbus.bus import Bus, states
+from procbus.bus import Bus, State, states
 from procbus.bus import bus as process_bus
 from procbus.errors import StartupError
 from procbus.master.systemd import forget_in_worker
 from procbus.privatedir import DirectoryId
-from procbus.protocol import Message, MsgType, WorkerBusState
+from procbus.protocol import BusState, Message, MsgType, WorkerBusState
 from procbus.worker.apps import WorkerApp, WorkerContext, load_app
 from procbus.worker.awaiter import no_event_loop
 from procbus.worker.credentials import Credentials
 from procbus.worker.drain import MARKER_GRACE, Drain
 from procbus.worker.link import WorkerLink
+from procbus.worker.metrics import subscribe as answer_metrics_scrapes
 from procbus.worker.runner import ListenerRunner
 
 log = logging.getLogger("procbus.worker")
@@ -178,6 +179,8 @@ class Worker:
         self._running_reported = False
         self._drain: Drain | None = None
         """Set when a graceful stop was asked for: the publishes still owed."""
+        self._bus_said: State | None = None
+        """The bus state its last heartbeat carried."""
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._runner = ListenerRunner(bus, self._wake)
 
@@ -281,9 +284,16 @@ class Worker:
         (signals only reach it through `request_stop`, or the handlers `run`
         installs).
         """
+        try:
+            return self._serve(link)
+        finally:
+            self.bus.on_state = None
+
+    def _serve(self, link: WorkerLink) -> ExitCode:
         spec = self.spec
         link.hello(self.pid)
         link.state(WorkerBusState.STARTING)
+        answer_metrics_scrapes(self.bus)  # before the app: its own listeners come after
         ctx = WorkerContext(
             worker_id=spec.worker_id,
             generation=spec.generation,
@@ -291,6 +301,16 @@ class Worker:
             sockets=spec.sockets,
             settings=spec.app_settings,
         )
+        io_thread = threading.get_ident()
+
+        def bus_moved(state: State) -> None:
+            # Told at once from this thread (the link is its own), else by its loop.
+            if threading.get_ident() == io_thread:
+                self._beat(link, ctx)
+            else:
+                self._wake()
+
+        self.bus.on_state = bus_moved
         # An ASGI host replaces this while its event loop runs.
         self.bus.awaiter = no_event_loop
         try:
@@ -389,11 +409,11 @@ class Worker:
                 return self._app_ended(link)
             else:
                 self._report_ready(link, ctx)
-            if now >= next_beat:
+            if now >= next_beat or self.bus.state is not self._bus_said:
                 if os.getppid() != spec.master_pid:
                     log.error("worker %d: master %d is gone", spec.worker_id, spec.master_pid)
                     return ExitCode.ORPHANED
-                link.heartbeat(ctx.counters.snapshot())
+                self._beat(link, ctx)
                 next_beat = now + spec.heartbeat_interval
             wake_at = min(next_beat, drain_check)
             timeout_ms = math.ceil(max(0.0, wake_at - time.monotonic()) * 1000)
@@ -410,6 +430,11 @@ class Worker:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 512)
                 self._send_replies(link, ctx)
+
+    def _beat(self, link: WorkerLink, ctx: WorkerContext) -> None:
+        """A heartbeat: the counters, and the bus's state (sent early when that moves)."""
+        self._bus_said = self.bus.state
+        link.heartbeat(ctx.counters.snapshot(), BusState(self._bus_said.name))
 
     def _start_drain(self, link: WorkerLink, now: float) -> Drain:
         """A graceful stop was asked for: say so, and owe what the master sent."""

@@ -39,6 +39,21 @@ def slow(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     return [body]
 
 
+LEAK_STEP = 4 * 2**20
+LEAK_CAP = 96 * 2**20
+_leaked: list[bytes] = []
+
+
+def leaky(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """Keeps 4 MiB more per request, written (so it counts in the RSS), up to 96 MiB a
+    process: a leak for max_rss to recycle, bounded whatever the load."""
+    if len(_leaked) * LEAK_STEP < LEAK_CAP:
+        _leaked.append(b"\x01" * LEAK_STEP)
+    body = f"leaky {os.getpid()}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 async def versioned_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "http":
         await _answer(send, f"{VERSION} {os.getpid()}".encode())

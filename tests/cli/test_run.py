@@ -20,7 +20,14 @@ import pytest
 
 from tests.cli.hosting import Apps, Load, RunProcess, each_interface, running, write
 from tests.helpers import wait_until
-from tests.processes import ROOT, child_environment, procbus, short_tempdir, supervised
+from tests.processes import (
+    ROOT,
+    Events,
+    child_environment,
+    procbus,
+    short_tempdir,
+    supervised,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -207,6 +214,90 @@ def test_socket_activation_uses_the_systemd_socket(tmp_path) -> None:
         assert bound is not None
         assert proc.port() == int(bound.group(1))
         assert proc.get("/health") == (200, b"ok")
+
+
+# -- recycling, and each worker's bus state -------------------------------------------
+
+MAX_RSS = 64 * 2**20
+
+
+def test_a_worker_over_max_rss_is_recycled_under_load_and_no_request_fails() -> None:
+    """Steps: 2 workers of an app that keeps 4 MiB per request (up to 96 MiB), max_rss
+    64M over 2 samples (one per 0.2 s heartbeat); watch the events; run a load of 4
+    clients until a worker was recycled for max_rss and drained, and 50 requests more.
+    Expected: fresh workers are under the limit; no request failed; the `recycle` event
+    names one of them, max_rss and its RSS; its slot's replacement was ready before the
+    old worker was drained; the status shows a new running worker in that slot and the
+    slot's last recycle (max_rss, seconds ago); the master logged the recycle."""
+    options = ("--bind", "127.0.0.1:0", "--max-rss", "64M", "--rss-samples", "2")
+    with running("tests.cli.apps:leaky", *options, workers=2) as proc:
+        fresh = proc.workers()
+        assert all(w["rss"] < MAX_RSS for w in fresh), fresh
+        events = Events(proc)
+        try:
+            with Load(proc.port(), clients=4) as load:
+                event = events.find("recycle", wait=30, reason="max_rss")
+                assert event is not None, events.seen
+                worker, old = event["worker"], event["pid"]
+                assert events.find("drain", wait=15, pid=old) is not None, events.seen
+                load.wait_for(50)
+        finally:
+            events.close()
+        assert load.failures == []
+        assert old in {w["pid"] for w in fresh}
+        assert event["detail"].endswith("above max_rss 64.0M in 2 samples in a row")
+        names = [(e["event"], e.get("worker"), e.get("pid")) for e in events.seen]
+        recycled, drained = (
+            names.index(("recycle", worker, old)),
+            names.index(("drain", worker, old)),
+        )
+        assert any(name == "ready" and w == worker for name, w, _ in names[recycled:drained])
+        now = {w["id"]: w for w in proc.workers()}[worker]
+        assert (now["state"], now["last_recycle"]["reason"]) == ("running", "max_rss")
+        assert now["pid"] != old
+        assert 0 <= now["last_recycle"]["age"] < 30
+        assert f"(pid {old}) is recycled: RSS" in proc.log()
+
+
+def test_a_worker_finishing_a_slow_request_shows_its_bus_stopping() -> None:
+    """Steps: one worker of the slow app; a request of 4 s; once it is in flight, SIGTERM
+    the worker (``ctl kill 1``); read the status, as JSON and for people, until its bus
+    state changes.
+    Expected: before, the worker's bus is STARTED and the table has no BUS column; while
+    the request finishes, the worker is stopping with its bus STOPPING and the table has a
+    BUS column showing it; the request completes (200); then a new worker runs, its bus
+    STARTED."""
+    with running("tests.cli.apps:slow", "--bind", "127.0.0.1:0", workers=1) as proc:
+        (worker,) = proc.workers()
+        assert worker["bus_state"] == "STARTED"
+        assert "BUS" not in procbus("ctl", "--ctl", proc.endpoint, "status").stdout
+        outcome: list[object] = []
+
+        def slow_request() -> None:
+            try:
+                outcome.append(proc.get("/?seconds=4", timeout=10))
+            except (OSError, http.client.HTTPException) as exc:
+                outcome.append(exc)
+
+        client = threading.Thread(target=slow_request)
+        client.start()
+        try:
+            wait_until(lambda: proc.call("stats")["workers"][0]["counters"]["in_flight"] == 1, 10)
+            proc.call("kill", 1)
+            stopping = wait_until(
+                lambda: (w := proc.workers()[0])["bus_state"] == "STOPPING" and w, 10
+            )
+            table = procbus("ctl", "--ctl", proc.endpoint, "status").stdout
+        finally:
+            client.join(15)
+        assert (stopping["pid"], stopping["state"]) == (worker["pid"], "stopping")
+        header, row = table.splitlines()[1:3]
+        assert header.split()[:4] == ["ID", "PID", "STATE", "BUS"]
+        assert row.split()[:4] == ["1", str(worker["pid"]), "stopping", "STOPPING"]
+        assert outcome == [(200, b"slept 4.0")]
+        (new,) = proc.wait_running(1)
+        assert new["pid"] != worker["pid"]
+        wait_until(lambda: proc.workers()[0]["bus_state"] == "STARTED", 10)
 
 
 # -- reload, restart, signals --------------------------------------------------

@@ -17,6 +17,7 @@ from procbus.master.control import API, COALESCING, Answer, Commands, Peer
 from procbus.master.jobs import Job, JobFailed, Jobs
 from procbus.master.planner import WorkerProc
 from procbus.master.relay import TreeReply
+from procbus.publishing import DEFAULT, PublishOptions
 from tests.component.fakes import Recorder
 
 ADMIN = Peer(Role.ADMIN, "uid 1000 pid 7")
@@ -37,6 +38,7 @@ class FakeTarget:
         self.jobs = Jobs(lambda: None, self.recorder.emit)
         self.fail_jobs = False
         self.published: list[tuple[str, list[Any], dict[str, Any], float | None]] = []
+        self.options: list[PublishOptions] = []
         self._pending: list[tuple[str, Callable[[TreeReply], None]]] = []
         self.exit_requests: list[bool] = []
         self.status_error: Exception | None = None
@@ -71,8 +73,10 @@ class FakeTarget:
         *,
         timeout: float | None,
         on_done: Callable[[TreeReply], None],
+        options: PublishOptions = DEFAULT,
     ) -> None:
         self.published.append((channel, args, kwargs, timeout))
+        self.options.append(options)
         self._pending.append((channel, on_done))
 
     def answer_publish(self) -> None:
@@ -286,6 +290,23 @@ def test_the_audit_of_a_publish_names_its_channel_never_its_arguments(
     assert audit["channel"] == "deploy"
     assert "s3cret" not in repr(audit)
     assert target.published == [("deploy", ["s3cret"], {"token": "s3cret"}, None)]
+
+
+def test_publish_options_reach_the_tree_and_bad_ones_are_refused_before_anything_runs(
+    commands: Commands, target: FakeTarget
+) -> None:
+    """Steps: publish with --require 2 --to 1,3; then with --require most, then with
+    --retain --to 1. Expected: the first goes out with those options; each bad one is
+    bad_arguments naming the value, and nothing more went out."""
+    commands.run("publish", ["flush"], {"require": "2", "to": "1,3"}, ADMIN)
+    assert target.options == [PublishOptions(require=2, to=(1, 3))]
+    answer = commands.run("publish", ["flush"], {"require": "most"}, ADMIN)
+    assert answer.error is not None
+    assert answer.error[0] is ErrorCode.BAD_ARGUMENTS
+    assert "got 'most'" in answer.error[1]
+    answer = commands.run("publish", ["flags"], {"retain": True, "to": "1"}, ADMIN)
+    assert answer.error is not None and "takes no to" in answer.error[1]
+    assert len(target.published) == 1
 
 
 def test_a_publish_is_answered_when_the_tree_answered_within_the_callers_timeout(

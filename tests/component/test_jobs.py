@@ -224,7 +224,8 @@ def test_reload_replaces_every_worker_and_never_runs_below_n(
     """Steps: two running workers (generation 1); reload, batch 1.
     Expected: the job is done and names both replacements (generation 2); each old
     worker was sent SIGTERM only, once, after its replacement was ready, and at each
-    SIGTERM two other workers were serving; the new workers serve."""
+    SIGTERM two other workers were serving; the new workers serve; one reload is
+    counted, "ok"."""
     old = serving(tree.pool)
     job = run_job(tree, "reload", batch=1)
     assert job.state is JobState.DONE, job.error
@@ -239,6 +240,7 @@ def test_reload_replaces_every_worker_and_never_runs_below_n(
         assert names.index(("ready", now[worker_id][0])) < names.index(("drain", pid))
     assert processes.serving_at_stop == [2, 2]
     assert sorted(processes.alive()) == sorted(pid for pid, _ in now.values())
+    assert tree.pool.reload_results == {"ok": 1}
 
 
 def test_a_replacement_that_crashes_stops_the_reload_and_the_old_workers_keep_serving(
@@ -248,7 +250,7 @@ def test_a_replacement_that_crashes_stops_the_reload_and_the_old_workers_keep_se
     boom'); reload, batch 1; then let 30 more seconds pass.
     Expected: the job failed, naming worker 1 and the replacement's error, its result
     naming the failed worker; no old worker was signalled; worker 2 was not touched;
-    the old workers still serve, also 30 s later."""
+    the old workers still serve, also 30 s later; the reload is counted "rolled_back"."""
     old = serving(tree.pool)
     processes.plan(1, 2, Fate.CRASH)
     job = run_job(tree, "reload", batch=1)
@@ -262,6 +264,7 @@ def test_a_replacement_that_crashes_stops_the_reload_and_the_old_workers_keep_se
     assert serving(tree.pool) == old
     loop.run_until(lambda: False, 30.0)
     assert serving(tree.pool) == old
+    assert tree.pool.reload_results == {"rolled_back": 1}
 
 
 def test_a_replacement_that_never_gets_ready_is_given_up_and_the_old_worker_kept(
@@ -308,7 +311,7 @@ def test_a_configuration_that_fails_to_load_aborts_the_reload_before_any_fork(
 ) -> None:
     """Steps: two running workers; reload with a configuration that fails to load.
     Expected: the job failed with the configuration's error; nothing was forked or
-    signalled."""
+    signalled; the reload is counted "failed"."""
     forked = len(processes.by_pid)
 
     def broken() -> None:
@@ -319,6 +322,7 @@ def test_a_configuration_that_fails_to_load_aborts_the_reload_before_any_fork(
     assert (job.state, job.error) == (JobState.FAILED, "config: workers must be >= 0, got -1")
     assert len(processes.by_pid) == forked
     assert processes.signals == []
+    assert tree.pool.reload_results == {"failed": 1}
 
 
 def test_a_master_exiting_during_a_reload_ends_the_job_as_aborted(
@@ -327,7 +331,7 @@ def test_a_master_exiting_during_a_reload_ends_the_job_as_aborted(
     """Steps: two running workers; the replacement of worker 1 hangs; the master starts
     exiting 1 s into the reload.
     Expected: the job failed as aborted (it did not wait for the boot timeout); the old
-    workers were not signalled by the job."""
+    workers were not signalled by the job; the reload is counted "failed"."""
     old = serving(tree.pool)
     processes.plan(1, 2, Fate.HANG)
     began = clock()
@@ -337,3 +341,4 @@ def test_a_master_exiting_during_a_reload_ends_the_job_as_aborted(
     assert clock() - began < POLICY.boot_timeout
     for pid, _ in old.values():
         assert processes.signalled(pid) == []
+    assert tree.pool.reload_results == {"failed": 1}

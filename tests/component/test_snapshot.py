@@ -3,6 +3,7 @@ workers: every field, None where a figure is unknown, and nothing they read chan
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -19,12 +20,12 @@ from procbus.master.hub import Hub
 from procbus.master.loop import EventLoop
 from procbus.master.pool import Pool
 from procbus.master.stats import ProcessMonitor
-from procbus.protocol import WorkerBusState
+from procbus.protocol import BusState, WorkerBusState
 from procbus.worker.apps import COUNTER_NAMES
 from tests.component.fakes import FakeProcesses, Fate
 from tests.helpers import FakeClock
 
-FIGURES = ("pid", "cpu_percent", "rss", "uss", "threads", "fds", "connections")
+FIGURES = ("pid", "cpu_percent", "rss", "uss", "threads", "fds", "connections", "cpu_seconds")
 
 
 @dataclass
@@ -59,14 +60,16 @@ def unchanged(tree: ObservedTree) -> tuple[str, dict[int, Any], list[dict[str, i
 def test_status_describes_the_master_and_every_slot_running_or_backing_off(
     tree: ObservedTree, processes: FakeProcesses, loop: EventLoop, clock: FakeClock
 ) -> None:
-    """Steps: two running workers, worker 1 having served 7 requests; worker 2's app fails
-    ('app: it broke') and it exits 3, early, so its slot backs off; take the status.
+    """Steps: two running workers, worker 1 having served 7 requests (its bus STARTED);
+    worker 2's app fails ('app: it broke') and it exits 3, early, so its slot backs off;
+    take the status.
     Expected: the master's pid, name, bus state, generation, uptime and endpoints;
-    worker 1 running with its pid, generation, age and heartbeat age from the fake clock,
-    its requests, no restart, and None for CPU and memory (no such process); worker 2
-    in backoff with no pid, no age, its slot's generation, one restart and its error."""
+    worker 1 running with its bus STARTED, its pid, generation, age and heartbeat age from
+    the fake clock, its requests, no restart, no recycle, and None for CPU and memory (no
+    such process); worker 2 in backoff with no pid, no bus state, no age, its slot's
+    generation, one restart and its error."""
     one, two = tree.pool.current_workers()
-    tree.pool.heartbeat(one, {"requests": 7})
+    tree.pool.heartbeat(one, {"requests": 7}, BusState.STARTED)
     tree.pool.worker_state(two, WorkerBusState.FAILED, "app: it broke")
     processes.exit(two.pid, 3)
     loop.run_once(0)
@@ -80,15 +83,15 @@ def test_status_describes_the_master_and_every_slot_running_or_backing_off(
     assert one.last_heartbeat is not None
     assert status["workers"] == [
         {
-            "id": 1, "pid": one.pid, "state": "running", "generation": 1,
-            "age": clock() - one.started_at, "heartbeat_age": clock() - one.last_heartbeat,
-            "cpu_percent": None, "rss": None, "requests": 7, "restarts": 0,
-            "last_error": None,
+            "id": 1, "pid": one.pid, "state": "running", "bus_state": "STARTED",
+            "generation": 1, "age": clock() - one.started_at,
+            "heartbeat_age": clock() - one.last_heartbeat, "cpu_percent": None, "rss": None,
+            "requests": 7, "restarts": 0, "last_error": None, "last_recycle": None,
         },
         {
-            "id": 2, "pid": None, "state": "backoff", "generation": 1, "age": None,
-            "heartbeat_age": None, "cpu_percent": None, "rss": None, "requests": 0,
-            "restarts": 1, "last_error": "app: it broke",
+            "id": 2, "pid": None, "state": "backoff", "bus_state": None, "generation": 1,
+            "age": None, "heartbeat_age": None, "cpu_percent": None, "rss": None,
+            "requests": 0, "restarts": 1, "last_error": "app: it broke", "last_recycle": None,
         },
     ]  # fmt: skip
 
@@ -110,6 +113,35 @@ def test_a_slot_whose_workers_keep_dying_at_boot_shows_as_flapping(
     assert shown["state"] == "flapping"
     assert shown["generation"] == slot.generation > 2
     assert shown["last_error"] == f"app: boom in generation {slot.generation}"
+
+
+def test_status_shows_each_workers_bus_state_and_the_last_recycle_of_its_slot(
+    tree: ObservedTree, loop: EventLoop, clock: FakeClock
+) -> None:
+    """Steps: max_requests 10; worker 1 heartbeats 10 requests with its bus STARTED, and
+    is recycled; 3 s later, while worker 2's bus reports STOPPING, take the status.
+    Expected: worker 1 (its new process) shows no bus state yet and its slot's last recycle:
+    max_requests, the figure, 3 s ago and the wall-clock time of then; worker 2 shows
+    STOPPING and no recycle."""
+    tree.pool.policy = dataclasses.replace(tree.pool.policy, max_requests=10)
+    one, two = tree.pool.current_workers()
+    tree.pool.heartbeat(one, {"requests": 10}, BusState.STARTED)
+    slot = tree.pool.slot(1)
+    assert slot is not None
+    assert loop.run_until(lambda: slot.current is not one, 5.0)
+    assert slot.last_recycle is not None
+    clock.now = slot.last_recycle.at + 3.0
+    tree.pool.heartbeat(two, {}, BusState.STOPPING)
+    first, second = snapshot.status(tree)["workers"]
+    recycled = first["last_recycle"]
+    assert (first["pid"], first["bus_state"]) == (slot.current.pid, None)  # type: ignore[union-attr]
+    assert {k: recycled[k] for k in ("reason", "detail", "age")} == {
+        "reason": "max_requests",
+        "detail": "served 10 requests (max_requests 10)",
+        "age": 3.0,
+    }
+    assert abs(recycled["time"] - (time.time() - 3.0)) < 1.0
+    assert (second["bus_state"], second["last_recycle"]) == ("STOPPING", None)
 
 
 def test_stats_give_live_workers_figures_or_none_and_every_counter(

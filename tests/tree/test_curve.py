@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,17 +146,14 @@ def test_unknown_key_gets_silence_and_an_auth_denied_event(
     tree: CurveTree, tmp_path: Path
 ) -> None:
     """Steps: a client with the right server key but a key pair the master does not
-    list pings with a 1 s timeout. Expected: exit 3 with one line, within a few
-    seconds; an auth_denied event with reason "unknown key" and the key's z85 id
-    (never its secret); the master then still serves "ops"."""
+    list pings with a 1 s timeout. Expected: exit 3 with one line (the subprocess
+    limit of `tree.ctl` bounds the wait); an auth_denied event with reason "unknown
+    key" and the key's z85 id (never its secret); the master then still serves "ops"."""
     client_dir = stranger(tree, tmp_path / "mallory")
     public, secret, _ = keys.load_client(client_dir)
-    started = time.monotonic()
     result = tree.ctl(client_dir, "ping", timeout=1)
-    elapsed = time.monotonic() - started
     assert result.returncode == 3
     assert result.stderr.count("\n") == 1 and "no answer from the master" in result.stderr
-    assert elapsed < 6  # the 1 s timeout, plus starting a Python process on a busy host
     denied = tree.events.find("auth_denied", key=public.decode())
     assert denied is not None
     assert (denied["reason"], denied["address"], denied["mechanism"]) == (

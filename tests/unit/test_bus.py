@@ -20,7 +20,7 @@ import pytest
 
 import procbus
 from procbus import Bus, ChannelFailures, states
-from procbus.bus import BUILTIN_CHANNELS, extend_pythonpath
+from procbus.bus import BUILTIN_CHANNELS, State, extend_pythonpath
 from tests.processes import ROOT, run_to_end
 
 
@@ -78,6 +78,29 @@ def test_states_have_wspbus_reprs_and_bus_starts_stopped(bus: Bus) -> None:
     assert bus.states is states
     assert bus.state is states.STOPPED
     assert states.by_name("STARTED") is states.STARTED
+
+
+def test_on_state_hears_every_state_the_bus_enters_in_order(bus: Bus) -> None:
+    """Steps: set on_state; a start listener records the state the hook last heard;
+    start, then exit; reset the bus after a fork.
+    Expected: STARTING (heard before the start listeners ran), STARTED, STOPPING,
+    STOPPED, EXITING, in that order; the hook is gone after the reset."""
+    heard: list[State] = []
+    bus.on_state = heard.append
+    seen_by_listener: list[State] = []
+    bus.subscribe("start", lambda: seen_by_listener.append(heard[-1]))
+    bus.start()
+    bus.exit()
+    assert heard == [
+        states.STARTING,
+        states.STARTED,
+        states.STOPPING,
+        states.STOPPED,
+        states.EXITING,
+    ]
+    assert seen_by_listener == [states.STARTING]
+    bus.reset_after_fork()
+    assert bus.on_state is None
 
 
 def test_listeners_are_prefilled_with_builtin_channels(bus: Bus) -> None:

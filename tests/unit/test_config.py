@@ -246,6 +246,19 @@ BAD_INPUTS: list[Any] = [
     ("bad env list item", {}, {"PROCBUS_ADMIN_UIDS": "1000,root"}, None,
      ["admin_uids: expected an integer >= 0, got 'root' (from PROCBUS_ADMIN_UIDS)"]),
     ("bad user", {"user": "a b"}, {}, None, ["user: expected a name or a numeric id", "'a b'"]),
+    ("size with an unknown unit", {"max_rss": "512X"}, {}, None,
+     ["max_rss: expected a size in bytes, or with a unit K, M, G or T (512M, 2G, 1.5G), "
+      "got '512X' (from --max-rss)"]),
+    ("negative size", {}, {"PROCBUS_MAX_RSS": "-1"}, None,
+     ["max_rss: expected a size in bytes", "got '-1' (from PROCBUS_MAX_RSS)"]),
+    ("a fraction of a byte", {"max_rss": "1.5"}, {}, None, ["max_rss: expected", "got '1.5'"]),
+    ("size not a number", {"max_rss": "lots"}, {}, None, ["max_rss: expected", "got 'lots'"]),
+    ("size as a TOML float", {}, {}, "[procbus]\nmax_rss = 1.5e9\n",
+     ["max_rss: expected a size in bytes", "got 1500000000.0"]),
+    ("negative size in file", {}, {}, "[procbus]\nmax_rss = -5\n",
+     ["max_rss: expected a size in bytes", "got -5"]),
+    ("zero rss samples", {"rss_samples": "0"}, {}, None,
+     ["rss_samples: expected an integer >= 1, got '0'"]),
 ]  # fmt: skip
 
 
@@ -348,6 +361,45 @@ def test_unknown_cli_only_and_empty_procbus_variables_are_ignored() -> None:
     """
     environ = {"PROCBUS_VENV": "/tmp/venv", "PROCBUS_CHECK": "1", "PROCBUS_WORKERS": " "}
     assert load({}, environ=environ) == load({}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0", 0),
+        ("1048576", 2**20),
+        ("512K", 512 * 2**10),
+        ("512M", 512 * 2**20),
+        ("512m", 512 * 2**20),
+        ("512MiB", 512 * 2**20),
+        ("512MB", 512 * 2**20),
+        ("2G", 2 * 2**30),
+        ("1.5G", 3 * 2**29),
+        (" 1 T ", 2**40),
+        ("100B", 100),
+    ],
+)
+def test_sizes_are_bytes_or_a_number_with_a_unit_in_powers_of_1024(
+    text: str, expected: int
+) -> None:
+    """Steps: load max_rss from the command line as `text`.
+    Expected: that many bytes (K, M, G, T are powers of 1024; case and a trailing B or
+    iB do not matter), from the command line."""
+    loaded = load({"max_rss": text}, environ={})
+    assert loaded.max_rss == expected
+    assert loaded.sources["max_rss"] == "cli"
+
+
+def test_a_size_in_the_config_file_is_an_integer_or_text(tmp_path: Path) -> None:
+    """Steps: a file with max_rss = 268435456 (an integer), then max_rss = "256M" and
+    rss_samples = 5.
+    Expected: both are 256 MiB; rss_samples 5; the defaults are 0 (off) and 3."""
+    assert (load({}, environ={}).max_rss, load({}, environ={}).rss_samples) == (0, 3)
+    number = write_config(tmp_path, "[procbus]\nmax_rss = 268435456\n")
+    assert load({"config": str(number)}, environ={}).max_rss == 256 * 2**20
+    text = write_config(tmp_path, '[procbus]\nmax_rss = "256M"\nrss_samples = 5\n')
+    loaded = load({"config": str(text)}, environ={})
+    assert (loaded.max_rss, loaded.rss_samples) == (256 * 2**20, 5)
 
 
 @pytest.mark.parametrize("text", ["0o22", "0O22", "022", "18"])

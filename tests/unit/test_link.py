@@ -12,7 +12,7 @@ import zmq
 
 from procbus import protocol
 from procbus.bus import Bus, ListenerOutcome
-from procbus.protocol import MsgType
+from procbus.protocol import BusState, MsgType
 from procbus.worker.link import WorkerLink
 from tests.fake_master import FakeMaster
 from tests.helpers import wait_until
@@ -171,7 +171,7 @@ def wait_reconnected(master: FakeMaster, link: WorkerLink) -> None:
     """Until both sockets of `link` reconnected to `master` (as a master proves it
     before it sends WELCOME: a WELCOME sent earlier would be dropped)."""
     master.wait_subscribed(link)
-    link.heartbeat({})
+    link.heartbeat({}, BusState.STARTED)
     assert master.receive().type is MsgType.HEARTBEAT
 
 

@@ -18,6 +18,7 @@ from procbus.master.planner import (
     Backoff,
     Plan,
     PoolView,
+    RecycleReason,
     Rollout,
     RolloutFailure,
     RolloutFault,
@@ -28,6 +29,7 @@ from procbus.master.planner import (
     WorkerState,
     plan,
     record_exit,
+    rss_exceeded,
 )
 
 BACKOFF = Backoff(initial=0.1, factor=2.0, maximum=1.0, min_uptime=2.0, flap_after=100)
@@ -455,6 +457,7 @@ def test_worker_that_served_max_requests_is_replaced_then_promoted() -> None:
     spawn = only(plan(view, now=10.0, policy=policy))
     assert (spawn.kind, spawn.slot, spawn.replace) == (ActionKind.SPAWN, 1, True)
     assert spawn.reason == "served 100 requests (max_requests 100)"
+    assert spawn.recycle is RecycleReason.MAX_REQUESTS
 
     replacement = worker(1, WorkerState.BOOTING, started_at=10.0, generation=2)
     slot.replacement = replacement
@@ -492,18 +495,100 @@ def test_worker_older_than_max_age_is_replaced() -> None:
     spawn = only(plan(view, now=100.0, policy=policy))
     assert (spawn.kind, spawn.replace) == (ActionKind.SPAWN, True)
     assert spawn.reason == "100s old (max_age 100s)"
+    assert spawn.recycle is RecycleReason.MAX_AGE
+
+
+MIB = 2**20
+
+
+@pytest.mark.parametrize(
+    ("samples", "recycled"),
+    [
+        ([], False),
+        ([200 * MIB, 200 * MIB], False),
+        ([200 * MIB, 200 * MIB, 200 * MIB], True),
+        ([50 * MIB, 200 * MIB, 200 * MIB, 200 * MIB], True),
+        ([200 * MIB, 200 * MIB, 100 * MIB], False),
+        ([200 * MIB, 100 * MIB, 200 * MIB, 200 * MIB], False),
+        ([100 * MIB + 1, 100 * MIB + 1, 100 * MIB + 1], True),
+    ],
+    ids=["none", "two-over", "three-over", "three-over-after-one-under",
+         "last-under", "one-under-among-the-last-three", "one-byte-over"],
+)  # fmt: skip
+def test_worker_above_max_rss_in_rss_samples_samples_in_a_row_is_replaced(
+    samples: list[int], recycled: bool
+) -> None:
+    """Steps: max_rss 100 MiB, rss_samples 3; slot 1's running worker has `samples` (oldest
+    first); plan.
+    Expected: SPAWN of a replacement (replace=True, recycle MAX_RSS, the reason naming the
+    last sample, the limit and the count) exactly when its last 3 samples are all above
+    100 MiB; else no action."""
+    policy = Supervision(max_rss=100 * MIB, rss_samples=3, backoff=BACKOFF)
+    current = worker(1, heartbeat=10.0)
+    current.rss = list(samples)
+    result = plan(pool(slot_with(current), target=1), now=10.0, policy=policy)
+    assert rss_exceeded(current, policy) is recycled
+    if not recycled:
+        assert result.actions == []
+        return
+    spawn = only(result)
+    assert (spawn.kind, spawn.slot, spawn.replace, spawn.recycle) == (
+        ActionKind.SPAWN,
+        1,
+        True,
+        RecycleReason.MAX_RSS,
+    )
+    last = f"{samples[-1] / MIB:.1f}M"
+    assert spawn.reason == f"RSS {last} above max_rss 100.0M in 3 samples in a row"
+
+
+def test_max_rss_zero_never_recycles_and_one_sample_suffices_when_asked() -> None:
+    """Steps: a running worker with one 1 GiB sample; plan with max_rss 0 (off), then with
+    max_rss 100 MiB and rss_samples 1.
+    Expected: off, no action; with rss_samples 1, SPAWN with recycle MAX_RSS."""
+    current = worker(1, heartbeat=10.0)
+    current.rss = [1024 * MIB]
+    view = pool(slot_with(current), target=1)
+    assert plan(view, 10.0, Supervision(backoff=BACKOFF)).actions == []
+    policy = Supervision(max_rss=100 * MIB, rss_samples=1, backoff=BACKOFF)
+    assert only(plan(view, 10.0, policy)).recycle is RecycleReason.MAX_RSS
+
+
+def test_max_rss_replaces_only_a_running_current_worker_once() -> None:
+    """Steps: max_rss 100 MiB, rss_samples 2; slot 1's worker is starting with two samples
+    above it; slot 2's worker runs above it with its replacement already booting.
+    Expected: no action for either (a worker is judged once it runs, and a slot whose
+    replacement is on its way waits for it)."""
+    policy = Supervision(max_rss=100 * MIB, rss_samples=2, backoff=BACKOFF)
+    starting = worker(1, WorkerState.STARTING, started_at=9.0)
+    starting.rss = [200 * MIB, 200 * MIB]
+    running = worker(2, heartbeat=10.0)
+    running.rss = [200 * MIB, 200 * MIB]
+    booting = worker(2, WorkerState.BOOTING, started_at=9.5, generation=2)
+    view = pool(slot_with(starting), slot_with(running, booting), target=2)
+    assert plan(view, 10.0, policy).actions == []
+
+
+@pytest.mark.parametrize(("field", "value"), [("max_rss", -1), ("rss_samples", 0)])
+def test_supervision_refuses_a_negative_max_rss_or_no_sample(field: str, value: int) -> None:
+    """Steps: build a Supervision with max_rss -1, or rss_samples 0.
+    Expected: ValueError naming the field and the value."""
+    with pytest.raises(ValueError, match=f"{field} must be .*, got {value}"):
+        Supervision(**{field: value})  # type: ignore[arg-type]
 
 
 def test_recycling_is_paused_while_a_rollout_runs() -> None:
-    """Steps: max_requests 10 and max_age 100; slot 1's worker, forked at 0, served 50
-    requests and beats at 190; a rollout replaces slot 2 (its replacement boots since
-    195); plan at 200, then the same pool without the rollout.
+    """Steps: max_requests 10, max_age 100 and max_rss 1 MiB; slot 1's worker, forked at 0,
+    served 50 requests, is above max_rss in 3 samples and beats at 190; a rollout replaces
+    slot 2 (its replacement boots since 195); plan at 200, then the same pool without the
+    rollout.
     Expected: with the rollout, no action and the next check is the heartbeat deadline
     (220), not a recycling time; without, SPAWN of a replacement for slot 1.
     """
-    policy = Supervision(max_requests=10, max_age=100.0, backoff=BACKOFF)
+    policy = Supervision(max_requests=10, max_age=100.0, max_rss=MIB, backoff=BACKOFF)
     current = worker(1, heartbeat=190.0)
     current.counters["requests"] = 50
+    current.rss = [2 * MIB] * 3
     second = worker(2, heartbeat=190.0)
     slots = (
         slot_with(current),

@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from procbus import protocol
+from procbus.bus import states
 from procbus.errors import ProtocolError
-from procbus.protocol import MsgType, WorkerBusState
+from procbus.protocol import BusState, MsgType, WorkerBusState
 
 VALID: dict[MsgType, dict[str, Any]] = {
     MsgType.PUBLISH: {
@@ -111,6 +112,37 @@ def test_state_with_an_unknown_bus_state_is_refused_naming_it(state: str) -> Non
     )
     with pytest.raises(ProtocolError, match="must be one of"):
         protocol.encode(MsgType.STATE, {"state": state})
+
+
+def test_bus_state_names_are_those_of_the_bus_states_in_order() -> None:
+    """Steps: list BusState's values and procbus.bus.states' names.
+    Expected: the same names in the same order (the wire speaks the bus's own words)."""
+    assert [state.value for state in BusState] == [state.name for state in states]
+
+
+@pytest.mark.parametrize("bus", list(BusState))
+def test_heartbeat_carries_the_bus_state_decoded_to_its_enum(bus: BusState) -> None:
+    """Steps: encode a HEARTBEAT with counters and each bus state; compare its bytes with
+    the plain name's; decode it; decode a HEARTBEAT without a bus state.
+    Expected: the bytes are those of the name; decoded, the bus state is the enum member;
+    a heartbeat without one is still valid (it has no "bus" field)."""
+    frame = protocol.encode(MsgType.HEARTBEAT, {"counters": {"requests": 1}, "bus": bus})
+    assert frame == raw(1, MsgType.HEARTBEAT, {"counters": {"requests": 1}, "bus": bus.value})
+    assert protocol.decode(frame)["bus"] is bus
+    bare = protocol.decode(protocol.encode(MsgType.HEARTBEAT, {"counters": {}}))
+    assert "bus" not in bare.body
+
+
+@pytest.mark.parametrize("bus", ["started", "RUNNING", ""])
+def test_heartbeat_with_an_unknown_bus_state_is_refused_naming_it(bus: str) -> None:
+    """Steps: decode a HEARTBEAT whose bus state is not a bus state's name.
+    Expected: ProtocolError naming the field, the names allowed and the bad value."""
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(raw(1, MsgType.HEARTBEAT, {"counters": {}, "bus": bus}))
+    assert str(info.value) == (
+        "HEARTBEAT field 'bus' must be one of STOPPED, STARTING, STARTED, STOPPING, EXITING, "
+        f"got {bus!r}"
+    )
 
 
 def timestamp_publish(nest: Any) -> bytes:

@@ -68,6 +68,7 @@ def status_result(**worker: Any) -> dict[str, Any]:
                 "id": 1,
                 "pid": 1001,
                 "state": "running",
+                "bus_state": "STARTED",
                 "generation": 1,
                 "age": 5.0,
                 "heartbeat_age": 0.1,
@@ -76,6 +77,7 @@ def status_result(**worker: Any) -> dict[str, Any]:
                 "requests": 3,
                 "restarts": 0,
                 "last_error": None,
+                "last_recycle": None,
                 **worker,
             }
         ],
@@ -107,6 +109,33 @@ def test_status_escapes_master_fields_and_keeps_the_columns_aligned() -> None:
     header, row = text.splitlines()[1:3]
     assert row.index("run\\x1bning") == header.index("STATE")
     assert row.index("1 ", row.index("run\\x1bning")) == header.index("GEN")
+
+
+def test_status_shows_a_bus_column_only_when_a_workers_bus_is_not_started() -> None:
+    """Steps: render status with every bus STARTED (or not reported yet); then with one
+    worker's bus STOPPING.
+    Expected: no BUS column at first; then a BUS column after STATE, the row showing
+    STOPPING under it."""
+    assert "BUS" not in render.render("status", status_result())
+    assert "BUS" not in render.render("status", status_result(bus_state=None))
+    text = render.render("status", status_result(state="stopping", bus_state="STOPPING"))
+    header, row = text.splitlines()[1:3]
+    assert header.split()[:4] == ["ID", "PID", "STATE", "BUS"]
+    assert row.split()[:4] == ["1", "1001", "stopping", "STOPPING"]
+    assert row.index("STOPPING") == header.index("BUS")
+
+
+def test_status_shows_a_recycled_column_only_when_a_slot_was_recycled() -> None:
+    """Steps: render status with no recycle; then with worker 1's slot recycled for
+    max_rss 65 s ago.
+    Expected: no RECYCLED column at first; then one, before LAST ERROR, reading
+    "max_rss 1m05s ago"."""
+    assert "RECYCLED" not in render.render("status", status_result())
+    recycled = {"reason": "max_rss", "detail": "RSS 600.0M above", "time": 1.0, "age": 65.0}
+    text = render.render("status", status_result(last_recycle=recycled))
+    header, row = text.splitlines()[1:3]
+    assert header.split()[-3:] == ["RECYCLED", "LAST", "ERROR"]
+    assert row.index("max_rss 1m05s ago") == header.index("RECYCLED")
 
 
 def test_publish_reply_escapes_channel_results_and_errors() -> None:

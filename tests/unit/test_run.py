@@ -43,3 +43,15 @@ def test_preload_imports_in_the_master_and_without_it_the_worker_does() -> None:
     assert callable(run.worker_app(load(worker="tests.tree.apps:echo", preload=True)))
     with pytest.raises(Exception, match="broken_app"):
         run.worker_app(load(app="tests.tree.broken_app:app", preload=True))
+
+
+def test_tree_settings_carry_the_recycling_limits() -> None:
+    """Steps: build the tree settings of a config with max_requests 50, max_age 60,
+    max_rss 512M and rss_samples 4.
+    Expected: the pool's policy has each of them (max_rss in bytes)."""
+    settings = run.tree_settings(
+        load(max_requests="50", max_age="60", max_rss="512M", rss_samples="4")
+    )
+    policy = settings.supervision
+    assert (policy.max_requests, policy.max_age) == (50, 60.0)
+    assert (policy.max_rss, policy.rss_samples) == (512 * 2**20, 4)

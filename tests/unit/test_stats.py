@@ -55,7 +55,9 @@ def test_own_process_figures_are_numbers(listener: socket.socket) -> None:
         "threads",
         "fds",
         "connections",
+        "cpu_seconds",
     }
+    assert isinstance(figures.cpu_seconds, float) and figures.cpu_seconds > 0
 
 
 def test_a_plain_sample_leaves_out_the_costly_figures() -> None:
@@ -70,6 +72,25 @@ def test_a_process_that_does_not_exist_reports_none() -> None:
     pid = unused_pid()
     figures = ProcessMonitor().sample(pid, detailed=True)
     assert figures.to_dict() == dict.fromkeys(figures.to_dict(), None) | {"pid": pid}
+
+
+def test_rss_reads_are_fresh_numbers_and_none_for_a_missing_process(clock: FakeClock) -> None:
+    """Steps: a monitor whose readings are cached for a long time samples this process;
+    the process grows by 64 MiB (touched); ask the RSS of it and of a missing pid, twice.
+    Expected: this process's RSS is an int that follows the growth at once (RSS samples
+    are not the cached readings), the missing pid's is None."""
+    monitor = ProcessMonitor(max_age=3600, clock=clock)
+    cached = monitor.sample(os.getpid()).rss
+    assert cached is not None
+    ballast = b"x" * (64 * 2**20)
+    missing = unused_pid()
+    first = monitor.rss([os.getpid(), missing])
+    assert first[missing] is None
+    grown = first[os.getpid()]
+    assert isinstance(grown, int) and grown >= cached + 32 * 2**20
+    assert monitor.sample(os.getpid()).rss == cached
+    del ballast
+    assert monitor.rss([missing]) == {missing: None}
 
 
 def test_cpu_percent_is_none_until_a_window_of_measure_passed(clock: FakeClock) -> None:

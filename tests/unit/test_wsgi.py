@@ -27,9 +27,7 @@ from procbus import Bus, states
 from procbus.errors import StartupError
 from procbus.worker.apps import WorkerContext
 from procbus.worker.wsgi import (
-    CUT_GRACE,
     DRAIN_PRIORITY,
-    POLL_INTERVAL,
     STOP_ACCEPTING_PRIORITY,
     current_context,
     wsgi_worker,
@@ -322,7 +320,8 @@ def test_graceful_timeout_cuts_requests_still_running(
 ) -> None:
     """``graceful_timeout=0.2``, a request that outlasts it, then bus.exit().
 
-    bus.exit() returns within the timeout plus the cut grace; the client's
+    bus.exit() returns although the app holds the request until the test ends
+    (so the request was cut, not waited for); the client's
     connection is closed without an answer; a warning says what was cut.
     """
     app = SlowApp()
@@ -337,7 +336,7 @@ def test_graceful_timeout_cuts_requests_still_running(
     finally:
         app.release.set()
         client.join(BOUND)
-    assert exit_took < 0.2 + CUT_GRACE + 2 * POLL_INTERVAL
+    assert exit_took < BOUND  # the app lets go only in `finally`: it was cut
     assert len(result) == 1
     assert isinstance(result[0], (OSError, http.client.HTTPException))
     assert any("cutting 1 connection" in r.getMessage() for r in caplog.records)
@@ -346,12 +345,12 @@ def test_graceful_timeout_cuts_requests_still_running(
 def test_stopping_event_alone_stops_the_server(serve: Callable[..., Served]) -> None:
     """Only ``ctx.stopping`` is set; nothing is published.
 
-    main(ctx) returns within a couple of poll intervals.
+    main(ctx) returns.
     """
     served = serve(hello_app)
     assert served.get("/") == (200, b"hello")
     served.ctx.stopping.set()
-    served.thread.join(POLL_INTERVAL * 4)
+    served.thread.join(BOUND)
     assert not served.thread.is_alive()
 
 
@@ -363,9 +362,7 @@ def test_main_returns_at_once_when_already_stopping(listener: socket.socket) -> 
     """
     ctx = WorkerContext(worker_id=1, generation=1, bus=Bus(), sockets=[listener])
     ctx.stopping.set()
-    started = time.monotonic()
     wsgi_worker("no.such.module:app")(ctx)
-    assert time.monotonic() - started < POLL_INTERVAL
     assert listener.fileno() != -1
     assert ctx.bus.listeners["stop"] == set()
 

@@ -16,15 +16,41 @@ and see the tree only through the `Tree` protocol.
 
 from __future__ import annotations
 
+import enum
 import logging
-from typing import Any
+from typing import Any, Final
 
 from procbus.master.jobs.queue import Job, JobFailed
 from procbus.master.jobs.tree import Tree
-from procbus.master.planner import RolloutFailure, RolloutFault, RolloutOutcome, WorkerState
+from procbus.master.planner import (
+    Rollout,
+    RolloutFailure,
+    RolloutFault,
+    RolloutOutcome,
+    WorkerState,
+)
 from procbus.master.settings import boot_limit, stop_limit
 
 log = logging.getLogger("procbus.master")
+
+
+class ReloadResult(enum.StrEnum):
+    """How a reload ended: the keys of `Pool.reload_results`."""
+
+    OK = "ok"
+    """Every worker was replaced."""
+    ROLLED_BACK = "rolled_back"
+    """A new worker could not boot: its batch was rolled back, the old workers serve."""
+    FAILED = "failed"
+    """It stopped otherwise: the configuration could not be read, no batch was done
+    in time, or the master is exiting."""
+
+
+_RESULTS: Final = {
+    RolloutOutcome.DONE: ReloadResult.OK,
+    RolloutOutcome.FAILED: ReloadResult.ROLLED_BACK,
+    RolloutOutcome.RUNNING: ReloadResult.FAILED,
+}
 
 
 def reload_tree(tree: Tree, job: Job, batch: int = 1) -> dict[str, Any]:
@@ -32,42 +58,52 @@ def reload_tree(tree: Tree, job: Job, batch: int = 1) -> dict[str, Any]:
 
     The planner carries the roll out (`procbus.master.planner.Rollout`): this
     body re-reads the configuration, starts it, reports each batch done, and
-    turns its outcome into the job's result or failure.
+    turns its outcome into the job's result or failure. Every reload is
+    counted in the pool's `reload_results` by how it ended (`ReloadResult`).
     """
     if batch < 1:
         raise JobFailed(f"batch must be >= 1, got {batch}")
-    pool = tree.pool
-    tree.reload_config()
-    rollout = pool.start_rollout(batch)
+    result = ReloadResult.FAILED
+    try:
+        tree.reload_config()
+        rollout = tree.pool.start_rollout(batch)
+        try:
+            return _follow(tree, job, rollout)
+        finally:
+            tree.pool.end_rollout()
+            result = _RESULTS[rollout.outcome]
+    finally:
+        tree.pool.reload_results[result.value] += 1
+
+
+def _follow(tree: Tree, job: Job, rollout: Rollout) -> dict[str, Any]:
+    """Report each batch of `rollout` done; return its result or raise its failure."""
     policy = tree.settings.supervision
     replaced: list[dict[str, Any]] = []
     limit = boot_limit(policy) + stop_limit(policy)  # the pool enforces a batch's deadlines
-    try:
-        while True:
-            reported = len(replaced)
-            tree.wait_until(
-                lambda: (
-                    len(rollout.replaced) > len(replaced)
-                    or rollout.outcome is not RolloutOutcome.RUNNING
-                ),
-                limit,
+    while True:
+        reported = len(replaced)
+        tree.wait_until(
+            lambda: (
+                len(rollout.replaced) > len(replaced)
+                or rollout.outcome is not RolloutOutcome.RUNNING
+            ),
+            limit,
+        )
+        for new in rollout.replaced[reported:]:
+            job.progress(
+                f"worker {new.id} replaced (generation {new.generation}, pid {new.pid})",
+                worker=new.id,
+                pid=new.pid,
+                generation=new.generation,
             )
-            for new in rollout.replaced[reported:]:
-                job.progress(
-                    f"worker {new.id} replaced (generation {new.generation}, pid {new.pid})",
-                    worker=new.id,
-                    pid=new.pid,
-                    generation=new.generation,
-                )
-                replaced.append({"worker": new.id, "pid": new.pid, "generation": new.generation})
-            if rollout.outcome is RolloutOutcome.DONE:
-                return {"replaced": replaced, "workers": len(rollout.slots)}
-            if rollout.failure is not None:
-                raise _rollout_failed(rollout.failure, policy.boot_timeout)
-            if len(replaced) == reported:
-                raise JobFailed(f"reload stopped: no batch was done within {limit:g}s")
-    finally:
-        pool.end_rollout()
+            replaced.append({"worker": new.id, "pid": new.pid, "generation": new.generation})
+        if rollout.outcome is RolloutOutcome.DONE:
+            return {"replaced": replaced, "workers": len(rollout.slots)}
+        if rollout.failure is not None:
+            raise _rollout_failed(rollout.failure, policy.boot_timeout)
+        if len(replaced) == reported:
+            raise JobFailed(f"reload stopped: no batch was done within {limit:g}s")
 
 
 def _rollout_failed(failure: RolloutFailure, boot_timeout: float) -> JobFailed:
