@@ -89,19 +89,16 @@ def test_worker_runs_only_once_the_lifespan_startup_completed(tmp_path) -> None:
 
 def test_term_during_the_lifespan_startup_cancels_it_and_stops_at_once(tmp_path) -> None:
     """Steps: an app whose lifespan startup waits for a gate that never opens; TERM the
-    master while the worker is starting. Expected: the master exits 0 well before the
-    graceful timeout (5 s) would have the worker killed; the worker says it cancelled
-    the startup."""
+    master while the worker is starting. Expected: the master exits 0 without killing
+    the worker at the graceful timeout (5 s); the worker says it cancelled the startup."""
     env = {"PROCBUS_TEST_GATE": str(tmp_path / "never")}
     with running(LIFECYCLE, "-b", "127.0.0.1:0", workers=1, wait=False, env=env) as proc:
         wait_until(lambda: list(tmp_path.glob("never.*.waiting")), 10)
         assert [w["state"] for w in proc.workers()] == ["starting"]
-        started = time.monotonic()
         proc.proc.send_signal(signal.SIGTERM)
         assert proc.proc.wait(10) == 0
-        assert time.monotonic() - started < 3
         assert "startup cancelled" in proc.log()
-        assert "killing" not in proc.log()
+        assert "killing" not in proc.log()  # the master did not have to kill it
 
 
 @pytest.mark.parametrize(
@@ -198,16 +195,15 @@ def test_async_listener_error_is_that_listeners_error_in_the_tree_publish() -> N
 
 def test_async_listener_past_the_publish_deadline_is_cancelled_and_the_next_one_runs() -> None:
     """Steps: 1 worker; publish listener.sleep 30 with a 1 s timeout, then at once
-    listener.sleep 0. Expected: the first is a timeout; the second is answered ok well
-    before the first's 30 s (the first was cancelled at its deadline)."""
+    listener.sleep 0 with a 10 s timeout. Expected: the first is a timeout; the second
+    is answered ok (it could not be before the first's 30 s, had the first not been
+    cancelled at its deadline)."""
     with running(LIFECYCLE, "-b", "127.0.0.1:0", workers=1) as proc:
         first = proc.request("publish", "listener.sleep", 30, timeout=1.0)
         assert first["result"]["workers"]["1"]["status"] == "timeout", first
-        started = time.monotonic()
         second = proc.call("publish", "listener.sleep", 0, timeout=10.0)
         assert second["workers"]["1"]["status"] == "ok", second
         assert second["workers"]["1"]["results"] == ["slept 0"]
-        assert time.monotonic() - started < 5
 
 
 def test_async_listener_in_a_worker_without_an_event_loop_is_an_error_saying_so() -> None:

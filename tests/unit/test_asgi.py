@@ -28,7 +28,7 @@ from procbus import Bus, ChannelFailures, states
 from procbus.errors import StartupError
 from procbus.worker.apps import WorkerContext, current_context
 from procbus.worker.asgi import asgi_worker
-from procbus.worker.stopping import CUT_GRACE, DRAIN_PRIORITY, STOP_ACCEPTING_PRIORITY
+from procbus.worker.stopping import DRAIN_PRIORITY, STOP_ACCEPTING_PRIORITY
 from tests.helpers import wait_until
 
 BOUND = 10.0
@@ -255,9 +255,9 @@ def test_stop_drains_in_flight_request_says_close_and_accepts_no_new_connection(
     not accept it), and lets the app finish.
     Expected: the slow request completes with 200 and 'Connection: close'; the idle
     keep-alive connection is closed; bus.exit() returns long before the graceful
-    timeout; the lifespan shut down."""
+    timeout (30 s); the lifespan shut down."""
     app = App()
-    served = serve(app, graceful_timeout=BOUND)
+    served = serve(app, graceful_timeout=3 * BOUND)
     bus = served.ctx.bus
     bus.start()
     idle = served.connect()
@@ -291,16 +291,16 @@ def test_stop_drains_in_flight_request_says_close_and_accepts_no_new_connection(
     assert seen == {"taken_by_test": True}
     assert slow.result == [(200, "close", b"hello")]
     assert idle_closed
-    assert exit_took < BOUND / 2
+    assert exit_took < BOUND  # well within the graceful timeout
     assert app.shutdowns == 1
 
 
 def test_graceful_timeout_cuts_requests_still_running(
     serve: Callable[..., Served], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """``graceful_timeout=0.3``, a request that outlasts it, then bus.exit(): exit
-    returns within the timeout plus the cut grace; the client gets no answer; a
-    warning says what was cut; nothing stays in flight."""
+    """``graceful_timeout=0.3``, a request that never ends by itself, then bus.exit():
+    exit returns; the client gets no answer; a warning says what was cut; nothing
+    stays in flight."""
     app = App()
     served = serve(app, graceful_timeout=0.3)
     slow = SlowClient(served, "/slow")
@@ -313,7 +313,7 @@ def test_graceful_timeout_cuts_requests_still_running(
     finally:
         app.let_go()
         slow.thread.join(BOUND)
-    assert exit_took < 0.3 + CUT_GRACE + 1
+    assert exit_took < BOUND  # the app lets go only in `finally`: it was cut
     assert len(slow.result) == 1 and isinstance(slow.result[0], Exception)
     assert any("cutting 1 connection" in r.getMessage() for r in caplog.records)
     assert served.ctx.counters["in_flight"] == 0
