@@ -30,8 +30,11 @@ Beyond wspbus: subscribe, unsubscribe and publish are safe from any thread; a
 ``log`` message with no ``log`` listener goes to the standard ``logging`` logger
 ``procbus`` instead of vanishing; the re-exec path (`Bus.restart`) keeps an
 explicit set of file descriptors open across ``execv`` (`Bus.keep_fds`), which
-is how listening sockets survive a restart; and `Bus.on_state` hears every
-state change (a worker reports its bus's state to its master with it).
+is how listening sockets survive a restart; `Bus.on_state` hears every
+state change (a worker reports its bus's state to its master with it). A
+process with an event loop for its listeners sets `Bus.awaiter` (an ASGI
+worker does): then an ``async def`` listener's coroutine is run there, and its
+outcome is the listener's.
 
 This module does no IO of its own beyond the re-exec that wspbus defines.
 """
@@ -41,6 +44,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import inspect
 import itertools
 import logging
 import os
@@ -48,7 +52,7 @@ import sys
 import threading
 import traceback as _traceback
 import warnings
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard, TypeVar, overload
 
@@ -99,6 +103,8 @@ BUILTIN_CHANNELS: Final = ("start", "stop", "exit", "graceful", "log", "main")
 Listener = Callable[..., Any]
 _L = TypeVar("_L", bound=Listener)
 ForwardHook = Callable[[str, tuple[Any, ...], dict[str, Any]], list[BaseException]]
+Awaiter = Callable[[Awaitable[Any]], Any]
+"""Waits for what an ``async def`` listener returned: its result, or raises its error."""
 
 
 class ChannelFailures(Exception):
@@ -249,6 +255,12 @@ class Bus:
         self.on_state: Callable[[State], None] | None = None
         """Called with each state the bus enters, in the thread that moved it, once
         `wait` was woken; a worker sets it to tell its master where its bus is."""
+        self.awaiter: Awaiter | None = None
+        """Set by a process that runs an event loop for its listeners (an ASGI
+        worker): a listener that returns an awaitable (an ``async def``
+        listener) has that awaitable waited for here, and what it returns or
+        raises is the listener's result or error. Without one the awaitable
+        itself is the result, as on wspbus."""
 
     # -- state -------------------------------------------------------------
 
@@ -360,9 +372,13 @@ class Bus:
             return []
         outcomes: list[ListenerOutcome] = []
         failed = False
+        awaiter = self.awaiter
         for listener in listeners:
             try:
-                outcomes.append(ListenerOutcome(listener, listener(*args, **kwargs)))
+                result = listener(*args, **kwargs)
+                if awaiter is not None and inspect.isawaitable(result):
+                    result = awaiter(result)
+                outcomes.append(ListenerOutcome(listener, result))
             except KeyboardInterrupt:
                 raise
             except SystemExit as exc:

@@ -43,6 +43,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from procbus.errors import ConfigError
+from procbus.worker.interface import Interface
 
 ENV_PREFIX: Final = "PROCBUS_"
 FILE_TABLE: Final = "procbus"
@@ -179,10 +180,10 @@ def _path(raw: object, textual: bool) -> Path:
     return Path(raw)
 
 
-def _choice(enum: type[LogLevel]) -> Parser:
+def _choice(enum: type[StrEnum]) -> Parser:
     expected = "one of " + ", ".join(member.value for member in enum)
 
-    def parse(raw: object, textual: bool) -> LogLevel:
+    def parse(raw: object, textual: bool) -> StrEnum:
         if isinstance(raw, str):
             try:
                 return enum(raw.strip().lower())
@@ -365,8 +366,12 @@ _UIDS_HELP: Final = "more uids allowed on the ipc:// control socket"
 # fmt: off
 SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("app", _text("a MODULE:ATTRIBUTE reference", _valid_reference),
-            "WSGI app to host, as MODULE:ATTRIBUTE", metavar="APP", positional=True,
+            "WSGI or ASGI app to host, as MODULE:ATTRIBUTE", metavar="APP", positional=True,
             default_doc=f"none (the demo, {DEMO_APP})"),
+    Setting("interface", _choice(Interface),
+            "the app's interface: auto (a coroutine function, or an object whose __call__ is "
+            "one, is ASGI and is served by uvicorn; any other callable is WSGI, served by "
+            "waitress), asgi or wsgi", metavar="KIND", default=Interface.AUTO),
     Setting("workers", _integer(0), "number of worker processes", short="-w", metavar="N",
             default_factory=_cpu_count, default_doc="number of CPUs"),
     Setting("bind", _list_of(_text(_ADDRESS, _valid_address), f"a list of {_ADDRESS}"),
@@ -467,6 +472,7 @@ class Config:
     """
 
     app: str | None
+    interface: Interface
     workers: int
     bind: tuple[str, ...]
     name: str
@@ -621,6 +627,12 @@ def _check_together(values: Mapping[str, Any], sources: Mapping[str, Source]) ->
         raise ConfigError(
             f"app and worker are mutually exclusive: app = {values['app']!r} "
             f"({sources['app']}), worker = {values['worker']!r} ({sources['worker']})"
+        )
+    if values["worker"] is not None and values["interface"] is not Interface.AUTO:
+        raise ConfigError(
+            f"interface applies to an APP, not to a generic worker: interface = "
+            f"{values['interface'].value!r} ({sources['interface']}), worker = "
+            f"{values['worker']!r} ({sources['worker']})"
         )
     if (values["ctl"] or "").startswith("tcp://") and values["curve_keys"] is None:
         raise ConfigError(

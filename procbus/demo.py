@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Final
 from prometheus_client import Counter
 
 from procbus.bus import bus
-from procbus.worker.wsgi import current_context
+from procbus.worker.apps import current_context
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

@@ -1,14 +1,16 @@
-"""``procbus run``: host a WSGI app (or a generic worker) behind pre-forked workers.
+"""``procbus run``: host a WSGI or ASGI app (or a generic worker) behind pre-forked workers.
 
 `run` turns the effective configuration (`procbus.config`) into a running
 tree, in this order, so that every mistake is reported before anything is
 touched and the terminal still sees it:
 
 1. load the configuration (exit 2 on a bad value);
-2. build the worker app: ``wsgi_worker(APP)`` (the demo when no APP is given)
-   or the generic ``--worker``; with ``--preload`` the app is imported here, in
-   the master, before any fork; ``--check`` stops after this and prints the
-   effective configuration;
+2. build the worker app: ``http_worker(APP)`` (the demo when no APP is given;
+   each worker imports APP and serves it with waitress or uvicorn as
+   ``--interface`` says) or the generic ``--worker``; with ``--preload`` the app
+   is imported here, in the master, before any fork (and its interface
+   checked); ``--check`` imports it, stops after this and prints the effective
+   configuration and the interface chosen;
 3. take the listening sockets: those a previous master passed across
    ``execv`` (``PROCBUS_FDS``), else systemd's (``LISTEN_FDS``), else bind
    ``--bind`` (a generic worker binds only when ``--bind`` is given);
@@ -52,6 +54,7 @@ from procbus.plugins.process import Daemonizer, MasterPIDFile
 from procbus.plugins.systemd import SystemdNotify
 from procbus.worker.apps import WorkerApp, import_object
 from procbus.worker.credentials import Credentials
+from procbus.worker.interface import Interface, choose
 
 log = logging.getLogger("procbus.run")
 
@@ -60,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The options of ``procbus run`` (one per setting of `procbus.config`)."""
     parser = argparse.ArgumentParser(
         prog="procbus run",
-        description="Host APP (module:attribute, a WSGI app; the demo app when omitted) "
+        description="Host APP (module:attribute, a WSGI or ASGI app; the demo app when omitted) "
         "behind pre-forked workers. Command line beats --config file beats PROCBUS_* "
         "environment beats defaults. Exit status: 0 stopped, 1 could not start, "
         "2 bad configuration.",
@@ -131,26 +134,39 @@ def worker_app(config: Config) -> str | WorkerApp:
             return config.worker
         worker: WorkerApp = import_object(config.worker)
         return worker
-    # waitress only when a WSGI app is hosted (a generic worker has no use for it).
-    from procbus.worker.wsgi import wsgi_worker  # noqa: PLC0415
+    # waitress and the interface check only when an app is hosted (a generic
+    # worker has no use for them); uvicorn only in the workers that serve ASGI.
+    from procbus.worker.serving import http_worker  # noqa: PLC0415
 
     target = config.app or DEMO_APP
-    wsgi_app = import_object(target) if config.preload else target
-    return wsgi_worker(
-        wsgi_app,
+    app: object = target
+    if config.preload:
+        app = import_object(target)
+        choose(app, config.interface, target)  # a wrong --interface: refused before any fork
+    return http_worker(
+        app,
+        interface=config.interface,
         threads=config.threads,
         access_log=config.access_log,
         graceful_timeout=config.graceful_timeout,
     )
 
 
-def check_app(config: Config) -> None:
-    """Import the app (or worker function) as a worker would; `StartupError` if it fails."""
+def check_app(config: Config) -> str:
+    """Import the app (or worker function) as a worker would; `StartupError` if it
+    fails. Returns what will serve it, in a line for ``--check``."""
     target = config.worker or config.app or DEMO_APP
     obj = import_object(target)
-    if not callable(obj):
-        kind = "worker function" if config.worker else "WSGI app"
-        raise StartupError(f"{kind} {target!r} is not callable (got {type(obj).__name__})")
+    if config.worker is not None:
+        if not callable(obj):
+            raise StartupError(
+                f"worker function {target!r} is not callable (got {type(obj).__name__})"
+            )
+        return f"worker {target}: a generic worker function\n"
+    chosen = choose(obj, config.interface, target)
+    server = "uvicorn" if chosen is Interface.ASGI else "waitress"
+    how = "detected" if config.interface is Interface.AUTO else "as configured"
+    return f"app {target}: {chosen.upper()} ({how}), served by {server}\n"
 
 
 def listening_sockets(
@@ -191,8 +207,8 @@ class Host:
     def run(self) -> int:
         config = self.config
         if config.check:
-            check_app(config)
-            sys.stdout.write(config_module.describe(config))
+            chosen = check_app(config)
+            sys.stdout.write(config_module.describe(config) + chosen)
             return 0
         app = worker_app(config)
         self.credentials = worker_credentials(config)  # unknown names fail before binding

@@ -13,10 +13,11 @@ in the worker after fork, so each new worker runs the code on disk now.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -45,6 +46,20 @@ class Counters:
         with self._lock:
             return dict(self._values)
 
+    def request_started(self) -> None:
+        """One more request in flight (one lock: this is on every request's path)."""
+        with self._lock:
+            self._values["in_flight"] += 1
+
+    def request_finished(self, failed: bool) -> None:
+        """One request served (failed: counted in ``errors`` too)."""
+        with self._lock:
+            values = self._values
+            values["in_flight"] -= 1
+            values["requests"] += 1
+            if failed:
+                values["errors"] += 1
+
     def __getitem__(self, name: str) -> int:
         with self._lock:
             return self._values.get(name, 0)
@@ -59,6 +74,10 @@ class WorkerContext:
     bus: Bus
     sockets: Sequence[socket.socket] = ()
     stopping: threading.Event = field(default_factory=threading.Event)
+    stop_deadline: float | None = None
+    """Set (`time.monotonic`) before `stopping`: the graceful timeout of this stop
+    ends then, and the master kills the worker. A host gives up its drain a
+    little before, so that the worker still exits on its own."""
     counters: Counters = field(default_factory=Counters)
     settings: dict[str, Any] = field(default_factory=dict)
     """Extra settings the master passes to its workers' apps."""
@@ -78,14 +97,35 @@ class WorkerContext:
 
     def request_started(self) -> None:
         """Count a request as in flight (hosting servers call this)."""
-        self.counters.add("in_flight")
+        self.counters.request_started()
 
     def request_finished(self, failed: bool = False) -> None:
         """Count a served request; the master recycles after `max_requests`."""
-        self.counters.add("in_flight", -1)
-        self.counters.add("requests")
-        if failed:
-            self.counters.add("errors")
+        self.counters.request_finished(failed)
+
+
+_current: WorkerContext | None = None
+
+
+def current_context() -> WorkerContext | None:
+    """The context of the HTTP worker (WSGI or ASGI) running in this process, if any.
+
+    A hosted app reads its worker's id, generation and counters here (the demo
+    does); ``None`` outside a hosting worker.
+    """
+    return _current
+
+
+@contextlib.contextmanager
+def hosting(ctx: WorkerContext) -> Iterator[WorkerContext]:
+    """Make `ctx` the `current_context` while a host serves the app."""
+    global _current
+    _current = ctx
+    try:
+        yield ctx
+    finally:
+        if _current is ctx:
+            _current = None
 
 
 def import_object(spec: str) -> Any:

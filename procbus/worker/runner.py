@@ -12,6 +12,11 @@ on any wspbus.
 ZeroMQ sockets are not thread-safe: the runner touches none. It hands each
 outcome back through a queue and wakes the loop, which sends the reply.
 
+While a publish's listeners run, `publish_deadline` says until when the
+master waits for their answer (the publish's timeout from the moment the loop
+read it): an ``async def`` listener, run on an ASGI app's event loop, is given
+up there instead of holding the runner for ever.
+
 The publishes waiting for the runner are bounded (`MAX_BACKLOG`): behind a
 listener that never returns, a further publish is refused at once (the loop
 answers it with an error) instead of memory growing without end.
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -30,6 +36,15 @@ from procbus.protocol import Message
 
 MAX_BACKLOG: Final = 1000
 """Publishes a worker holds at once (the one running and those waiting)."""
+
+_running = threading.local()
+
+
+def publish_deadline() -> float | None:
+    """When the master stops waiting for the publish whose listeners run on this
+    thread (`time.monotonic`), or None outside the runner's publishes."""
+    deadline: float | None = getattr(_running, "deadline", None)
+    return deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +72,9 @@ class ListenerRunner:
         """Publishes submitted whose outcome was not collected yet."""
         self._bus = bus
         self._wake = wake
-        self._inbox: queue.SimpleQueue[Sequence[Message] | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[tuple[float, Sequence[Message]] | None] = (
+            queue.SimpleQueue()
+        )
         self._outbox: queue.SimpleQueue[Finished] = queue.SimpleQueue()
         self._stopping = False
         self._woken = False
@@ -79,7 +96,7 @@ class ListenerRunner:
         accepted, refused = messages[:room], messages[room:]
         if accepted:
             self.backlog += len(accepted)
-            self._inbox.put(accepted)
+            self._inbox.put((time.monotonic(), accepted))
         return refused
 
     def finished(self) -> list[Finished]:
@@ -112,11 +129,13 @@ class ListenerRunner:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
-        while (messages := self._inbox.get()) is not None:
+        while (batch := self._inbox.get()) is not None:
+            received, messages = batch
             for message in messages:
                 if self._stopping:
                     break
                 seq: int = message["seq"]
+                _running.deadline = received + message["timeout"]
                 try:
                     outcomes = self._bus.run_listeners(
                         message["channel"], *message["args"], **message["kwargs"]
@@ -124,6 +143,8 @@ class ListenerRunner:
                 except BaseException as exc:  # SystemExit, KeyboardInterrupt
                     self._hand_back(Finished(seq, [], exc))
                     return
+                finally:
+                    _running.deadline = None
                 self._hand_back(Finished(seq, outcomes))
 
     def _hand_back(self, done: Finished) -> None:

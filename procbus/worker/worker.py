@@ -45,6 +45,7 @@ from procbus.master.systemd import forget_in_worker
 from procbus.privatedir import DirectoryId
 from procbus.protocol import BusState, Message, MsgType, WorkerBusState
 from procbus.worker.apps import WorkerApp, WorkerContext, load_app
+from procbus.worker.awaiter import no_event_loop
 from procbus.worker.credentials import Credentials
 from procbus.worker.drain import MARKER_GRACE, Drain
 from procbus.worker.link import WorkerLink
@@ -310,6 +311,8 @@ class Worker:
                 self._wake()
 
         self.bus.on_state = bus_moved
+        # An ASGI host replaces this while its event loop runs.
+        self.bus.awaiter = no_event_loop
         try:
             app = load_app(spec.app)
             self.bus.start()
@@ -331,6 +334,12 @@ class Worker:
 
         if self._drain is None:
             link.state(WorkerBusState.STOPPING)
+        deadline = (
+            self._drain.deadline
+            if self._drain is not None
+            else time.monotonic() + spec.graceful_timeout
+        )
+        ctx.stop_deadline = deadline
         ctx.stopping.set()
         # A quick stop (SIGQUIT, or the master gone) skips the drain: the
         # stop and exit listeners may wait for in-flight work.
@@ -340,11 +349,6 @@ class Worker:
             # After a drain nothing runs any more, unless it ran out of time: like
             # a request in flight, the publish whose listeners run now finishes
             # and is answered before the stop listeners run.
-            deadline = (
-                self._drain.deadline
-                if self._drain is not None
-                else time.monotonic() + spec.graceful_timeout
-            )
             if not self._runner.join(max(0.0, deadline - time.monotonic())):
                 log.warning(
                     "worker %d: listeners still running after %gs",

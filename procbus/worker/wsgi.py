@@ -15,19 +15,9 @@ worker won the connection. Waitress never does. It also serves pre-bound
 sockets as a documented feature, TCP and Unix alike, from one event loop and
 one thread pool, and installs no signal handlers (neither does cheroot).
 
-A stop drains, in two ``stop`` listeners so that other listeners can run in
-between (wspbus priorities):
-
-1. `STOP_ACCEPTING_PRIORITY`: this worker stops accepting at once; the
-   listener returns once it no longer polls any listening socket. Connections
-   still queued in the kernel stay there for the other holders of the socket
-   (sibling workers, the master, its successor after a re-exec): the worker
-   serves duplicates of the inherited sockets and closes only those.
-2. `DRAIN_PRIORITY`: returns once every request in flight was answered and
-   every connection closed, or `graceful_timeout` after the stop began, when
-   the rest are cut. An idle keep-alive connection is closed at once. App
-   listeners at the default priority (50) therefore stop after the last
-   request, as CherryPy's server plugin lets them.
+A stop drains as `procbus.worker.stopping` describes, in two ``stop``
+listeners (stop accepting, then wait for the requests in flight, within
+`graceful_timeout`).
 
 Then ``main(ctx)`` returns. The event loop is procbus's, around waitress's
 dispatchers, because waitress itself can only stop abruptly.
@@ -56,7 +46,16 @@ from waitress.server import BaseWSGIServer, create_server
 from waitress.task import ThreadedTaskDispatcher, WSGITask
 
 from procbus.errors import StartupError
-from procbus.worker.apps import WorkerApp, WorkerContext, import_object
+from procbus.worker import access
+from procbus.worker.access import AccessRecord
+from procbus.worker.apps import WorkerApp, WorkerContext, current_context, hosting, import_object
+from procbus.worker.stopping import (
+    CUT_GRACE,
+    DRAIN_PRIORITY,
+    FRESH_GRACE,
+    IDLE_GRACE,
+    STOP_ACCEPTING_PRIORITY,
+)
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -70,33 +69,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("procbus.worker.wsgi")
-_access_logger = logging.getLogger("procbus.access")
-
-STOP_ACCEPTING_PRIORITY: Final = 10
-"""Priority of the ``stop`` listener that stops accepting connections."""
-DRAIN_PRIORITY: Final = 20
-"""Priority of the ``stop`` listener that waits for requests in flight."""
 
 POLL_INTERVAL: Final = 0.5
 """Longest time the event loop sleeps before it looks at ``ctx.stopping``."""
-CUT_GRACE: Final = 2
-FRESH_GRACE: Final = 2.0
-"""How long a connection accepted before a stop may take to send its request."""
-IDLE_GRACE: Final = 0.5
-"""How long an idle keep-alive connection stays open once a drain began."""
-"""How long threads still in the app get after the graceful timeout cut them."""
 
-_current: WorkerContext | None = None
 _request_thread = threading.local()
-
-
-def current_context() -> WorkerContext | None:
-    """The context of the WSGI worker running in this process, if any.
-
-    A hosted app reads its worker's id, generation and counters here (the demo
-    does); ``None`` outside a `wsgi_worker`.
-    """
-    return _current
 
 
 def wsgi_worker(
@@ -118,11 +95,9 @@ def wsgi_worker(
         raise ValueError(f"graceful_timeout must not be negative, got {graceful_timeout}")
 
     def main(ctx: WorkerContext) -> None:
-        global _current
         if ctx.stopping.is_set():
             return
-        _current = ctx
-        try:
+        with hosting(ctx):
             wsgi_app = _load_wsgi_app(app)
             counted = RequestAccounting(wsgi_app, ctx, log_access=access_log)
             host = WaitressHost(
@@ -136,9 +111,6 @@ def wsgi_worker(
             finally:
                 ctx.bus.unsubscribe("stop", host.stop_accepting)
                 ctx.bus.unsubscribe("stop", host.wait_drained)
-        finally:
-            if _current is ctx:
-                _current = None
 
     main.__qualname__ = main.__name__ = f"wsgi_worker({app!r})"
     main.reports_ready = True  # type: ignore[attr-defined]
@@ -369,14 +341,14 @@ class RequestAccounting:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         self.ctx.request_started()
         _request_thread.active = True
-        record = _Record(started=time.time())
+        record = AccessRecord(started=time.time())
 
         def recording_start_response(
             status: str,
             headers: list[tuple[str, str]],
             exc_info: OptExcInfo | None = None,
         ) -> Callable[[bytes], object]:
-            record.status = status
+            record.status = _status_code(status)
             write = start_response(status, headers, exc_info)
 
             def counting_write(data: bytes) -> object:
@@ -394,28 +366,17 @@ class RequestAccounting:
         wrapper = _SizedBody if hasattr(body, "__len__") else _Body
         return wrapper(body, record, lambda: self._finish(environ, record))
 
-    def _finish(self, environ: WSGIEnvironment, record: _Record) -> None:
+    def _finish(self, environ: WSGIEnvironment, record: AccessRecord) -> None:
         _request_thread.active = False
-        failed = record.raised or record.status is None or record.status.startswith("5")
-        self.ctx.request_finished(failed=failed)
+        self.ctx.request_finished(failed=record.failed)
         if self.log_access:
-            _access_logger.info("%s", common_log_line(environ, record))
-
-
-class _Record:
-    __slots__ = ("raised", "sent", "started", "status")
-
-    def __init__(self, started: float) -> None:
-        self.started = started
-        self.status: str | None = None
-        self.sent = 0
-        self.raised = False
+            access.access_logger.info("%s", common_log_line(environ, record))
 
 
 class _Body:
     """The app's response body, counted; `close` finishes the request once."""
 
-    def __init__(self, body: Iterable[bytes], record: _Record, finish: Callable[[], None]):
+    def __init__(self, body: Iterable[bytes], record: AccessRecord, finish: Callable[[], None]):
         self._body = body
         self._record = record
         self._finish: Callable[[], None] | None = finish
@@ -450,36 +411,22 @@ class _SizedBody(_Body):
         return len(self._body)  # type: ignore[arg-type]
 
 
-_MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                  "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")  # fmt: skip
-
-
-def common_log_line(environ: WSGIEnvironment, record: _Record) -> str:
-    """``host ident user [time] "request line" status bytes`` (Common Log Format).
-
-    The request line is escaped so that a client cannot forge log lines; an
-    app that raised before answering is logged with the 500 the client got.
-    """
-    when = time.localtime(record.started)
-    stamp = time.strftime(f"%d/{_MONTHS[when.tm_mon - 1]}/%Y:%H:%M:%S %z", when)
+def common_log_line(environ: WSGIEnvironment, record: AccessRecord) -> str:
+    """The access log's line for the request `environ` (see `procbus.worker.access`)."""
     target = environ.get("REQUEST_URI") or (
         environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
         + (f"?{environ['QUERY_STRING']}" if environ.get("QUERY_STRING") else "")
     )  # fmt: skip
     line = f"{environ.get('REQUEST_METHOD', '-')} {target} {environ.get('SERVER_PROTOCOL', '-')}"
-    if record.status is None or (record.raised and not record.sent):
-        status = "500"
-    else:
-        status = record.status.split(" ", 1)[0]
-    return (
-        f"{_field(environ.get('REMOTE_ADDR'))} - {_field(environ.get('REMOTE_USER'))} "
-        f'[{stamp}] "{_escape(line)}" {status} {record.sent or "-"}'
+    return access.common_log_line(
+        record,
+        remote_addr=environ.get("REMOTE_ADDR"),
+        remote_user=environ.get("REMOTE_USER"),
+        request_line=line,
     )
 
 
-def _field(value: object) -> str:
-    return _escape(str(value)).replace(" ", "\\x20") if value else "-"
-
-
-def _escape(text: str) -> str:
-    return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+def _status_code(status: str) -> int:
+    """``"404 Not Found"`` -> 404 (0 for a status line that has no number)."""
+    code = status.split(" ", 1)[0]
+    return int(code) if code.isdigit() else 0

@@ -1,7 +1,12 @@
-"""WSGI apps for the hosting tests (imported in the workers, after fork)."""
+"""WSGI and ASGI apps for the hosting tests (imported in the workers, after fork).
+
+Each WSGI app has an ASGI twin (``_asgi``) that answers the same, so that one
+test runs against either (`tests.cli.hosting.Apps`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterable
@@ -47,3 +52,23 @@ def leaky(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     body = f"leaky {os.getpid()}".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+async def versioned_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "http":
+        await _answer(send, f"{VERSION} {os.getpid()}".encode())
+
+
+async def slow_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers after ``?seconds`` (default 1), awaiting: a request in flight during a stop."""
+    if scope["type"] != "http":
+        return
+    seconds = float(scope["query_string"].decode().partition("=")[2] or 1)
+    await asyncio.sleep(seconds)
+    await _answer(send, f"slept {seconds}".encode())
+
+
+async def _answer(send: Any, body: bytes, status: int = 200) -> None:
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -11,11 +11,41 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
+
+import pytest
 
 from tests.helpers import wait_until
 from tests.processes import MasterProcess, short_tempdir, supervised
 
 TEST_OPTIONS = ("--heartbeat-interval", "0.2", "--graceful-timeout", "5", "--boot-timeout", "10")
+
+
+@dataclass(frozen=True)
+class Apps:
+    """The apps a hosting test serves, all of one interface.
+
+    `demo` are the arguments naming an app that serves what the demo does
+    (``/worker`` as JSON with the pid, ``/health``, ``/boom``, ``/``): none for
+    the WSGI demo itself, the ASGI example for ASGI.
+    """
+
+    interface: str
+    demo: tuple[str, ...]
+    versioned: str
+    """Answers "VERSION PID", VERSION read from $PROCBUS_TEST_VERSION_FILE at import."""
+    slow: str
+    """Answers after ``?seconds=S``."""
+
+
+WSGI_APPS: Final = Apps("wsgi", (), "tests.cli.apps:versioned", "tests.cli.apps:slow")
+ASGI_APPS: Final = Apps(
+    "asgi", ("examples.asgi_app:app",), "tests.cli.apps:versioned_asgi", "tests.cli.apps:slow_asgi"
+)
+each_interface: Final = pytest.mark.parametrize(
+    "apps", [WSGI_APPS, ASGI_APPS], ids=lambda apps: apps.interface
+)
+"""Run the test once with WSGI apps (waitress), once with ASGI apps (uvicorn)."""
 
 
 class RunProcess(MasterProcess):
@@ -126,7 +156,7 @@ class Load:
                 self.failures.append(f"HTTP {status}")
                 return
             self.ok += 1
-            match = re.search(rb'"pid": (\d+)', body) or re.fullmatch(rb"\S+ (\d+)", body)
+            match = re.search(rb'"pid": ?(\d+)', body) or re.fullmatch(rb"\S+ (\d+)", body)
             if match:
                 self.pids.add(int(match.group(1)))
             self.bodies.add(body.split()[0] if body.split() else b"")

@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.cli.hosting import Load, RunProcess, running, write
+from tests.cli.hosting import Apps, Load, RunProcess, each_interface, running, write
 from tests.helpers import wait_until
 from tests.processes import (
     ROOT,
@@ -146,9 +146,12 @@ def test_second_master_with_the_same_name_is_refused_and_the_first_untouched() -
 # -- serving -------------------------------------------------------------------
 
 
-def test_demo_is_served_by_every_worker_and_term_stops_cleanly(tmp_path) -> None:
+@each_interface
+def test_demo_is_served_by_every_worker_and_term_stops_cleanly(tmp_path, apps: Apps) -> None:
     pidfile = tmp_path / "master.pid"
-    with running("--bind", "127.0.0.1:0", "--pidfile", str(pidfile), workers=3) as proc:
+    with running(
+        *apps.demo, "--bind", "127.0.0.1:0", "--pidfile", str(pidfile), workers=3
+    ) as proc:
         assert pidfile.read_text().strip() == str(proc.pid)
         workers = {w["pid"] for w in proc.workers()}
         with Load(proc.port(), clients=6) as load:
@@ -156,7 +159,7 @@ def test_demo_is_served_by_every_worker_and_term_stops_cleanly(tmp_path) -> None
         assert not load.failures
         assert load.pids <= workers and len(load.pids) >= 2
         status, page = proc.get("/")
-        assert status == 200 and b"procbus demo" in page
+        assert status == 200 and b"procbus" in page
         assert proc.get("/boom")[0] == 500
         assert proc.get("/health") == (200, b"ok")
         proc.proc.send_signal(signal.SIGTERM)
@@ -300,8 +303,9 @@ def test_a_worker_finishing_a_slow_request_shows_its_bus_stopping() -> None:
 # -- reload, restart, signals --------------------------------------------------
 
 
-def test_reload_under_load_loses_no_request_and_serves_new_workers() -> None:
-    with running("--bind", "127.0.0.1:0", workers=2) as proc:
+@each_interface
+def test_reload_under_load_loses_no_request_and_serves_new_workers(apps: Apps) -> None:
+    with running(*apps.demo, "--bind", "127.0.0.1:0", workers=2) as proc:
         before = {w["pid"] for w in proc.workers()}
         with Load(proc.port(), clients=4) as load:
             load.wait_for(100)
@@ -315,9 +319,10 @@ def test_reload_under_load_loses_no_request_and_serves_new_workers() -> None:
         assert load.pids & after
 
 
+@each_interface
 @pytest.mark.parametrize("command", ["reload", "upgrade"])
-def test_keep_alive_clients_lose_nothing_while_workers_drain(command: str) -> None:
-    with running("--bind", "127.0.0.1:0", workers=2) as proc:
+def test_keep_alive_clients_lose_nothing_while_workers_drain(command: str, apps: Apps) -> None:
+    with running(*apps.demo, "--bind", "127.0.0.1:0", workers=2) as proc:
         with Load(proc.port(), clients=4, keep_alive=True) as load:
             load.wait_for(100)
             assert proc.call(command, timeout=60)["state"] == "done"
@@ -329,8 +334,9 @@ def test_keep_alive_clients_lose_nothing_while_workers_drain(command: str) -> No
             os.kill(proc.call("status")["master"]["pid"], signal.SIGTERM)
 
 
-def test_hup_reloads_and_ttin_ttou_scale() -> None:
-    with running("--bind", "127.0.0.1:0", workers=2) as proc:
+@each_interface
+def test_hup_reloads_and_ttin_ttou_scale(apps: Apps) -> None:
+    with running(*apps.demo, "--bind", "127.0.0.1:0", workers=2) as proc:
         before = {w["pid"] for w in proc.workers()}
         os.kill(proc.pid, signal.SIGHUP)
         wait_until(lambda: not before & {w["pid"] for w in proc.workers()}, 30)
@@ -358,8 +364,9 @@ def test_reload_rereads_the_config_and_a_broken_one_aborts_it(tmp_path) -> None:
         assert not before & {w["pid"] for w in after}
 
 
-def test_restart_keeps_pid_port_and_every_connection() -> None:
-    with running("--bind", "127.0.0.1:0", workers=2) as proc:
+@each_interface
+def test_restart_keeps_pid_port_and_every_connection(apps: Apps) -> None:
+    with running(*apps.demo, "--bind", "127.0.0.1:0", workers=2) as proc:
         port = proc.port()
         status = proc.status()
         generation = status["master"]["generation"]
@@ -379,9 +386,12 @@ def test_restart_keeps_pid_port_and_every_connection() -> None:
         assert json.loads(proc.get("/worker")[1])["pid"] in {w["pid"] for w in status["workers"]}
 
 
-def test_upgrade_hands_over_to_a_new_master_without_losing_a_request(tmp_path) -> None:
+@each_interface
+def test_upgrade_hands_over_to_a_new_master_without_losing_a_request(tmp_path, apps: Apps) -> None:
     pidfile = tmp_path / "master.pid"
-    with running("--bind", "127.0.0.1:0", "--pidfile", str(pidfile), workers=2) as proc:
+    with running(
+        *apps.demo, "--bind", "127.0.0.1:0", "--pidfile", str(pidfile), workers=2
+    ) as proc:
         port = proc.port()
         generation = proc.status()["master"]["generation"]
         with Load(port, clients=4) as load:
@@ -416,8 +426,9 @@ def test_upgrade_to_a_master_that_cannot_boot_keeps_the_old_one_serving(tmp_path
         assert proc.proc.poll() is None
 
 
-def test_restart_adopt_renews_the_master_and_keeps_every_worker() -> None:
-    with running("--bind", "127.0.0.1:0", workers=2) as proc:
+@each_interface
+def test_restart_adopt_renews_the_master_and_keeps_every_worker(apps: Apps) -> None:
+    with running(*apps.demo, "--bind", "127.0.0.1:0", workers=2) as proc:
         before = proc.status()
         first = proc.call("publish", "demo.message", "before")
         with Load(proc.port(), clients=4) as load:
@@ -470,8 +481,11 @@ def test_publishes_right_after_restart_adopt_are_answered_without_a_gap() -> Non
         assert bad == []
 
 
-def test_request_that_makes_the_app_raise_is_a_500_counted_and_the_worker_survives() -> None:
-    with running("--bind", "127.0.0.1:0", workers=1) as proc:
+@each_interface
+def test_request_that_makes_the_app_raise_is_a_500_counted_and_the_worker_survives(
+    apps: Apps,
+) -> None:
+    with running(*apps.demo, "--bind", "127.0.0.1:0", workers=1) as proc:
         pid = proc.workers()[0]["pid"]
         assert proc.get("/boom")[0] == 500
         assert proc.get("/health") == (200, b"ok")
@@ -485,10 +499,11 @@ def test_request_that_makes_the_app_raise_is_a_500_counted_and_the_worker_surviv
         assert proc.workers()[0]["pid"] == pid
 
 
-def test_reload_serves_new_code_and_a_broken_version_rolls_back(tmp_path) -> None:
+@each_interface
+def test_reload_serves_new_code_and_a_broken_version_rolls_back(tmp_path, apps: Apps) -> None:
     version = write(tmp_path / "version", "v1")
     env = {"PROCBUS_TEST_VERSION_FILE": str(version)}
-    with running("tests.cli.apps:versioned", "--bind", "127.0.0.1:0", workers=2, env=env) as proc:
+    with running(apps.versioned, "--bind", "127.0.0.1:0", workers=2, env=env) as proc:
         assert proc.get("/")[1].startswith(b"v1 ")
         write(version, "v2")
         with Load(proc.port(), clients=3, path="/") as load:
@@ -718,11 +733,14 @@ def test_old_master_killed_during_an_upgrade_leaves_the_new_one_in_charge(tmp_pa
         successor.wait(20)
 
 
+@each_interface
 @pytest.mark.parametrize(
     ("signum", "completes"), [(signal.SIGTERM, True), (signal.SIGQUIT, False)]
 )
-def test_term_finishes_requests_in_flight_and_quit_does_not(signum: int, completes: bool) -> None:
-    with running("tests.cli.apps:slow", "--bind", "127.0.0.1:0", workers=1) as proc:
+def test_term_finishes_requests_in_flight_and_quit_does_not(
+    signum: int, completes: bool, apps: Apps
+) -> None:
+    with running(apps.slow, "--bind", "127.0.0.1:0", workers=1) as proc:
         outcome: list[object] = []
 
         def slow_request() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 import os
@@ -366,6 +368,58 @@ def test_system_exit_without_failures_keeps_its_code(bus: Bus) -> None:
     with pytest.raises(SystemExit) as info:
         bus.publish("ch")
     assert info.value.code == 0
+
+
+def test_awaiter_resolves_async_listeners_in_priority_order_and_collects_errors(
+    bus: Bus, log: LogRecorder
+) -> None:
+    """Steps: an awaiter that runs each awaitable to its end with asyncio.run; a sync
+    listener, an async one that returns and an async one that raises, at priorities
+    3, 1, 2. Expected: run_listeners gives, in priority order, the async result, the
+    async error (logged like any listener's) and the sync result; publish raises the
+    error in ChannelFailures; a non-awaitable result is not handed to the awaiter."""
+    handed: list[object] = []
+
+    def awaiter(awaitable: Any) -> Any:
+        handed.append(awaitable)
+
+        async def wait() -> Any:
+            return await awaitable
+
+        return asyncio.run(wait())
+
+    async def answer(n: int) -> int:
+        await asyncio.sleep(0)
+        return n * 2
+
+    async def refuse(n: int) -> int:
+        raise LookupError(f"no {n}")
+
+    bus.awaiter = awaiter
+    bus.subscribe("ch", lambda n: f"sync {n}", priority=3)
+    bus.subscribe("ch", answer, priority=1)
+    bus.subscribe("ch", refuse, priority=2)
+    outcomes = bus.run_listeners("ch", 21)
+    assert [o.result for o in outcomes] == [42, None, "sync 21"]
+    assert [type(o.error) for o in outcomes] == [type(None), LookupError, type(None)]
+    assert len(handed) == 2
+    assert any("Error in 'ch' listener" in m for m in log.messages)
+    with pytest.raises(ChannelFailures) as info:
+        bus.publish("ch", 1)
+    assert [str(e) for e in info.value.get_instances()] == ["no 1"]
+
+
+def test_without_awaiter_an_async_listener_result_is_its_coroutine(bus: Bus) -> None:
+    """Steps: no awaiter; an async listener; publish. Expected: the result is the
+    coroutine object itself, as on wspbus (closed here so that it warns of nothing)."""
+
+    async def listener() -> int:
+        return 1
+
+    bus.subscribe("ch", listener)
+    (result,) = bus.publish("ch")
+    assert inspect.iscoroutine(result)
+    result.close()
 
 
 # -- transitions and their log messages ---------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from procbus.bus import Bus
 from procbus.protocol import Message, MsgType
-from procbus.worker.runner import Finished, ListenerRunner
+from procbus.worker.runner import Finished, ListenerRunner, publish_deadline
 from tests.helpers import wait_until
 
 
@@ -171,3 +172,19 @@ def test_system_exit_in_a_listener_is_handed_back_and_ends_the_runner() -> None:
 def test_backlog_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_backlog must be at least 1, got 0"):
         ListenerRunner(Bus(), lambda: None, 0)
+
+
+def test_listeners_see_their_publish_deadline_and_none_outside(harness: Harness) -> None:
+    """Steps: a listener that records publish_deadline(); submit a publish with a 1 s
+    timeout, noting the clock around the submit. Expected: the listener saw a deadline
+    1 s after the submit (within the time the submit took); outside the runner's
+    publishes there is none."""
+    seen: list[float | None] = []
+    harness.bus.subscribe("deadline", lambda: seen.append(publish_deadline()))
+    before = time.monotonic()
+    harness.runner.submit([publish(1, "deadline")])
+    after = time.monotonic()
+    harness.collect(1)
+    (deadline,) = seen
+    assert deadline is not None and before + 1.0 <= deadline <= after + 1.0
+    assert publish_deadline() is None
