@@ -49,6 +49,7 @@ from procbus.master.settings import TreeSettings, stop_limit
 from procbus.master.stats import ProcessMonitor
 from procbus.publishing import PublishOptions, Require
 from procbus.worker.apps import WorkerApp
+from procbus.worker.awaiter import no_event_loop
 from procbus.worker.credentials import Credentials
 
 log = logging.getLogger("procbus.master")
@@ -182,6 +183,7 @@ class Master:
         self.hub, self.control = self.endpoints.serve(self.loop, self.pool, self.commands)
         self.publisher.hub = self.hub
         self.bus.forward = self.publisher.forward
+        self.bus.awaiter = no_event_loop  # an async listener here: an error, not a coroutine
         self.loop.install_signals([signal.SIGCHLD], self._on_signal)
         log.info("master %d (%s) listening in %s", self.pid, self.name, self.runtime.path)
 
@@ -195,7 +197,7 @@ class Master:
             self.bus.unsubscribe(channel, listener)
         if self.hub is None:
             return
-        self.bus.forward = None
+        self.bus.forward = self.bus.awaiter = None
         self.event_stream.close()
         self.loop.close()
         line = self.lineage
