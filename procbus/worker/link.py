@@ -47,7 +47,7 @@ from procbus.protocol import BusState, Message, MsgType, WorkerBusState
 
 log = logging.getLogger("procbus.worker")
 
-_FROM_MASTER = frozenset({MsgType.WELCOME})
+_FROM_MASTER = frozenset({MsgType.WELCOME, MsgType.TREE_REPLY})
 _ON_SUB = frozenset({MsgType.PUBLISH, MsgType.DRAIN})
 MAX_HELD = 10_000
 """Publishes held back before WELCOME, at most."""
@@ -153,6 +153,10 @@ class WorkerLink:
 
     def send(self, msg_type: MsgType, body: dict[str, Any]) -> None:
         self.dealer.send(protocol.encode(msg_type, body))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Send a message encoded already (a tree publish, encoded by its caller)."""
+        self.dealer.send(frame)
 
     def hello(self, pid: int) -> None:
         self.send(
@@ -326,7 +330,7 @@ class WorkerLink:
         return True
 
     def receive_command(self, flags: int = 0) -> Message | None:
-        """Read one message from the master on DEALER (a WELCOME).
+        """Read one message from the master on DEALER (a WELCOME, a TREE_REPLY).
 
         With ``flags=zmq.NOBLOCK``, raises ``zmq.Again`` when none is waiting.
         A WELCOME sets the sequence only while the link has none (a new
