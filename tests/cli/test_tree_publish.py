@@ -14,6 +14,7 @@ from typing import Any, Final
 import pytest
 
 from tests.cli.hosting import RunProcess, running
+from tests.helpers import wait_until
 from tests.processes import Events
 
 pytestmark = pytest.mark.slow
@@ -105,3 +106,29 @@ def test_a_listener_publishing_to_itself_is_refused_and_to_the_others_answered(
         assert error["type"] == "RuntimeError" and "include_self=False" in error["message"]
         result = proc.call("publish", "relay.others", to="1", timeout=20)
         assert result["workers"]["1"]["results"] == [[2, 3]]
+
+
+def test_the_asgi_example_drops_an_item_from_every_workers_cache() -> None:
+    """Steps: the ASGI example with 2 workers; GET /items/42 until both workers cached
+    it (new connections land on either; an item says which pid computed it); DELETE
+    /items/42.
+    Expected: 200, ok, both workers answered the publish their worker made, each having
+    dropped the item it cached (1 each); a second DELETE finds nothing left (0 each)."""
+    with running("examples.asgi_app:app", "-b", "127.0.0.1:0", workers=2) as proc:
+        pids = {w["pid"] for w in proc.workers()}
+        cached: set[int] = set()
+
+        def both_cached() -> bool:
+            status, body = call(proc, "GET", "/items/42")
+            assert status == 200, body
+            cached.add(body["computed_by"])
+            return cached == pids
+
+        wait_until(both_cached, 20)
+        for dropped in (1, 0):
+            status, body = call(proc, "DELETE", "/items/42")
+            assert (status, body["ok"]) == (200, True), body
+            assert {w: r[0]["dropped"] for w, r in body["workers"].items()} == {
+                "1": dropped,
+                "2": dropped,
+            }
