@@ -129,7 +129,8 @@ class TreeClient:
         """Publish on the tree and await the reply (`procbus.tree.apublish`)."""
         pending = self.start(channel, args, kwargs, timeout, options)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(pending.future), pending.wait)
+            async with asyncio.timeout(pending.wait):  # no task of its own, as wait_for has
+                return await asyncio.wrap_future(pending.future)
         except TimeoutError:
             raise self._timed_out(pending) from None
         finally:
