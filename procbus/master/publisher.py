@@ -31,6 +31,7 @@ from procbus.bus import Bus
 from procbus.errors import ProtocolError
 from procbus.master.hub import Hub
 from procbus.master.loop import EventLoop
+from procbus.master.planner import WorkerProc
 from procbus.master.pool import Pool
 from procbus.master.relay import (
     Gather,
@@ -95,9 +96,12 @@ class TreePublisher:
         timeout: float | None = None,
         on_done: Callable[[TreeReply], None] | None = None,
         options: PublishOptions = DEFAULT,
+        origin: WorkerProc | None = None,
     ) -> None:
         """Start a tree publish; `on_done(reply)` is called from the loop once the
-        publish's requirement is decided (see `procbus.master.quorum`).
+        publish's requirement is decided (see `procbus.master.quorum`). `origin`: the
+        worker the publish comes from (`procbus.master.worker_publishes`), no target
+        when the options say ``include_self=False``.
 
         Raises ``TypeError`` before anything runs if an argument cannot be sent,
         ``ValueError`` if an option cannot be honoured (a target that does not
@@ -118,23 +122,30 @@ class TreePublisher:
             return
         timeout = self.deadline() if timeout is None else timeout
         template = protocol.PublishTemplate(channel, args, kwargs, timeout)
-        selection = self._select(options)
+        selection = self._select(options, origin)
         reply = TreeReply(channel, None, require=options.require)
         for outcome in self.bus.run_listeners(channel, *args, **kwargs):
             reply.master.append(outcome.result)
             if outcome.error is not None:
                 reply.master_errors.append(outcome.error)
-        self._send(template, reply, timeout, on_done, selection, targeted=options.targeted)
+        # A broadcast would reach the origin too: leaving it out names the targets.
+        leaves_out = origin is not None and not options.include_self
+        self._send(
+            template, reply, timeout, on_done, selection,
+            targeted=options.targeted or leaves_out,
+        )  # fmt: skip
 
     def _check_options(self, options: PublishOptions) -> None:
         if options.retain:
             raise ValueError("publish option retain is not built yet")
 
-    def _select(self, options: PublishOptions = DEFAULT) -> Selection:
+    def _select(
+        self, options: PublishOptions = DEFAULT, origin: WorkerProc | None = None
+    ) -> Selection:
         """The workers `options` name (`procbus.master.targeting`); ``ValueError`` if
         one does not exist."""
         targets, starting = self.pool.publish_targets()
-        return select(options, targets, starting, [slot.id for slot in self.pool.slots()])
+        return select(options, targets, starting, [s.id for s in self.pool.slots()], origin)
 
     def _on_master(self, channel: str, args: list[Any], kwargs: dict[str, Any]) -> TreeReply:
         reply = TreeReply(channel, None)
