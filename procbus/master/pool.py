@@ -129,7 +129,14 @@ class Pool:
     def publish_targets(self) -> tuple[list[WorkerProc], list[WorkerProc]]:
         """(workers a publish waits for, current workers not yet subscribed)."""
         targets, starting = [], []
-        for worker in self.current_workers():
+        slots, target = self.view.slots, self.view.target
+        # Once per publish: the loop of `current_workers` without its generator.
+        for index in sorted(slots):
+            if index > target:
+                break
+            worker = slots[index].current
+            if worker is None:
+                continue
             if worker.state is WorkerState.RUNNING:
                 targets.append(worker)
             elif worker.state in (WorkerState.BOOTING, WorkerState.STARTING):
