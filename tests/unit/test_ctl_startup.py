@@ -13,6 +13,9 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+from procbus import cli, ctl
 from tests.processes import ROOT
 
 HEAVY = ("procbus.bus", "procbus.master", "procbus.worker", "psutil", "logging")
@@ -131,3 +134,56 @@ def test_submodule_import_first_keeps_bus_the_instance() -> None:
             raise AssertionError("procbus.no_such_name did not raise")
         """
     )
+
+
+PARSED_ALIKE = [
+    ["ctl", "ping"],
+    ["ctl", "--ctl", "ipc:///tmp/a", "--ctl", "ipc:///tmp/b", "status", "--json"],
+    ["ctl", "--name", "status", "ping"],
+    ["ctl", "--na", "status", "ping"],
+    ["ctl", "--name=status", "ping", "--timeout", "3"],
+    ["ctl", "--json", "publish", "chan", "1", '"x"', "--kw", "a=1", "--to", "1,2"],
+    ["ctl", "--time", "2", "reload", "--batch", "2"],
+    ["ctl", "--runtime-dir", "/tmp/r", "watch", "--count", "3"],
+    ["ctl", "--rolling", "--ctl-file", "reload", "reload"],
+    ["ctl", "scale", "3", "--no-wait"],
+    ["ctl", "kill", "2", "--signal", "KILL"],
+]
+
+
+@pytest.mark.parametrize("argv", PARSED_ALIKE, ids=" ".join)
+def test_ctl_parser_built_for_one_command_parses_as_the_whole_one(argv: list[str]) -> None:
+    """The parser built for the command line alone reads it as the whole parser does.
+
+    Steps: parse `argv` with ``cli.build_parser()`` (every command) and with
+    ``cli.build_parser(argv)`` (only the command `command_in` finds; option
+    values that look like commands, abbreviations and ``--opt=value``
+    included).
+    Expected: the same namespace.
+    """
+    assert vars(cli.build_parser(argv).parse_args(argv)) == vars(
+        cli.build_parser().parse_args(argv)
+    )
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        (["ping"], "ping"),
+        (["--ctl", "status", "ping"], "ping"),
+        (["--cu", "status", "ping"], "ping"),
+        (["--json", "status"], "status"),
+        (["--", "ping"], None),
+        (["nonsense", "ping"], None),
+        (["--help"], None),
+        ([], None),
+    ],
+)
+def test_command_in_finds_the_command_word_or_none(words: list[str], expected: str | None) -> None:
+    """`ctl.command_in` skips options and their values; None when unsure.
+
+    Steps: call it on the words after ``procbus ctl``.
+    Expected: the command word, or None (before ``--``, for an unknown word,
+    for no command at all), when the whole parser is built instead.
+    """
+    assert ctl.command_in(words) == expected
