@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 import msgpack
@@ -154,12 +153,28 @@ _SCHEMAS: Final[dict[MsgType, dict[str, tuple[_Types, bool]]]] = {
 _ERROR_FIELDS: Final = ("type", "message", "listener", "traceback")
 
 
-@dataclass(frozen=True, slots=True)
 class Message:
-    """A decoded, validated message."""
+    """A decoded, validated message.
 
-    type: MsgType
-    body: dict[str, Any]
+    A plain class, not a dataclass: ``procbus ctl`` imports this module, and
+    `dataclasses` (with ``inspect``) would be a tenth of its start-up.
+    """
+
+    __slots__ = ("body", "type")
+
+    def __init__(self, type: MsgType, body: dict[str, Any]) -> None:
+        self.type: Final = type
+        self.body: Final = body
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self.type == other.type and self.body == other.body
+
+    __hash__ = None  # type: ignore[assignment]  # the body is a dict
+
+    def __repr__(self) -> str:
+        return f"Message(type={self.type!r}, body={self.body!r})"
 
     def __getitem__(self, field: str) -> Any:
         return self.body[field]
@@ -211,8 +226,7 @@ def pack(obj: Any) -> bytes:
         raise TypeError(f"{type(obj).__name__} value is not serializable: {exc}") from exc
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     """How much a decoded message may hold, whatever its size in bytes.
 
     msgpack is compact: one byte is an empty map, which costs about 64 bytes
