@@ -46,6 +46,8 @@ class ErrorCode(enum.StrEnum):
     """A bug in the master; the message says what."""
     UNREACHABLE = "unreachable"
     """Client side only: no answer from the master within the timeout."""
+    SKIPPED = "skipped"
+    """Client side only: not sent, a ``--rolling`` command stopped before this master."""
 
 
 class CommandError(Exception):
