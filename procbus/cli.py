@@ -8,45 +8,10 @@ imports what it needs when it runs.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
 from procbus._version import __version__
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """argparse's help formatter, without importing shutil to learn the width.
-
-    argparse makes one per ``add_argument`` (to check the metavar), and the
-    first imports shutil (with zlib, bz2, lzma): 2 ms of ``procbus ctl``'s
-    start-up. The width is found as ``shutil.get_terminal_size`` would.
-    """
-
-    def __init__(
-        self,
-        prog: str,
-        indent_increment: int = 2,
-        max_help_position: int = 24,
-        width: int | None = None,
-    ) -> None:
-        if width is None:
-            width = terminal_columns() - 2
-        super().__init__(prog, indent_increment, max_help_position, width)
-
-
-def terminal_columns() -> int:
-    """``$COLUMNS``, else the width of the terminal on stdout, else 80."""
-    try:
-        columns = int(os.environ.get("COLUMNS", "0"))
-    except ValueError:
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns or 80
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -62,7 +27,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="procbus",
         description="A multi-process bus for pre-fork hosting.",
-        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"procbus {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -75,7 +39,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     ctl_parser = commands.add_parser(
         "ctl",
-        formatter_class=HelpFormatter,
         help="drive a running master (status, publish, reload, ...)",
         description="Drive running masters. Exit status: 0 ok, 1 failed in the tree, "
         "2 usage error, 3 master unreachable.",
@@ -83,7 +46,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     ctl.build_parser(ctl_parser, only=ctl.command_in(argv[1:]) if argv and only_ctl else None)
     top_parser = commands.add_parser(
         "top",
-        formatter_class=HelpFormatter,
         help="live table of the workers, from the master's stats stream",
         description="A live table of the workers (q or Ctrl-C quits). Exit status: 0 ok, "
         "1 refused, 2 usage error, 3 master unreachable or silent.",
@@ -95,7 +57,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     _build_keys_parser(
         commands.add_parser(
             "keys",
-            formatter_class=HelpFormatter,
             help="CURVE keys for a tcp:// control endpoint",
             description="CURVE keys for a tcp:// control endpoint (layout: see procbus.keys). "
             "Exit status: 0 ok, 1 failed, 2 usage error.",
@@ -108,7 +69,6 @@ def _build_keys_parser(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     generate = actions.add_parser(
         "generate",
-        formatter_class=HelpFormatter,
         help="create the server key pair (if missing) and optionally a client key pair",
         description="Create DIR/server.key and DIR/server.key_secret if missing; with "
         "--client, a client key pair: its public key in DIR/clients/ROLE/NAME.key (allowed by "

@@ -152,12 +152,7 @@ def build_parser(parser: argparse.ArgumentParser, only: str | None = None) -> No
     for spec in COMMANDS.values():
         if only is not None and spec.name != only:
             continue
-        sub = commands.add_parser(
-            spec.name,
-            help=spec.help,
-            description=spec.help,
-            formatter_class=parser.formatter_class,
-        )
+        sub = commands.add_parser(spec.name, help=spec.help, description=spec.help)
         for param in spec.params:
             kind = int if param.kind is int else str
             if param.many:
@@ -177,9 +172,7 @@ def build_parser(parser: argparse.ArgumentParser, only: str | None = None) -> No
         add_global_options(sub)
     if only is not None and only != "watch":
         return
-    watch = commands.add_parser(
-        "watch", help="stream the master's events", formatter_class=parser.formatter_class
-    )
+    watch = commands.add_parser("watch", help="stream the master's events")
     watch.add_argument("--count", type=int, help="stop after this many events")
     watch.add_argument("--duration", type=float, help="stop after this many seconds")
     add_global_options(watch)

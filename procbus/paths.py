@@ -19,6 +19,7 @@ Layout of a runtime directory (``$XDG_RUNTIME_DIR/procbus/NAME``, else
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Final
 
@@ -39,8 +40,6 @@ def default_runtime_dir(name: str) -> Path:
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base and os.path.isdir(base):
         return Path(base) / "procbus" / name
-    import tempfile  # noqa: PLC0415 - with shutil, 2 ms of `procbus ctl --ctl E ...` otherwise
-
     return Path(tempfile.gettempdir()) / f"procbus-{os.getuid()}" / name
 
 

@@ -26,11 +26,9 @@ HEAVY = (
     "logging",
     "dataclasses",
     "inspect",
-    "shutil",
 )
 """Modules the ctl path must not import (``logging`` comes with the bus, ``inspect`` with
-``dataclasses``, ``shutil`` with argparse's help formatter or ``tempfile``: each costs
-milliseconds)."""
+``dataclasses``: each costs milliseconds)."""
 
 
 def imported_by(code: str) -> list[str]:
@@ -59,7 +57,7 @@ def test_ctl_ping_imports_neither_bus_nor_master_nor_psutil() -> None:
     "ipc://<missing>", "ping"])``, then list ``sys.modules``.
     Expected: exit status 3 (unreachable); procbus.ctl and procbus.client were
     imported (the path ran), and none of procbus.bus, procbus.master,
-    procbus.worker, psutil, logging, dataclasses, inspect, shutil.
+    procbus.worker, psutil, logging, dataclasses, inspect.
     """
     modules = imported_by(
         """
