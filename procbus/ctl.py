@@ -408,6 +408,11 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
         timeout = _checked_numbers(args, command)
         mode, max_failures = fleet_mode(args, command)
         endpoints = targets(args)
+        if command == "watch" and len(endpoints) > 1:
+            raise CommandError(
+                ErrorCode.BAD_ARGUMENTS,
+                f"watch follows one master, got {len(endpoints)} endpoints",
+            )
         curve = curve_keys(args, endpoints)
     except CommandError as exc:
         return _usage_error(exc.message, as_json, out, err)

@@ -50,8 +50,16 @@ def parsed(*argv: str) -> argparse.Namespace:
             "--rolling waits for each master's command to end: not with --no-wait",
         ),
         (["--ctl", A, "--ctl", B, "--ctl", A, "status"], f"endpoint {A!r} given twice"),
+        (["--ctl", A, "--ctl", B, "watch"], "watch follows one master, got 2 endpoints"),
     ],
-    ids=["max-failures -1", "max-failures alone", "rolling parallel", "rolling no-wait", "dup"],
+    ids=[
+        "max-failures -1",
+        "max-failures alone",
+        "rolling parallel",
+        "rolling no-wait",
+        "dup",
+        "watch fleet",
+    ],
 )
 def test_bad_fleet_option_is_a_usage_error_naming_it(argv: list[str], message: str) -> None:
     """Steps: run ``procbus ctl`` with the bad option (no master runs anywhere).
