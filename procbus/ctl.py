@@ -18,8 +18,8 @@ that fails, or with ``--max-failures K`` at the K+1th (the masters after it are
 reported as skipped). The output has one result per master, in the order
 given; the exit status is the largest of theirs (3 if one master was
 unreachable, even when the others answered). A duplicated endpoint, an empty
-or unreadable ``--ctl-file``, and ``--max-failures`` without ``--rolling`` are
-usage errors.
+or unreadable ``--ctl-file``, ``--max-failures`` without ``--rolling``, and
+``watch`` (one master's stream) with several endpoints are usage errors.
 A ``tcp://`` endpoint needs CURVE keys: ``--curve-keys DIR`` (or
 ``PROCBUS_CURVE_KEYS``) with ``DIR/server.key`` and the client's
 ``DIR/secret/NAME.key_secret``, NAME from ``--curve-client`` (or
