@@ -196,7 +196,7 @@ def test_admin_command_without_rolling_runs_on_every_master_whatever_fails(
 def test_fleet_over_curve_tcp_with_one_master_down() -> None:
     """Steps: three masters on CURVE tcp://127.0.0.1 and a tcp endpoint where nothing
     listens (last); ``--timeout 2 status --json``, then ``--rolling reload``, then
-    ``ping`` on the three live masters only.
+    ``ping`` on the three live masters listed in a ``--ctl-file``.
     Expected: status exits 3, the three masters' entries ok with their pids, the
     down one ``unreachable``; the roll reloads the three (generation 2) and stops
     at the down endpoint (exit 3); ping exits 0 with one pong line per master."""
@@ -213,7 +213,9 @@ def test_fleet_over_curve_tcp_with_one_master_down() -> None:
         roll = fleet.ctl("--timeout", "8", "--rolling", "reload", endpoints=endpoints)
         assert roll.returncode == 3, roll.stderr
         assert fleet.generations() == [2, 2, 2]
-        ping = fleet.ctl("ping")
+        listing = fleet.flags[0].parent / "fleet.txt"
+        listing.write_text("# the live masters\n" + "".join(f"{e}\n" for e in fleet.endpoints))
+        ping = procbus("ctl", "--ctl-file", str(listing), *fleet.options, "ping", timeout=60)
         assert ping.returncode == 0, ping.stderr
         assert [line.split("] ")[0] + "]" for line in ping.stdout.splitlines()] == [
             f"[{endpoint}]" for endpoint in fleet.endpoints
