@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 import msgpack
@@ -174,27 +173,29 @@ _ERROR_FIELDS: Final = ("type", "message", "listener", "traceback")
 
 
 class Message:
-    """A decoded, validated message (treat it as read-only).
+    """A decoded, validated message.
 
-    A plain class, not a frozen dataclass: one is made per message on the hot
-    paths, and a frozen dataclass's ``__init__`` costs three times as much.
+    A plain class, not a dataclass: one is made per message on the hot paths (a
+    frozen dataclass's ``__init__`` costs three times as much), and ``procbus
+    ctl`` imports this module (`dataclasses`, with ``inspect``, would be a tenth
+    of its start-up).
     """
 
     __slots__ = ("body", "type")
 
     def __init__(self, type: MsgType, body: dict[str, Any]) -> None:
-        self.type = type
-        self.body = body
-
-    def __repr__(self) -> str:
-        return f"Message(type={self.type!r}, body={self.body!r})"
+        self.type: Final = type
+        self.body: Final = body
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Message):
             return NotImplemented
         return self.type is other.type and self.body == other.body
 
-    __hash__ = None  # type: ignore[assignment]  # mutable body: not hashable, as before
+    __hash__ = None  # type: ignore[assignment]  # the body is a dict
+
+    def __repr__(self) -> str:
+        return f"Message(type={self.type!r}, body={self.body!r})"
 
     def __getitem__(self, field: str) -> Any:
         return self.body[field]
@@ -246,8 +247,7 @@ def pack(obj: Any) -> bytes:
         raise TypeError(f"{type(obj).__name__} value is not serializable: {exc}") from exc
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     """How much a decoded message may hold, whatever its size in bytes.
 
     msgpack is compact: one byte is an empty map, which costs about 64 bytes
