@@ -494,8 +494,8 @@ def test_a_reply_off_the_fast_path_is_still_judged_by_its_schema(
 
 
 @given(
-    st.integers(min_value=0, max_value=2**63),
-    st.lists(st.one_of(st.none(), st.integers(), st.text(max_size=8))),
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.lists(st.one_of(st.none(), st.integers(-(2**63), 2**64 - 1), st.text(max_size=8))),
     st.lists(
         st.fixed_dictionaries({f: st.text(max_size=8) for f in protocol._ERROR_FIELDS}),
         max_size=3,
