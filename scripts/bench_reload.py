@@ -99,7 +99,12 @@ def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 '''
-OPERATIONS: Final = {"procbus": ("reload", "restart", "upgrade"), "gunicorn": ("hup", "usr2")}
+OPERATIONS: Final = {
+    "procbus": ("reload", "hup", "rolling", "restart", "upgrade", "b4"),
+    "gunicorn": ("hup", "usr2"),
+}
+PROCBUS_COMMANDS: Final = {"rolling": ("reload", "--batch", "1"), "b4": ("reload", "--batch", "4")}
+"""procbus operations that are not a ``ctl`` command of the same name."""
 PR_SET_CHILD_SUBREAPER: Final = 36
 FAILURE_PAUSE: Final = 0.01
 """Seconds a client waits after a failed request, as a client retrying would."""
@@ -352,7 +357,11 @@ class ProcbusTree(Tree):
         return [int(json.loads(done.stdout)["master"]["pid"])]
 
     def operate(self, operation: str) -> list[str]:
-        done = self.ctl(operation)
+        if operation == "hup":  # the same command as ctl reload, without the ctl process
+            assert self.proc is not None
+            os.kill(self.proc.pid, signal.SIGHUP)
+            return []
+        done = self.ctl(*PROCBUS_COMMANDS.get(operation, (operation,)))
         if done.returncode == 0:
             return []
         output = (done.stdout + done.stderr).strip().replace("\n", " | ")
@@ -723,8 +732,32 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=5.0, help="client timeout, seconds (5)")
     parser.add_argument("--keep-alive", action="store_true", help="one connection per client")
     parser.add_argument("--only", choices=tuple(OPERATIONS), help="one server only")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        metavar="SERVER:OP",
+        help="only these cases, in this order (procbus:reload gunicorn:hup)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run the cases this many times, interleaved (1)"
+    )
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep the servers' logs in DIR")
     return parser.parse_args()
+
+
+def cases(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(server, operation) of each case to run, from ``--cases`` or ``--only``."""
+    if not args.cases:
+        servers = [args.only] if args.only else list(OPERATIONS)
+        return [(server, operation) for server in servers for operation in OPERATIONS[server]]
+    chosen = []
+    for text in args.cases:
+        server, _, operation = text.partition(":")
+        if operation not in OPERATIONS.get(server, ()):
+            known = ", ".join(f"{s}:{o}" for s, ops in OPERATIONS.items() for o in ops)
+            raise SystemExit(f"bench_reload: unknown case {text!r} (known: {known})")
+        chosen.append((server, operation))
+    return chosen
 
 
 def main() -> int:
@@ -748,11 +781,10 @@ def main() -> int:
         f"load {settings.before:g} s + at least {settings.seconds:g} s, "
         f"{os.cpu_count()} CPUs{'' if subreaper else ', not a subreaper'}"
     )
-    servers = [args.only] if args.only else list(OPERATIONS)
     results = [
         run_case(server, operation, settings, args.logs)
-        for server in servers
-        for operation in OPERATIONS[server]
+        for _ in range(args.repeat)
+        for server, operation in cases(args)
     ]
     print(HEADER)
     for result in results:
