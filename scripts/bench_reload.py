@@ -7,10 +7,14 @@ client threads for ``--before`` seconds, triggers one operation and keeps the
 load for at least ``--seconds`` more (longer while the workers are not all new
 yet, up to ``--settle`` seconds after the trigger). The cases:
 
-- procbus ``reload`` (rolling: a new worker runs before an old one drains),
-  ``restart`` (the master re-executes, keeping its sockets) and ``upgrade``
-  (a new master beside the old one, then the hand-over), each through a
-  ``procbus ctl`` process;
+- procbus ``reload`` (the surge, the default: the whole new generation
+  forked at once, the old one drained once it all runs), ``rolling``
+  (``reload --batch 1``: one new worker runs before its old one drains, one
+  at a time), ``b4`` (``reload --batch 4``), ``restart`` (the master
+  re-executes, keeping its sockets) and ``upgrade`` (a new master beside the
+  old one, then the hand-over), each through a ``procbus ctl`` process; and
+  ``hup``: SIGHUP to the master, the same reload as ``reload`` without the
+  ``ctl`` process's own start-up;
 - gunicorn (sync workers) ``hup`` (SIGHUP) and ``usr2``: USR2 to the master,
   wait for the new master (``PIDFILE.2``) and for its N workers to have
   imported the app, then WINCH and QUIT the old master. (gunicorn ignores
@@ -46,7 +50,8 @@ exits. Every case ends with TERM to every master (found from ``procbus ctl
 status`` or the pidfiles), a bounded wait, KILL to the whole session, and a
 wait for every process of the session that became a child of this one.
 
-Run: ``.venv/bin/python scripts/bench_reload.py [--workers 4] [--import-delay 0.5]``.
+Run: ``.venv/bin/python scripts/bench_reload.py [--workers 4] [--import-delay 0.5]``;
+``--cases procbus:hup gunicorn:hup --repeat 3`` runs only those, interleaved.
 """
 
 from __future__ import annotations
