@@ -203,3 +203,29 @@ def test_reload_batch_must_not_be_negative() -> None:
     """A reload_batch of -1 is refused, naming the value."""
     with pytest.raises(ValueError, match=r"^reload_batch must be >= 0, got -1$"):
         TreeSettings(reload_batch=-1)
+
+
+def test_a_master_exiting_midway_through_a_surge_aborts_it_and_every_worker_stops(
+    tree: FakeTree, processes: FakeProcesses, loop: EventLoop, clock: FakeClock
+) -> None:
+    """Steps: four running workers; their new workers take 3 s to boot; reload (surge);
+    the master starts exiting 1 s in; then the pool stops (as the master's exit does).
+    Expected: the job failed as aborted, at once (not at the boot timeout); no old
+    worker was signalled before the pool stopped; once it stopped, every process, old
+    and new, is gone and nothing more is forked; the reload is counted "failed"."""
+    old = serving(tree.pool)
+    for worker_id in range(1, WORKERS + 1):
+        processes.plan(worker_id, 2, Fate.RUN, after=3.0)
+    began = clock()
+    loop.call_later(1.0, lambda: setattr(tree, "exiting", True))
+    job = run_job(tree, "reload")
+    assert (job.state, job.error) == (JobState.FAILED, "aborted: the master is exiting")
+    assert clock() - began < POLICY.boot_timeout
+    for pid, _ in old.values():
+        assert processes.signalled(pid) == []
+    assert len(processes.by_pid) == 2 * WORKERS
+    tree.pool.deactivate()
+    assert loop.run_until(lambda: not processes.alive(), 10.0)
+    loop.run_until(lambda: False, 5.0)
+    assert len(processes.by_pid) == 2 * WORKERS
+    assert tree.pool.reload_results == {"failed": 1}
