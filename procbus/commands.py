@@ -133,8 +133,16 @@ COMMANDS: Final[Mapping[str, CommandSpec]] = _spec(
     CommandSpec(
         "reload",
         Role.ADMIN,
-        "rolling replacement of every worker, never below N",
-        options=(Option("batch", int, minimum=1, help="workers replaced at a time"),),
+        "replace every worker, never below N: the whole new generation at once, then the "
+        "old drains",
+        options=(
+            Option(
+                "batch",
+                int,
+                minimum=0,
+                help="workers replaced at a time (0: all at once; default: reload_batch)",
+            ),
+        ),
         job=True,
     ),
     CommandSpec(

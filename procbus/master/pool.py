@@ -195,8 +195,9 @@ class Pool:
         self.replan()
 
     def start_rollout(self, batch: int) -> Rollout:
-        """Start replacing every worker, `batch` at a time (the planner carries it out:
-        see `Rollout`); the rollout says when it is done or failed, and why."""
+        """Start replacing every worker, all at once (`batch` 0, the surge) or `batch` at
+        a time (the planner carries it out: see `Rollout`); the rollout says when it is
+        done or failed, and why."""
         if self.view.rollout is not None:
             raise RuntimeError("a rollout is already running")
         rollout = Rollout(tuple(slot.id for slot in self.slots()), batch)
