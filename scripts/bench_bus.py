@@ -19,10 +19,12 @@ Run: ``.venv/bin/python scripts/bench_bus.py [--listeners 1 10] [--repeat 21]``.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cherrypy.process import wspbus
@@ -82,7 +84,11 @@ def main() -> int:
     parser.add_argument("--number", type=int, default=20000, help="publishes per sample")
     parser.add_argument("--repeat", type=int, default=21, help="samples of each bus")
     parser.add_argument("--profile", action="store_true", help="profile procbus's publish")
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the medians (µs) to FILE"
+    )
     args = parser.parse_args()
+    found: dict[str, dict[str, float]] = {}
     print(
         f"Bus.publish on one channel, {args.repeat} samples of {args.number} publishes "
         "each, the two buses in turn (us per publish: median [fastest, slowest])"
@@ -97,6 +103,9 @@ def main() -> int:
         )
         ratio = medians["procbus"] / medians["wspbus"]
         print(f"  {count:3d} listener(s): {row}   ratio {ratio:.2f}x")
+        found[str(count)] = {name: median * 1e6 for name, median in medians.items()}
+    if args.json:
+        args.json.write_text(json.dumps(found))
     if args.profile:
         for count in args.listeners:
             profile(count)

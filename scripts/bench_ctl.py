@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from benchmaster import bench_master
 
@@ -90,6 +92,9 @@ def main() -> int:
     parser.add_argument("--cold", action="store_true", help="no bytecode cache for procbus")
     parser.add_argument(
         "--fleet", type=int, default=32, metavar="N", help="masters of the fleet run (0: none)"
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the medians (ms) to FILE"
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pbc-") as pycache:
@@ -149,12 +154,15 @@ def measure(args: argparse.Namespace, env: dict[str, str]) -> int:
         print("slowest imports of ctl --runtime-dir D ping (cumulative ms):")
         for micros, name in imports:
             print(f"  {micros / 1000:7.1f}  {name}")
+    found = {name: median * 1e3 for name, median in medians.items()}
     if args.fleet > 1:
-        measure_fleet(args.fleet, args.runs, env)
+        found.update(measure_fleet(args.fleet, args.runs, env))
+    if args.json:
+        args.json.write_text(json.dumps(found))
     return 0
 
 
-def measure_fleet(count: int, runs: int, env: dict[str, str]) -> None:
+def measure_fleet(count: int, runs: int, env: dict[str, str]) -> dict[str, float]:
     """``status`` on `count` masters at once, vs one master, vs one master after another."""
     procbus = [sys.executable, "-m", "procbus", "ctl"]
     print(f"starting {count} masters of 1 idle worker ...", flush=True)
@@ -191,6 +199,12 @@ def measure_fleet(count: int, runs: int, env: dict[str, str]) -> None:
         f"  {count} masters at once: {medians[names[1]] / one:.2f}x one master (goal <= 2x);"
         f" one by one: {medians[names[2]] / one:.2f}x"
     )
+    return {
+        "status, 1 master": one * 1e3,
+        "status, fleet at once": medians[names[1]] * 1e3,
+        "status, fleet one by one": medians[names[2]] * 1e3,
+        "fleet size": count,
+    }
 
 
 if __name__ == "__main__":

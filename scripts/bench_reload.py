@@ -78,7 +78,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import psutil
 
@@ -747,6 +747,9 @@ def parse_args() -> argparse.Namespace:
         "--repeat", type=int, default=1, help="run the cases this many times, interleaved (1)"
     )
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep the servers' logs in DIR")
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write each case's figures to FILE"
+    )
     return parser.parse_args()
 
 
@@ -797,7 +800,28 @@ def main() -> int:
     for result in results:
         print(detail(result))
     print(summary(results))
+    if args.json:
+        args.json.write_text(json.dumps([figures(result) for result in results]))
     return 0
+
+
+def figures(result: CaseResult) -> dict[str, Any]:
+    """One case's figures, for scripts/bench: seconds until every worker is new, failed
+    requests, the longest gap, and the steady p99 before the trigger."""
+    before = sorted(
+        s.end - s.start
+        for s in result.samples
+        if s.outcome is Outcome.OK and s.end < result.trigger
+    )
+    gap, _ = longest_gap(result)
+    return {
+        "case": f"{result.server}:{result.operation}",
+        "all_new_s": result.all_new,
+        "failed": sum(failures(result).values()),
+        "requests": len(result.samples),
+        "gap_ms": gap * 1e3,
+        "steady_p99_ms": (percentile(before, 0.99) or 0.0) * 1e3,
+    }
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ class Row:
         return [p / b for p, b in zip(self.procbus, self.baseline, strict=True) if b]
 
     def verdict(self) -> str:
+        if self.goal == "= 0":
+            return "met" if max(self.procbus) == 0 else "NOT met"
         if not self.goal or not self.ratios():
             return ""
         op, bound = self.goal.split()
@@ -152,8 +154,68 @@ def _publish_rows(runs: list[list[dict[str, Any]]]) -> list[Row]:
     return rows
 
 
+def _bus_commands(quick: bool) -> list[list[str]]:
+    number = "5000" if quick else "20000"
+    return [[str(SCRIPTS / "bench_bus.py"), "--number", number, "--json", "{json}"]]
+
+
+def _bus_rows(runs: list[list[dict[str, Any]]]) -> list[Row]:
+    return [
+        Row(f"in-process Bus.publish, {count} no-op listener{'s' if count != '1' else ''}",
+            [run[0][count]["procbus"] for run in runs], [run[0][count]["wspbus"] for run in runs],
+            "µs", "<= 1.0", "CherryPy wspbus")
+        for count in runs[0][0]
+    ]  # fmt: skip
+
+
+def _ctl_commands(quick: bool) -> list[list[str]]:
+    runs, fleet = ("8", "8") if quick else ("20", "32")
+    return [[str(SCRIPTS / "bench_ctl.py"), "--runs", runs, "--fleet", fleet,
+             "--json", "{json}"]]  # fmt: skip
+
+
+def _ctl_rows(runs: list[list[dict[str, Any]]]) -> list[Row]:
+    def series(name: str) -> list[float]:
+        return [float(run[0][name]) for run in runs]
+
+    size = int(runs[0][0]["fleet size"])
+    return [
+        Row("`procbus ctl ping`, whole process", series("procbus ctl --ctl EP ping"),
+            series('python -c "import zmq"'), "ms", "<= 1.3", '`python -c "import zmq"`'),
+        Row(f"`procbus ctl status` on {size} masters at once", series("status, fleet at once"),
+            series("status, 1 master"), "ms", "<= 2.0", "on one master"),
+    ]  # fmt: skip
+
+
+def _reload_commands(quick: bool) -> list[list[str]]:
+    timing = ["--before", "1", "--seconds", "2"] if quick else []
+    return [[str(SCRIPTS / "bench_reload.py"), "--keep-alive", *timing, "--cases",
+             "procbus:hup", "gunicorn:hup", "--json", "{json}"]]  # fmt: skip
+
+
+def _reload_rows(runs: list[list[dict[str, Any]]]) -> list[Row]:
+    def series(case: str, key: str) -> list[float]:
+        return [float(c[key] or 0.0) for run in runs for c in run[0] if c["case"] == case]
+
+    procbus, gunicorn = "procbus:hup", "gunicorn:hup"
+    return [
+        Row("`reload` (HUP, the surge) of 4 workers under keep-alive load: until all are new",
+            series(procbus, "all_new_s"), series(gunicorn, "all_new_s"), "s", "<= 1.0",
+            "gunicorn HUP"),
+        Row("failed requests during that reload", series(procbus, "failed"),
+            series(gunicorn, "failed"), "", "= 0", "gunicorn HUP"),
+        Row("longest gap without an answer during that reload", series(procbus, "gap_ms"),
+            series(procbus, "steady_p99_ms"), "ms", "<= 2.0", "procbus's steady p99"),
+        Row("gunicorn HUP's longest gap, for comparison", series(gunicorn, "gap_ms"),
+            series(gunicorn, "steady_p99_ms"), "ms", "", "gunicorn's steady p99"),
+    ]  # fmt: skip
+
+
 SECTIONS: dict[str, Section] = {
+    "bus": Section("bus", "In-process bus", _bus_commands, _bus_rows),
     "publish": Section("publish", "Tree publish", _publish_commands, _publish_rows),
+    "ctl": Section("ctl", "procbus ctl and a fleet", _ctl_commands, _ctl_rows),
+    "reload": Section("reload", "Reload against gunicorn", _reload_commands, _reload_rows),
 }
 
 
@@ -195,6 +257,8 @@ def render(rows: dict[str, list[Row]], quick: bool, repeat: int, seconds: float)
             ratio = f"{_median(ratios):.2f}{TIMES}{spread}" if ratios else ""
             baseline = f"{row.baseline_name}: {_figure(row.baseline, row.unit)}"
             goal = f"{row.goal.replace('<=', '≤').replace('>=', '≥')}{TIMES}" if row.goal else ""
+            if row.goal == "= 0":
+                goal = "0"
             lines.append(
                 f"| {row.what} | {_figure(row.procbus, row.unit)} | {baseline} | {ratio} "
                 f"| {goal} | {row.verdict()} |"
