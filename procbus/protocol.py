@@ -52,6 +52,10 @@ MAX_MESSAGE_SIZE: Final = 8 * 1024 * 1024
 larger frames before they are read."""
 
 BROADCAST_TOPIC: Final = b"*"
+ANSWERS_SUFFIX: Final = b"r"
+"""A worker's replies to publishes may come from a second DEALER, its listeners'
+thread's own, whose identity is the worker's topic followed by this (a topic ends
+with a dot: no topic ends with it)."""
 """The SUB topic every publish is sent under."""
 EVENT_TOPIC: Final = b"ev."
 """The topic of an event is this prefix and the event's name."""
@@ -298,6 +302,12 @@ def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
         # max_ext_len=0: msgpack itself refuses every extension with a payload, the
         # Timestamp it would otherwise decode without asking ext_hook included, at no
         # cost per object. ext_hook still refuses the empty ones.
+        if _within_limits(data, limits):
+            # Most messages (every publish and reply of the hot path): too short to
+            # exceed either bound, decoded without a hook call per container.
+            return msgpack.unpackb(
+                data, raw=False, strict_map_key=False, ext_hook=_refuse_ext, max_ext_len=0
+            )
         value = msgpack.unpackb(
             data,
             raw=False,
@@ -325,6 +335,21 @@ _CONTAINER_BYTES: Final = bytes([*range(0x80, 0xA0), *range(0xDC, 0xE0)])
 _NOT_CONTAINER_BYTES: Final = bytes(set(range(256)) - set(_CONTAINER_BYTES))
 """msgpack's map and array headers; any other byte is deleted when counting
 them (a string's bytes may look like headers too: the count is an upper bound)."""
+
+
+_SHORT: Final = 4096
+"""Bytes up to which `unpack` counts container headers before decoding: beyond,
+the count would cost more than the hooks it might save."""
+
+
+def _within_limits(data: bytes, limits: Limits) -> bool:
+    """Whether `data` cannot exceed `limits`, judged from its bytes alone: an element
+    costs at least a byte, and nesting needs a map or array header per level."""
+    return (
+        len(data) <= _SHORT
+        and len(data) <= limits.elements
+        and len(data.translate(None, _NOT_CONTAINER_BYTES)) <= limits.depth
+    )
 
 
 def beyond_limits(frame: bytes, limits: Limits) -> str | None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
 import traceback
 from collections.abc import Sequence
 from typing import Any
@@ -144,7 +145,21 @@ class WorkerLink:
         self.dealer.routing_id = self.topic
         self.dealer.connect(reply_endpoint)
 
+        # The listeners' thread answers publishes on a socket of its own
+        # (`procbus.worker.runner`): sockets are not thread-safe, and the I/O
+        # thread keeps `dealer`. The lock only orders a reply with `close`.
+        self.answers = context.socket(zmq.DEALER)
+        self.answers.linger = 1000
+        self.answers.sndhwm = 0
+        self.answers.routing_id = self.topic + protocol.ANSWERS_SUFFIX
+        self.answers.connect(reply_endpoint)
+        self._answers_lock = threading.Lock()
+        self._answers_open = True
+
     def close(self, linger: int | None = None) -> None:
+        with self._answers_lock:
+            self._answers_open = False
+            self.answers.close(linger)
         self.sub.disable_monitor()
         self.monitor.close(0)
         self.sub.close(0)
@@ -178,7 +193,8 @@ class WorkerLink:
         self.send(MsgType.HEARTBEAT, {"counters": counters, "bus": bus})
 
     def reply(self, seq: int, outcomes: Sequence[ListenerOutcome]) -> None:
-        """Answer publish `seq` with each listener's result or error.
+        """Answer publish `seq` with each listener's result or error, from the
+        listeners' thread, on `answers` (dropped once the link is closed).
 
         A result msgpack cannot carry becomes an error of its listener; a
         reply the master would refuse (too large for the wire, or holding more
@@ -213,7 +229,9 @@ class WorkerLink:
                     "errors": [error_record(ValueError(problem), "")],
                 },
             )
-        self.dealer.send(frame)
+        with self._answers_lock:
+            if self._answers_open:
+                self.answers.send(frame)
 
     def refuse(self, seq: int, reason: str) -> None:
         """Answer publish `seq`, whose listeners did not run, with a BacklogFull error."""

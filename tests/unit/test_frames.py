@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import zmq
 
-from procbus.frames import recv_two
+from procbus.frames import readable, recv_two
 
 
 @pytest.fixture
@@ -42,3 +42,17 @@ def test_messages_of_one_two_and_four_frames_keep_the_next_message_whole(
     assert recv_two(receiver) == (b"f", b"g", 2)
     with pytest.raises(zmq.Again):
         recv_two(receiver, zmq.NOBLOCK)
+
+
+def test_readable_says_whether_a_message_waits(
+    pair: tuple[zmq.Socket[Any], zmq.Socket[Any]],
+) -> None:
+    """Steps: ask before anything is sent, after one message, after reading it.
+    Expected: False, True, False."""
+    receiver, sender = pair
+    assert not readable(receiver)
+    sender.send_multipart([b"a", b"b"])
+    assert receiver.poll(1000)
+    assert readable(receiver)
+    recv_two(receiver)
+    assert not readable(receiver)

@@ -511,3 +511,37 @@ def test_encode_reply_is_what_encode_would_send(
     frame = protocol.encode_reply(seq, results, errors)
     assert frame == protocol.encode(MsgType.REPLY, body)
     assert protocol.decode(frame).body == body
+
+
+def _elements(value: Any) -> int:
+    """What `protocol.Limits.elements` counts: each container, plus its items (a map's
+    pairs count once each)."""
+    if isinstance(value, list):
+        return 1 + len(value) + sum(_elements(item) for item in value)
+    if isinstance(value, dict):
+        return 1 + len(value) + sum(_elements(item) for item in value.values())
+    return 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=json_like,
+    elements=st.integers(min_value=0, max_value=12),
+    depth=st.integers(min_value=0, max_value=4),
+)
+def test_unpack_refuses_exactly_what_exceeds_its_limits_on_either_path(
+    value: Any, elements: int, depth: int
+) -> None:
+    """Steps: random values under small limits (short frames take the path without
+    hooks when their bytes prove them within bounds; the others are counted).
+    Expected: refused if and only if the value holds more elements or nests deeper
+    than the limits; otherwise decoded to the same value."""
+    limits = protocol.Limits(elements=elements, depth=depth)
+    data = msgpack.packb(value, use_bin_type=True)
+    too_big = _elements(value) > elements or protocol.nesting(value) > depth
+    if too_big:
+        with pytest.raises(ProtocolError):
+            protocol.unpack(data, limits)
+    else:
+        decoded = protocol.unpack(data, limits)
+        assert msgpack.packb(decoded, use_bin_type=True) == data

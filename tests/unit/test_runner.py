@@ -188,3 +188,61 @@ def test_listeners_see_their_publish_deadline_and_none_outside(harness: Harness)
     (deadline,) = seen
     assert deadline is not None and before + 1.0 <= deadline <= after + 1.0
     assert publish_deadline() is None
+
+
+def test_with_an_answer_callback_the_runner_answers_itself_and_wakes_only_in_a_drain() -> None:
+    """Steps: a runner given an `answer` callback; publishes 1 and 2 submitted; then the
+    loop sets wake_on_answer (a drain) and publish 3 is submitted.
+    Expected: each publish is answered in order on the runner thread with its outcomes,
+    nothing waits in finished(), the backlog counts down to 0; the loop was woken only
+    for publish 3."""
+    bus = Bus()
+    bus.subscribe("ch", lambda n: n * 10)
+    answered: list[tuple[int, list[Any], str]] = []
+    wakes: list[int] = []
+
+    def answer(seq: int, outcomes: list[Any]) -> None:
+        answered.append((seq, [o.result for o in outcomes], threading.current_thread().name))
+
+    runner = ListenerRunner(bus, lambda: wakes.append(len(answered)), answer=answer)
+    runner.start()
+    try:
+        runner.submit([publish(1, "ch", 1), publish(2, "ch", 2)])
+        wait_until(lambda: runner.backlog == 0, 5)
+        assert wakes == []
+        runner.wake_on_answer = True
+        runner.submit([publish(3, "ch", 3)])
+        wait_until(lambda: runner.backlog == 0, 5)
+        assert answered == [(1, [10], "listeners"), (2, [20], "listeners"), (3, [30], "listeners")]
+        assert runner.finished() == []
+        wait_until(lambda: wakes == [3], 5)
+    finally:
+        runner.stop()
+        assert runner.join(5)
+
+
+def test_an_answer_that_raises_is_logged_and_the_runner_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Steps: an `answer` callback that raises for publish 1 (the link closed); publishes
+    1 and 2. Expected: the error is logged naming publish 1; publish 2 is still run and
+    answered; the backlog is 0."""
+    bus = Bus()
+    bus.subscribe("ch", lambda: None)
+    answered: list[int] = []
+
+    def answer(seq: int, outcomes: list[Any]) -> None:
+        if seq == 1:
+            raise RuntimeError("the link is closed")
+        answered.append(seq)
+
+    runner = ListenerRunner(bus, lambda: None, answer=answer)
+    runner.start()
+    try:
+        runner.submit([publish(1, "ch"), publish(2, "ch")])
+        wait_until(lambda: answered == [2], 5)
+        assert runner.backlog == 0
+        assert "could not answer publish 1" in caplog.text
+    finally:
+        runner.stop()
+        assert runner.join(5)
