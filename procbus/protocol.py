@@ -14,7 +14,7 @@ Who sends what::
                                    names its workers in ``to``: see below)
     master PUB  -> one worker SUB  DRAIN (topic frame: that worker's own topic)
     worker DEALER -> master ROUTER HELLO, STATE, HEARTBEAT, REPLY
-    master ROUTER -> worker DEALER WELCOME
+    master ROUTER -> worker DEALER WELCOME, RETAINED (see below)
     client DEALER -> master ROUTER CONTROL_REQUEST, answered by CONTROL_REPLY
     master XPUB -> watchers SUB    EVENT (topic frame: b"ev." and the event name)
 
@@ -28,6 +28,11 @@ instead would leave a hole in every other worker's sequence, a false gap.
 both without decoding the arguments: a worker that is no target pays for a few
 bytes, not for the body. A publish without ``to`` is the same frame as before
 the field existed.
+
+RETAINED takes the retained publishes (`procbus.master.retained`) to a new
+worker before it runs: PUBLISH frames as the workers got them, in publish
+order, several to a message; ``more`` says that the first snapshot goes on in
+the next message. The worker decodes each frame as it decodes one from SUB.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ class MsgType(enum.IntEnum):
     DRAIN = 10
     """Sent to one worker, in order with the publishes, when the master drains it:
     ``last_seq`` is the last publish sent before; those after are not for it."""
+    RETAINED = 16
+    """Retained publishes for a worker that is not a target yet (its PUBLISH frames)."""
 
 
 class WorkerBusState(enum.StrEnum):
@@ -149,6 +156,7 @@ _SCHEMAS: Final[dict[MsgType, dict[str, tuple[_Types, bool]]]] = {
     },
     MsgType.EVENT: {"event": (str, True), "time": (_NUMBER, True), "data": (dict, True)},
     MsgType.DRAIN: {"last_seq": (int, True)},
+    MsgType.RETAINED: {"frames": (list, True), "more": (bool, True)},
 }
 
 _ERROR_FIELDS: Final = ("type", "message", "listener", "traceback")
@@ -451,6 +459,12 @@ def validate(msg_type: MsgType, body: Mapping[str, Any]) -> None:
         raise ProtocolError(
             f"STATE field 'state' must be one of {', '.join(_BUS_STATES)}, got {body['state']!r}"
         )
+    elif msg_type is MsgType.RETAINED:
+        for frame in body["frames"]:
+            if not isinstance(frame, bytes):
+                raise ProtocolError(
+                    f"RETAINED field 'frames' must hold frames (bytes), got {type(frame).__name__}"
+                )
     elif msg_type is MsgType.HEARTBEAT and body.get("bus", BusState.STARTED) not in _BUS_NAMES:
         raise ProtocolError(
             f"HEARTBEAT field 'bus' must be one of {', '.join(_BUS_NAMES)}, got {body['bus']!r}"

@@ -8,7 +8,8 @@ later messages must come from the identity it said hello with), and hands
 each to its owner: the pool (`procbus.master.pool`: hello, state,
 heartbeats, subscriptions) or the relay (`procbus.master.relay`: replies to
 publishes). It sends each worker its WELCOME (from which publish on it is a
-target) and its DRAIN marker.
+target) and its DRAIN marker, and tells its `feed` (the retained publishes:
+`procbus.master.retainer`) when a worker says hello, is welcomed or is gone.
 
 This is the tree publish's hot path: one ``send`` per publish on the XPUB,
 one decode per reply, read to exhaustion before the loop looks elsewhere.
@@ -17,7 +18,7 @@ one decode per reply, read to exhaustion before the loop looks elsewhere.
 from __future__ import annotations
 
 import logging
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import zmq
 
@@ -42,6 +43,18 @@ _BATCH: Final = 1000
 _SUBSCRIBE: Final = b"\x01"
 
 
+class WorkerFeed(Protocol):
+    """What else a new worker is sent before it runs (`procbus.master.retainer.Retainer`)."""
+
+    def hello(self, worker: WorkerProc) -> None:
+        """`worker` said hello (its identity is known to the ROUTER now)."""
+
+    def welcome(self, worker: WorkerProc) -> None:
+        """`worker`'s WELCOME goes next (what is sent now comes before it)."""
+
+    def gone(self, worker: WorkerProc) -> None: ...
+
+
 class Hub:
     """Reads and writes the workers' sockets for the master (see the module docstring)."""
 
@@ -55,6 +68,7 @@ class Hub:
         self.relay = Relay(xpub, loop)
         self.dropped_messages = 0
         self._drop_log = LogThrottle(log, "dropped worker messages")
+        self.feed: WorkerFeed | None = None
 
     def on_xpub(self) -> None:
         """Subscriptions: a worker's own topic is the proof that it receives publishes."""
@@ -102,6 +116,8 @@ class Hub:
                 self._drop(identity, f"hello from an unknown worker (pid {message['pid']})")
                 return
             self.pool.hello(worker)
+            if self.feed is not None:
+                self.feed.hello(worker)
             return
         found = self.pool.by_topic.get(identity)
         if found is None or not found.hello:
@@ -117,7 +133,12 @@ class Hub:
 
     def welcome(self, worker: WorkerProc) -> None:
         """Tell a worker whose subscription is proven from which publish on it is a target."""
-        frame = protocol.encode(MsgType.WELCOME, {"next_seq": self.relay.next_seq})
+        if self.feed is not None:
+            self.feed.welcome(worker)
+        self.send(worker, protocol.encode(MsgType.WELCOME, {"next_seq": self.relay.next_seq}))
+
+    def send(self, worker: WorkerProc, frame: bytes) -> None:
+        """Send `frame` to `worker` on the ROUTER (dropped by ZeroMQ if it was never heard)."""
         self.router.send_multipart([worker.topic, frame])
 
     def drain(self, worker: WorkerProc) -> None:
@@ -125,4 +146,6 @@ class Hub:
         self.relay.send_drain(worker.topic)
 
     def worker_gone(self, worker: WorkerProc) -> None:
+        if self.feed is not None:
+            self.feed.gone(worker)
         self.relay.on_worker_gone(worker)

@@ -9,6 +9,12 @@ deadline passed. ``start``, ``stop`` and ``exit`` drive the bus and the pool
 instead of being forwarded; ``log`` and ``main`` stay on the master (neither
 takes ``require``, ``to`` or ``to_generation``).
 
+``retain`` makes the publish its channel's last word for every worker started
+later (`procbus.master.retainer`): checked before anything runs (a channel of
+the master's own, the store's bounds), kept once it went out; with ``clear``
+the channel's retained publish is dropped and nothing is published (the reply
+says in `TreeReply.cleared` whether there was one).
+
 ``to`` and ``to_generation`` choose the target workers
 (`procbus.master.targeting`): a worker or generation that does not exist is a
 ``ValueError`` before anything runs. The master's own listeners run whatever
@@ -39,6 +45,7 @@ from procbus.master.relay import (
     WorkerStatus,
     late_answer_fields,
 )
+from procbus.master.retainer import Retainer
 from procbus.master.targeting import Selection, select
 from procbus.publishing import DEFAULT, PublishOptions
 
@@ -48,6 +55,8 @@ LOCAL_CHANNELS: Final = frozenset({"log", "main"})
 """Channels that stay on the master."""
 POOL_CHANNELS: Final = frozenset({"start", "stop", "exit"})
 """Channels that drive the pool instead of being forwarded."""
+MASTER_CODE: Final = "master code"
+"""Who published, for a publish made by code in the master (``ctl retained`` shows it)."""
 
 
 class TreePublisher:
@@ -62,6 +71,7 @@ class TreePublisher:
         deadline: Callable[[], float],
         emit: Callable[..., None],
         request_exit: Callable[[], None],
+        retainer: Retainer | None = None,
     ) -> None:
         self.bus = bus
         self.pool = pool
@@ -70,6 +80,7 @@ class TreePublisher:
         """The default deadline of a publish (the ``publish_timeout`` setting)."""
         self.emit = emit
         self.request_exit = request_exit
+        self.retainer = retainer if retainer is not None else Retainer(emit)
         self._hub: Hub | None = None
 
     @property
@@ -80,8 +91,10 @@ class TreePublisher:
     @hub.setter
     def hub(self, hub: Hub | None) -> None:
         self._hub = hub
+        self.retainer.send = hub.send if hub is not None else None
         if hub is not None:
             hub.relay.on_late_answer = self._late_answer
+            hub.feed = self.retainer
 
     def _late_answer(self, reply: TreeReply, result: WorkerResult) -> None:
         self.emit("publish_late_answer", **late_answer_fields(reply, result))
@@ -95,15 +108,24 @@ class TreePublisher:
         timeout: float | None = None,
         on_done: Callable[[TreeReply], None] | None = None,
         options: PublishOptions = DEFAULT,
+        publisher: str = MASTER_CODE,
     ) -> None:
         """Start a tree publish; `on_done(reply)` is called from the loop once the
-        publish's requirement is decided (see `procbus.master.quorum`).
+        publish's requirement is decided (see `procbus.master.quorum`). `publisher` says
+        who publishes (kept with a retained publish).
 
         Raises ``TypeError`` before anything runs if an argument cannot be sent,
         ``ValueError`` if an option cannot be honoured (a target that does not
-        exist, an option a channel that stays on the master cannot take).
+        exist, an option a channel that stays on the master cannot take, a channel
+        that cannot be retained or a retained publish past the store's bounds).
         """
-        self._check_options(options)
+        if options.retain:
+            self.retainer.check(channel)
+            if options.clear:
+                reply = TreeReply(channel, None, cleared=self.retainer.clear(channel))
+                if on_done is not None:
+                    on_done(reply)
+                return
         args = list(args)
         kwargs = dict(kwargs or {})
         if channel in POOL_CHANNELS or channel in LOCAL_CHANNELS:
@@ -119,16 +141,21 @@ class TreePublisher:
         timeout = self.deadline() if timeout is None else timeout
         template = protocol.PublishTemplate(channel, args, kwargs, timeout)
         selection = self._select(options)
+        if options.retain:
+            self.retainer.check(channel, self._frame_size(template))
         reply = TreeReply(channel, None, require=options.require)
         for outcome in self.bus.run_listeners(channel, *args, **kwargs):
             reply.master.append(outcome.result)
             if outcome.error is not None:
                 reply.master_errors.append(outcome.error)
         self._send(template, reply, timeout, on_done, selection, targeted=options.targeted)
-
-    def _check_options(self, options: PublishOptions) -> None:
         if options.retain:
-            raise ValueError("publish option retain is not built yet")
+            assert reply.seq is not None
+            self.retainer.keep(channel, reply.seq, template.frame(reply.seq), publisher)
+
+    def _frame_size(self, template: protocol.PublishTemplate) -> int:
+        """The size of `template`'s frame as the next publish (its number's bytes too)."""
+        return len(template.frame(self.hub.relay.next_seq if self.hub else 0)) + 8
 
     def _select(self, options: PublishOptions = DEFAULT) -> Selection:
         """The workers `options` name (`procbus.master.targeting`); ``ValueError`` if

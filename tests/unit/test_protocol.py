@@ -36,6 +36,7 @@ VALID: dict[MsgType, dict[str, Any]] = {
     MsgType.CONTROL_REPLY: {"id": "r1", "ok": True, "result": True},
     MsgType.EVENT: {"event": "spawn", "time": 1.0, "data": {"worker": 1}},
     MsgType.DRAIN: {"last_seq": 41},
+    MsgType.RETAINED: {"frames": [b"\x01\x01\x85", b""], "more": False},
 }
 
 
@@ -74,6 +75,10 @@ def test_every_type_has_a_valid_example() -> None:
         (
             raw(1, 2, {"seq": 1, "results": [], "errors": [{"type": "E"}]}),
             "an error must map type, message, listener, traceback to strings",
+        ),
+        (
+            raw(1, 16, {"frames": [b"f", "text"], "more": True}),
+            "RETAINED field 'frames' must hold frames (bytes), got str",
         ),
         (
             bytes((1, 5)) + msgpack.packb({"counters": msgpack.ExtType(3, b"x")}),
