@@ -22,6 +22,9 @@ The app's life follows the worker's bus:
   started; the worker counts as running (the master's reload and start wait
   for it) only after ``lifespan.startup.complete``. ``lifespan.startup.failed``
   or an exception there is a boot failure (`procbus.worker.lifespan`);
+- then the tree's retained publishes run (`procbus.worker.catchup`: listeners
+  subscribed at import, at bus start or in the lifespan startup all exist by
+  then; async ones have the loop), and only then does it accept connections;
 - on ``stop``: stop accepting (`STOP_ACCEPTING_PRIORITY`), wait for the
   requests in flight (`DRAIN_PRIORITY`), the app's own ``stop`` listeners
   (default 50), then the lifespan ``shutdown`` (`LIFESPAN_SHUTDOWN_PRIORITY`),
@@ -235,6 +238,9 @@ class UvicornHost:
         previous, bus.awaiter = bus.awaiter, awaiter
         try:
             await self._start_lifespan()
+            if not self._stopping():
+                # Off the loop: an async retained listener runs on it meanwhile.
+                await asyncio.to_thread(self.ctx.apply_retained)
             if not self._stopping():
                 await self._listen(loop)
                 self.ctx.ready()

@@ -47,7 +47,7 @@ from procbus.protocol import BusState, Message, MsgType, WorkerBusState
 
 log = logging.getLogger("procbus.worker")
 
-_FROM_MASTER = frozenset({MsgType.WELCOME})
+_FROM_MASTER = frozenset({MsgType.WELCOME, MsgType.RETAINED})
 _ON_SUB = frozenset({MsgType.PUBLISH, MsgType.DRAIN})
 _CONTAINER_BYTES = bytes([*range(0x80, 0xA0), *range(0xDC, 0xE0)])
 _NOT_CONTAINER_BYTES = bytes(set(range(256)) - set(_CONTAINER_BYTES))
@@ -156,6 +156,9 @@ class WorkerLink:
         self.dealer = context.socket(zmq.DEALER)
         self.dealer.linger = 1000
         self.dealer.sndhwm = 0
+        # What the master sends before it runs (retained publishes, its WELCOME) waits
+        # here while the app loads: a full pipe would make the master's ROUTER drop them.
+        self.dealer.rcvhwm = 0
         self.dealer.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
         self.dealer.routing_id = self.topic
         self.dealer.connect(reply_endpoint)
@@ -343,7 +346,8 @@ class WorkerLink:
         return True
 
     def receive_command(self, flags: int = 0) -> Message | None:
-        """Read one message from the master on DEALER (a WELCOME).
+        """Read one message from the master on DEALER (a WELCOME, or RETAINED publishes:
+        see `procbus.worker.catchup`).
 
         With ``flags=zmq.NOBLOCK``, raises ``zmq.Again`` when none is waiting.
         A WELCOME sets the sequence only while the link has none (a new

@@ -9,8 +9,10 @@ loop in the main thread: publishes from the master arrive there and replies
 and heartbeats leave from there, on time, and signals arrive through a wake-up
 fd. The app runs in a second thread, the listeners of the master's publishes
 in a third (`procbus.worker.runner`), so a slow listener never silences the
-heartbeats. Asked to stop gracefully, the loop first answers every publish
-its master sent it before it decided to drain it (`procbus.worker.drain`).
+heartbeats. Before the app serves, the tree's retained publishes run there
+(`procbus.worker.catchup`): the worker says it runs only after them. Asked
+to stop gracefully, the loop first answers every publish its master sent it
+before it decided to drain it (`procbus.worker.drain`).
 
 Exit statuses are part of the contract with the master (`ExitCode`): a worker
 that cannot boot says so, so that the master backs off instead of forking in a
@@ -46,6 +48,7 @@ from procbus.privatedir import DirectoryId
 from procbus.protocol import BusState, Message, MsgType, WorkerBusState
 from procbus.worker.apps import WorkerApp, WorkerContext, load_app
 from procbus.worker.awaiter import no_event_loop
+from procbus.worker.catchup import CatchUp
 from procbus.worker.credentials import Credentials
 from procbus.worker.drain import MARKER_GRACE, Drain
 from procbus.worker.link import WorkerLink
@@ -183,6 +186,7 @@ class Worker:
         """The bus state its last heartbeat carried."""
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._runner = ListenerRunner(bus, self._wake)
+        self._catch_up = CatchUp(self._wake)
 
     # -- set-up right after fork ----------------------------------------
 
@@ -300,6 +304,7 @@ class Worker:
             bus=self.bus,
             sockets=spec.sockets,
             settings=spec.app_settings,
+            catch_up=self._catch_up.wait,
         )
         io_thread = threading.get_ident()
 
@@ -323,12 +328,9 @@ class Worker:
             return ExitCode.BOOT_FAILED
         ctx.on_ready = self._wake
         self._reports_ready = bool(getattr(app, "reports_ready", False))
+        self._runner.start()
         app_thread = threading.Thread(target=self._run_app, args=(app, ctx), name="app")
         app_thread.start()
-        if not self._reports_ready:
-            ctx.ready()
-        self._report_ready(link, ctx)
-        self._runner.start()
 
         code = self._loop(link, ctx)
 
@@ -341,6 +343,7 @@ class Worker:
         )
         ctx.stop_deadline = deadline
         ctx.stopping.set()
+        self._catch_up.abandon()
         # A quick stop (SIGQUIT, or the master gone) skips the drain: the
         # stop and exit listeners may wait for in-flight work.
         fast = code is ExitCode.ORPHANED or self.stop_requested == signal.SIGQUIT
@@ -368,6 +371,8 @@ class Worker:
 
     def _run_app(self, app: WorkerApp, ctx: WorkerContext) -> None:
         try:
+            if not self._reports_ready:
+                ctx.ready()  # after the retained publishes: before the app runs
             app(ctx)
         except BaseException as exc:
             self._app_outcome = exc
@@ -430,6 +435,7 @@ class Worker:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 512)
                 self._send_replies(link, ctx)
+                self._run_retained()
 
     def _beat(self, link: WorkerLink, ctx: WorkerContext) -> None:
         """A heartbeat: the counters, and the bus's state (sent early when that moves)."""
@@ -485,7 +491,10 @@ class Worker:
                 message = link.receive_command(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if message is not None and message.type is MsgType.WELCOME:
+            if message is not None and message.type is MsgType.RETAINED:
+                self._catch_up.receive(message)
+                self._run_retained()
+            elif message is not None and message.type is MsgType.WELCOME:
                 held = link.take_held()
                 for start in range(0, len(held), _BATCH):
                     self._submit(link, ctx, held[start : start + _BATCH])
@@ -503,15 +512,25 @@ class Worker:
             ctx.counters.add("publish_errors")
             link.refuse(seq, reason)
 
+    def _run_retained(self) -> None:
+        """Hand the retained publishes whose turn it is to the listener thread."""
+        messages = self._catch_up.to_run()
+        if messages:
+            self._runner.submit(messages, retained=True)
+
     def _send_replies(self, link: WorkerLink, ctx: WorkerContext) -> None:
-        """Answer every publish whose listeners ran (from the I/O thread: sockets are its own)."""
+        """Answer every publish whose listeners ran (from the I/O thread: sockets are its own);
+        a retained one's outcome goes to the catch-up instead."""
         for done in self._runner.finished():
             if done.raised is not None:
                 raise done.raised  # SystemExit or KeyboardInterrupt from a listener
             ctx.counters.add("publishes")
             if any(outcome.error is not None for outcome in done.outcomes):
                 ctx.counters.add("publish_errors")
-            link.reply(done.seq, done.outcomes)
+            if done.retained:
+                self._catch_up.ran(done.outcomes)
+            else:
+                link.reply(done.seq, done.outcomes)
 
     def _app_ended(self, link: WorkerLink) -> ExitCode:
         exc = self._app_outcome

@@ -159,6 +159,7 @@ def _abandon(tree: Tree, new: _Successor, generation: int) -> None:
     with contextlib.suppress(OSError):
         os.close(new.alive_fd)
     tree.lineage.remove_tree_sockets(generation)
+    tree.lineage.upgrade_failed()
     if not tree.pool.active and not tree.exiting:
         log.error("upgrade failed after the old workers drained: starting new ones")
         tree.bus.start()
