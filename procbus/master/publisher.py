@@ -122,6 +122,12 @@ class TreePublisher:
         if options.retain:
             self.retainer.check(channel)
             if options.clear:
+                args = list(args)
+                if args or kwargs:
+                    raise ValueError(
+                        f"clear takes no arguments: it drops {channel!r}'s retained publish"
+                        " and publishes nothing"
+                    )
                 reply = TreeReply(channel, None, cleared=self.retainer.clear(channel))
                 if on_done is not None:
                     on_done(reply)

@@ -200,6 +200,7 @@ def test_ctl_retained_lists_and_clear_drops_with_events() -> None:
         (["log", "x", "--retain"], "'log'"),
         (["procbus.metrics", "--retain"], "'procbus.metrics'"),
         (["feature.flags", "--clear"], "clear drops a retained publish: it needs retain"),
+        (["feature.flags", "on", "--retain", "--clear"], "clear takes no arguments"),
         (["feature.flags", "on", "--retain", "--to", "1"], "a retained publish goes to every"),
         (["feature.flags", "on", "--retain", "--to-generation", "1"], "every worker"),
     ],

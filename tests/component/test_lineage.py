@@ -9,11 +9,13 @@ outlive the first pool, as real ones outlive an exec.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import zmq
@@ -31,6 +33,7 @@ from procbus.master.handover import (
     Inherited,
     export,
 )
+from procbus.master.jobs import upgrade
 from procbus.master.lineage import Lineage
 from procbus.master.loop import EventLoop
 from procbus.master.pool import Pool
@@ -347,5 +350,27 @@ def test_an_upgrade_seals_the_retained_publishes_until_it_fails(
         with pytest.raises(ValueError, match=r"cannot change now: .*handed over"):
             line.retainer.check(channel, 10)
     line.lineage.upgrade_failed()
+    line.retainer.check("b", 10)
+    assert line.retainer.clear("a")
+
+
+def test_an_upgrade_that_cannot_start_its_successor_unseals_the_retained_publishes(
+    pool: Pool, make_line: Callable[[Pool, int], Line], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps: retain a; an upgrade whose fork of the new master fails.
+    Expected: the upgrade raises the fork's error; this master serves on and may retain
+    and clear again (the store is not left sealed)."""
+    line = make_line(pool, 2)
+    retain(line, "a", 1)
+
+    def no_fork(*args: object) -> None:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(upgrade, "spawn_successor", no_fork)
+    tree = SimpleNamespace(
+        lineage=line.lineage, bus=SimpleNamespace(exec_args=lambda: ("python", ["python"]))
+    )
+    with pytest.raises(OSError, match="Resource temporarily unavailable"):
+        upgrade.upgrade_tree(tree, None)  # type: ignore[arg-type]
     line.retainer.check("b", 10)
     assert line.retainer.clear("a")

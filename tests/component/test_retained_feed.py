@@ -96,6 +96,21 @@ def test_clear_drops_it_publishes_nothing_and_says_whether_there_was_one(
     assert replies[0].to_dict()["cleared"] is True
 
 
+@pytest.mark.parametrize(("args", "kwargs"), [(["on"], {}), ([], {"value": "on"})])
+def test_a_clear_with_arguments_is_refused_and_keeps_the_retained_publish(
+    wired: Wired, args: list[object], kwargs: dict[str, object]
+) -> None:
+    """Steps: retain 'flags'; clear 'flags' giving an argument (positional, keyword).
+    Expected: ValueError in one line (a clear publishes nothing: an argument is a
+    mistake, perhaps a publish meant); 'flags' is still kept, nothing more was sent."""
+    wired.run_worker()
+    wired.publisher.publish_async("flags", ["on"], options=RETAIN)
+    with pytest.raises(ValueError, match="clear takes no arguments"):
+        wired.publisher.publish_async("flags", args, kwargs, options=CLEAR)
+    assert [p.channel for p in wired.retainer.store] == ["flags"]
+    assert wired.hub.relay.sent == 1
+
+
 @pytest.mark.parametrize("channel", ["start", "stop", "exit", "log", "main", "procbus.metrics"])
 def test_retain_on_the_masters_own_channels_is_refused_before_anything_runs(
     wired: Wired, channel: str
