@@ -125,8 +125,8 @@ class TreePublisher:
                 args = list(args)
                 if args or kwargs:
                     raise ValueError(
-                        f"clear takes no arguments: it drops {channel!r}'s retained publish"
-                        " and publishes nothing"
+                        "clear takes no arguments: it drops the retained publish of"
+                        f" {channel!r} and publishes nothing"
                     )
                 reply = TreeReply(channel, None, cleared=self.retainer.clear(channel))
                 if on_done is not None:
