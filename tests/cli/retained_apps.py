@@ -14,10 +14,14 @@ point a listener may appear before the worker serves.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from procbus import bus
+
+# A slow boot (a real app's imports): a publish can be retained while a worker starts.
+time.sleep(float(os.environ.get("PROCBUS_TEST_IMPORT_DELAY", "0")))
 
 flags = "unset"
 

@@ -38,8 +38,9 @@ def ctl(master: MasterProcess, *args: str) -> subprocess.CompletedProcess[str]:
     return procbus("ctl", "--ctl", master.endpoint, *args)
 
 
-def serving(apps: Apps, workers: int, *args: str) -> Any:
-    """``procbus run`` of the flags app of `apps`' interface (see `tests.cli.retained_apps`)."""
+def serving(apps: Apps, workers: int, *args: str, import_delay: float = 0.0) -> Any:
+    """``procbus run`` of the flags app of `apps`' interface (see `tests.cli.retained_apps`),
+    whose import takes `import_delay` seconds."""
     asgi = apps is ASGI_APPS
     return running(
         ASGI_APP if asgi else WSGI_APP,
@@ -47,7 +48,10 @@ def serving(apps: Apps, workers: int, *args: str) -> Any:
         "127.0.0.1:0",
         *args,
         workers=workers,
-        env={"PROCBUS_TEST_INTERFACE": "asgi" if asgi else "wsgi"},
+        env={
+            "PROCBUS_TEST_INTERFACE": "asgi" if asgi else "wsgi",
+            "PROCBUS_TEST_IMPORT_DELAY": str(import_delay),
+        },
     )
 
 
@@ -86,6 +90,32 @@ def test_a_respawned_worker_serves_the_retained_flags_from_its_first_answer(apps
         flags, new_pid = first_answer_of_a_new_worker(proc, {pid})
         assert flags == "on"
         assert proc.wait_running(1)[0]["pid"] == new_pid
+
+
+@each_interface
+def test_a_publish_retained_while_a_worker_starts_is_its_first_answer(apps: Apps) -> None:
+    """Steps: one worker whose app takes 1.5 s to import; publish feature.flags "one"
+    with retain; kill the worker; while the new one starts (it said hello: it has
+    its snapshot, "one"), publish feature.flags "two" with retain.
+    Expected: the second publish does not wait for the starting worker (it is
+    reported starting); the new worker's first answer says "two" (the last word,
+    run after "one", not before it), and the store holds "two" alone."""
+    with serving(apps, 1, import_delay=1.5) as proc:
+        retain(proc, "one")
+        (worker,) = proc.workers()
+        os.kill(worker["pid"], signal.SIGKILL)
+
+        def starting() -> bool:
+            (slot,) = proc.workers()
+            return slot["pid"] not in (None, worker["pid"]) and slot["state"] == "starting"
+
+        wait_until(starting, 20)
+        reply = retain(proc, "two")
+        assert [w["status"] for w in reply["workers"].values()] in ([], ["starting"]), reply
+        flags, _ = first_answer_of_a_new_worker(proc, {worker["pid"]})
+        assert flags == "two"
+        listed = proc.call("retained")["retained"]
+        assert [(e["channel"], e["seq"]) for e in listed] == [("feature.flags", reply["seq"])]
 
 
 def test_workers_added_by_a_scale_up_serve_the_retained_flags_from_their_first_answer() -> None:
