@@ -165,6 +165,31 @@ def test_a_failing_retained_listener_makes_a_respawn_fail_to_boot_with_backoff()
         assert [w["status"] for w in again["workers"].values()] == ["ok"]
 
 
+@each_interface
+def test_a_failing_retained_listener_fails_a_hosted_workers_boot(apps: Apps) -> None:
+    """Steps: one hosted worker (ASGI: its listener subscribed in the lifespan startup, an
+    ``async def`` one); publish feature.flags "fail" with retain; kill the worker.
+    Expected: the new workers fail to boot, one after the other with backoff, the last
+    error naming the channel and the listener in one line; the port answers nothing
+    from them meanwhile (no request is served without the flags)."""
+    with serving(apps, 1) as proc:
+        (worker,) = proc.workers()
+        retain(proc, "fail")
+        os.kill(worker["pid"], signal.SIGKILL)
+
+        def failed_twice() -> dict[str, Any] | None:
+            (slot,) = proc.workers()
+            return slot if slot["restarts"] >= 2 and slot["last_error"] else None
+
+        slot = wait_until(failed_twice, 30)
+        error = slot["last_error"]
+        assert "retained publish on 'feature.flags' failed in listener" in error, error
+        assert "set_flags" in error and "these flags make no sense" in error
+        assert "\n" not in error
+        with pytest.raises(OSError):
+            proc.get("/", timeout=0.5)
+
+
 def test_a_reload_whose_new_workers_fail_their_retained_publish_rolls_back() -> None:
     """Steps: two generic workers; publish feature.flags "fail" with retain; reload.
     Expected: the reload fails naming the channel and the listener; the old workers
