@@ -24,7 +24,9 @@ The app's life follows the worker's bus:
   or an exception there is a boot failure (`procbus.worker.lifespan`);
 - then the tree's retained publishes run (`procbus.worker.catchup`: listeners
   subscribed at import, at bus start or in the lifespan startup all exist by
-  then; async ones have the loop), and only then does it accept connections;
+  then; async ones have the loop), and only then does it accept connections.
+  One that fails is a boot failure too, after the lifespan ``shutdown`` (the
+  app started: what it opened is closed);
 - on ``stop``: stop accepting (`STOP_ACCEPTING_PRIORITY`), wait for the
   requests in flight (`DRAIN_PRIORITY`), the app's own ``stop`` listeners
   (default 50), then the lifespan ``shutdown`` (`LIFESPAN_SHUTDOWN_PRIORITY`),
@@ -239,8 +241,7 @@ class UvicornHost:
         try:
             await self._start_lifespan()
             if not self._stopping():
-                # Off the loop: an async retained listener runs on it meanwhile.
-                await asyncio.to_thread(self.ctx.apply_retained)
+                await self._apply_retained()
             if not self._stopping():
                 await self._listen(loop)
                 self.ctx.ready()
@@ -266,6 +267,17 @@ class UvicornHost:
             self._not_accepting.set()
             self._drained.set()
             self._finished.set()
+
+    async def _apply_retained(self) -> None:
+        """The tree's retained publishes (`WorkerContext.apply_retained`), off the loop: an
+        async retained listener runs on it meanwhile. When one fails (a boot failure), the
+        app's lifespan, which started, is shut down first (within `graceful_timeout`)."""
+        try:
+            await asyncio.to_thread(self.ctx.apply_retained)
+        except StartupError:
+            self._deadline = time.monotonic() + self.graceful_timeout
+            await self._lifespan_shutdown()
+            raise
 
     async def _start_lifespan(self) -> None:
         """The lifespan startup, given up if the worker is stopped meanwhile."""

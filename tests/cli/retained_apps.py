@@ -24,6 +24,8 @@ from procbus import bus
 time.sleep(float(os.environ.get("PROCBUS_TEST_IMPORT_DELAY", "0")))
 
 flags = "unset"
+SHUTDOWN_FILE = os.environ.get("PROCBUS_TEST_SHUTDOWN_FILE")
+"""The ASGI app appends its pid there on its lifespan shutdown."""
 
 
 def set_flags(value: str) -> str:
@@ -53,6 +55,9 @@ async def flagged_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 bus.subscribe("feature.flags", set_flags_async)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if SHUTDOWN_FILE:
+                    with open(SHUTDOWN_FILE, "a") as shutdowns:
+                        shutdowns.write(f"{os.getpid()}\n")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     elif scope["type"] == "http":

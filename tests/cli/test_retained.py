@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -38,9 +39,15 @@ def ctl(master: MasterProcess, *args: str) -> subprocess.CompletedProcess[str]:
     return procbus("ctl", "--ctl", master.endpoint, *args)
 
 
-def serving(apps: Apps, workers: int, *args: str, import_delay: float = 0.0) -> Any:
+def serving(
+    apps: Apps,
+    workers: int,
+    *args: str,
+    import_delay: float = 0.0,
+    env: dict[str, str] | None = None,
+) -> Any:
     """``procbus run`` of the flags app of `apps`' interface (see `tests.cli.retained_apps`),
-    whose import takes `import_delay` seconds."""
+    whose import takes `import_delay` seconds; `env` added to its environment."""
     asgi = apps is ASGI_APPS
     return running(
         ASGI_APP if asgi else WSGI_APP,
@@ -51,6 +58,7 @@ def serving(apps: Apps, workers: int, *args: str, import_delay: float = 0.0) -> 
         env={
             "PROCBUS_TEST_INTERFACE": "asgi" if asgi else "wsgi",
             "PROCBUS_TEST_IMPORT_DELAY": str(import_delay),
+            **(env or {}),
         },
     )
 
@@ -166,13 +174,18 @@ def test_a_failing_retained_listener_makes_a_respawn_fail_to_boot_with_backoff()
 
 
 @each_interface
-def test_a_failing_retained_listener_fails_a_hosted_workers_boot(apps: Apps) -> None:
+def test_a_failing_retained_listener_fails_a_hosted_workers_boot(
+    apps: Apps, tmp_path: Path
+) -> None:
     """Steps: one hosted worker (ASGI: its listener subscribed in the lifespan startup, an
     ``async def`` one); publish feature.flags "fail" with retain; kill the worker.
     Expected: the new workers fail to boot, one after the other with backoff, the last
     error naming the channel and the listener in one line; the port answers nothing
-    from them meanwhile (no request is served without the flags)."""
-    with serving(apps, 1) as proc:
+    from them meanwhile (no request is served without the flags); an ASGI app whose
+    lifespan started is shut down before its worker ends."""
+    shutdowns = tmp_path / "shutdowns"
+    env = {"PROCBUS_TEST_SHUTDOWN_FILE": str(shutdowns)}
+    with serving(apps, 1, env=env) as proc:
         (worker,) = proc.workers()
         retain(proc, "fail")
         os.kill(worker["pid"], signal.SIGKILL)
@@ -188,6 +201,8 @@ def test_a_failing_retained_listener_fails_a_hosted_workers_boot(apps: Apps) -> 
         assert "\n" not in error
         with pytest.raises(OSError):
             proc.get("/", timeout=0.5)
+        if apps is ASGI_APPS:
+            assert len(shutdowns.read_text().split()) >= 2  # the failed ones, not the killed
 
 
 def test_a_reload_whose_new_workers_fail_their_retained_publish_rolls_back() -> None:
