@@ -32,6 +32,8 @@ class FlagsApp:
     def __init__(self) -> None:
         self.seen: list[tuple[str, Any]] = []
         self.at_serving: list[tuple[str, Any]] | None = None
+        self.serving = threading.Event()
+        """Set once `at_serving` is (the worker may say it runs a moment before)."""
         self.gate = threading.Event()
         self.gate.set()
         self.blocked = threading.Event()
@@ -49,6 +51,7 @@ class FlagsApp:
         ctx.bus.subscribe("limits", lambda value: self.seen.append(("limits", value)))
         ctx.ready()
         self.at_serving = list(self.seen)
+        self.serving.set()
         ctx.stopping.wait()
 
 
@@ -77,6 +80,7 @@ def test_retained_publishes_run_in_publish_order_before_the_worker_runs(
     snapshot = [publish(1, "limits", 3), publish(2, "flags", "on"), publish(3, "nobody", 1)]
     served.start(snapshot)
     served.expect(MsgType.STATE, state="running")
+    assert app.serving.wait(10)
     assert app.at_serving == [("limits", 3), ("flags", "on")]
     served.master.wait_subscribed(served.link, nudge=False)
     served.master.welcome(served.link.topic, 4)
@@ -102,6 +106,7 @@ def test_a_publish_retained_while_the_worker_starts_runs_once_before_it_runs(
     served.master.publish(5, "flags", "new")
     app.gate.set()
     served.expect(MsgType.STATE, state="running")
+    assert app.serving.wait(10)
     assert app.at_serving == [("flags", "old"), ("flags", "new")]
     served.master.welcome(served.link.topic, 6)
     served.master.publish(6, "limits", 1)
@@ -134,9 +139,11 @@ def test_a_worker_app_that_does_not_report_ready_runs_after_its_catch_up(
     runs."""
     seen: list[Any] = []
     at_start: list[list[Any]] = []
+    started = threading.Event()
 
     def main(ctx: WorkerContext) -> None:
         at_start.append(list(seen))
+        started.set()
         ctx.stopping.wait()
 
     served = Served(tmp_path, app=main)
@@ -144,6 +151,7 @@ def test_a_worker_app_that_does_not_report_ready_runs_after_its_catch_up(
         served.worker.bus.subscribe("flags", seen.append)
         served.start([publish(1, "flags", "on")])
         served.expect(MsgType.STATE, state="running")
+        assert started.wait(10)
         assert at_start == [["on"]]
     finally:
         served.close()
