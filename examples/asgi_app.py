@@ -4,6 +4,7 @@
     cd examples && procbus run asgi_app:app --workers 2
     curl http://127.0.0.1:8000/worker               # which worker answered
     curl http://127.0.0.1:8000/items/42             # cached per worker
+    curl -X DELETE http://127.0.0.1:8000/items/42   # one worker tells every worker to drop it
     procbus ctl publish cache.clear                 # every worker drops its cache and says so
 
 Each worker imports this module after fork and serves ``app`` with uvicorn.
@@ -22,6 +23,15 @@ exception) is this worker's answer in the tree publish::
     WORKER  PID    STATUS  RESULT
     1       20048  ok      [{'worker': 1, 'pid': 20048, 'dropped': 3}]
     2       20051  ok      [{'worker': 2, 'pid': 20051, 'dropped': 1}]
+
+``DELETE /items/{key}`` is the same publish made by the worker that serves the
+request (``await procbus.tree.apublish``: the master runs it as its own tree
+publish, this worker included, and the request awaits every worker's answer
+without blocking the event loop)::
+
+    $ curl -X DELETE http://127.0.0.1:8000/items/42
+    {"ok":true,"workers":{"1":[{"worker":1,"pid":20048,"dropped":1}],
+                          "2":[{"worker":2,"pid":20051,"dropped":0}]}}
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from procbus import bus
+from procbus import bus, tree
 from procbus.worker.apps import current_context
 
 CACHE: dict[str, Any] = {}
@@ -91,6 +101,13 @@ async def item(request: Request) -> JSONResponse:
     return JSONResponse(CACHE[key])
 
 
+async def invalidate(request: Request) -> JSONResponse:
+    """Drop an item from every worker's cache: a tree publish from this worker."""
+    reply = await tree.apublish("cache.clear", request.path_params["key"], timeout=5)
+    workers = {wid: result.results for wid, result in reply.workers.items()}
+    return JSONResponse({"ok": reply.ok, "workers": workers}, status_code=200 if reply.ok else 502)
+
+
 async def health(request: Request) -> Response:
     return PlainTextResponse("ok")
 
@@ -109,6 +126,7 @@ app = Starlette(
         Route("/", page),
         Route("/worker", worker),
         Route("/items/{key}", item),
+        Route("/items/{key}", invalidate, methods=["DELETE"]),
         Route("/health", health),
         Route("/boom", boom),
     ],

@@ -302,9 +302,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
         elif not reply.get("ok"):  # the JSON document goes to stdout, the one line here
             from procbus.render import printable  # noqa: PLC0415
 
-            message = (reply.get("error") or {}).get("message", "failed")
             prefix = f"[{endpoint}] " if len(endpoints) > 1 else ""
-            print(printable(f"{prefix}procbus ctl {command}: {message}"), file=err)
+            print(printable(_error_line(prefix, command, reply)), file=err)
         if rolling and code != EXIT_OK:
             break
     if as_json:
@@ -328,6 +327,14 @@ def _error_document(reply: dict[str, Any]) -> dict[str, Any]:
     if reply.get("result") is not None:
         document["result"] = reply["result"]
     return document
+
+
+def _error_line(prefix: str, command: str, reply: dict[str, Any]) -> str:
+    """The one line for a refused command (its name once, though the master's message
+    may start with it too)."""
+    message = str((reply.get("error") or {}).get("message", "failed"))
+    message = message.removeprefix(f"{command}: ")
+    return f"{prefix}procbus ctl {command}: {message}"
 
 
 def _usage_error(message: str, as_json: bool, out: TextIO, err: TextIO) -> int:
@@ -363,9 +370,7 @@ def _print_human(
     prefix = f"[{endpoint}] " if endpoint else ""
     colour = out.isatty() and os.environ.get("NO_COLOR") is None
     if not reply.get("ok"):
-        error = reply.get("error") or {}
-        line = f"{prefix}procbus ctl {command}: {error.get('message', 'failed')}"
-        print(render.printable(line), file=err)
+        print(render.printable(_error_line(prefix, command, reply)), file=err)
         if reply.get("result") is not None:
             out.write(render.render(command, reply["result"], colour))
         return

@@ -66,3 +66,20 @@ class QuorumError(ProcbusError):
     `TreeReply.raise_for_failures` raises; its message says why (too many
     targets failed, or fewer targets than required).
     """
+
+
+class TreePublishError(ProcbusError):
+    """The master refused a worker's tree publish (`procbus.tree.publish`), or could not
+    send its reply back.
+
+    `code` is the refusal's stable error code (``procbus.commands.ErrorCode``'s
+    value: ``forbidden`` for a channel a worker cannot publish, ``bad_arguments``
+    for a bad option, timeout or target, ``unavailable`` when the worker has too
+    many tree publishes in flight or the master is exiting, ``failed`` when the
+    reply cannot travel back); the message is the master's one line.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

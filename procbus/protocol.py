@@ -13,8 +13,8 @@ Who sends what::
     master PUB  -> worker SUB      PUBLISH (topic frame b"*" first; a targeted one
                                    names its workers in ``to``: see below)
     master PUB  -> one worker SUB  DRAIN (topic frame: that worker's own topic)
-    worker DEALER -> master ROUTER HELLO, STATE, HEARTBEAT, REPLY
-    master ROUTER -> worker DEALER WELCOME, RETAINED (see below)
+    worker DEALER -> master ROUTER HELLO, STATE, HEARTBEAT, REPLY, TREE_PUBLISH
+    master ROUTER -> worker DEALER WELCOME, RETAINED, TREE_REPLY (see below)
     client DEALER -> master ROUTER CONTROL_REQUEST, answered by CONTROL_REPLY
     master XPUB -> watchers SUB    EVENT (topic frame: b"ev." and the event name)
 
@@ -28,6 +28,12 @@ instead would leave a hole in every other worker's sequence, a false gap.
 both without decoding the arguments: a worker that is no target pays for a few
 bytes, not for the body. A publish without ``to`` is the same frame as before
 the field existed.
+
+A publish can start in a worker too (`procbus.tree`): the worker sends a
+TREE_PUBLISH (a number of its own, the channel, arguments, timeout and
+options), the master runs it as its own tree publish and answers with a
+TREE_REPLY holding the same number and either the tree's reply (as
+``TreeReply.to_dict`` gives it) or an error ``{code, message}``.
 
 RETAINED takes the retained publishes (`procbus.master.retained`) to a new
 worker before it runs: PUBLISH frames as the workers got them, in publish
@@ -75,6 +81,10 @@ class MsgType(enum.IntEnum):
     DRAIN = 10
     """Sent to one worker, in order with the publishes, when the master drains it:
     ``last_seq`` is the last publish sent before; those after are not for it."""
+    TREE_PUBLISH = 11
+    """A worker asks the master to publish on the whole tree (`procbus.tree`)."""
+    TREE_REPLY = 12
+    """The master's answer to one TREE_PUBLISH: the tree's reply, or an error."""
     RETAINED = 16
     """Retained publishes for a worker that is not a target yet (its PUBLISH frames)."""
 
@@ -156,6 +166,15 @@ _SCHEMAS: Final[dict[MsgType, dict[str, tuple[_Types, bool]]]] = {
     },
     MsgType.EVENT: {"event": (str, True), "time": (_NUMBER, True), "data": (dict, True)},
     MsgType.DRAIN: {"last_seq": (int, True)},
+    MsgType.TREE_PUBLISH: {
+        "id": (int, True),
+        "channel": (str, True),
+        "args": (list, True),
+        "kwargs": (dict, True),
+        "timeout": (_NUMBER, False),
+        "options": (dict, False),
+    },
+    MsgType.TREE_REPLY: {"id": (int, True), "reply": (dict, False), "error": (dict, False)},
     MsgType.RETAINED: {"frames": (list, True), "more": (bool, True)},
 }
 
@@ -292,6 +311,35 @@ def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
     if count.containers > limits.depth and nesting(value) > limits.depth:
         raise ProtocolError(f"message is nested more than {limits.depth} levels deep")
     return value
+
+
+_CONTAINER_BYTES: Final = bytes([*range(0x80, 0xA0), *range(0xDC, 0xE0)])
+_NOT_CONTAINER_BYTES: Final = bytes(set(range(256)) - set(_CONTAINER_BYTES))
+"""msgpack's map and array headers; any other byte is deleted when counting
+them (a string's bytes may look like headers too: the count is an upper bound)."""
+
+
+def beyond_limits(frame: bytes, limits: Limits) -> str | None:
+    """Why a receiver bounded by `limits` would refuse the encoded `frame`, or None.
+
+    For a sender that must not emit what its peer drops unanswered (a reply, a
+    worker's tree publish, the master's answer to it). Most frames are small
+    and hold few containers: they are not decoded again. A frame could exceed
+    the element budget only if it were longer (an element costs at least a
+    byte), and the depth budget only if it held more map and array headers.
+    """
+    if len(frame) > MAX_MESSAGE_SIZE - 64:
+        return f"{len(frame)} bytes exceed the limit of {MAX_MESSAGE_SIZE}"
+    if (
+        len(frame) <= limits.elements
+        and len(frame.translate(None, _NOT_CONTAINER_BYTES)) <= limits.depth
+    ):
+        return None
+    try:
+        unpack(frame[2:], limits)
+    except ProtocolError as exc:
+        return str(exc)
+    return None
 
 
 def nesting(value: Any) -> int:
@@ -469,6 +517,25 @@ def validate(msg_type: MsgType, body: Mapping[str, Any]) -> None:
         raise ProtocolError(
             f"HEARTBEAT field 'bus' must be one of {', '.join(_BUS_NAMES)}, got {body['bus']!r}"
         )
+    elif msg_type is MsgType.TREE_PUBLISH:
+        key = next((key for key in body["kwargs"] if not isinstance(key, str)), None)
+        if key is not None:
+            raise ProtocolError(
+                f"TREE_PUBLISH field 'kwargs' must map names (strings), got key {key!r:.40}"
+            )
+    elif msg_type is MsgType.TREE_REPLY:
+        _check_tree_reply(body)
+
+
+def _check_tree_reply(body: Mapping[str, Any]) -> None:
+    if ("reply" in body) == ("error" in body):
+        which = "both" if "reply" in body else "neither"
+        raise ProtocolError(f"TREE_REPLY must hold a reply or an error, not {which}")
+    error = body.get("error")
+    if error is not None and (
+        not isinstance(error.get("code"), str) or not isinstance(error.get("message"), str)
+    ):
+        raise ProtocolError("TREE_REPLY error must map code and message to strings")
 
 
 def check_error(error: object) -> dict[str, str]:

@@ -6,6 +6,11 @@ For 1, 4 and 16 workers, measured in the same run:
 - procbus: a `Master` in this process publishes on a channel whose listener
   returns its argument in every worker; round trip of one publish at a time,
   then throughput with up to 64 publishes in flight;
+- from a worker: worker 1 publishes the same to the tree itself
+  (`procbus.tree.publish`: to the master over its DEALER, which runs it as its
+  own tree publish and sends the reply back), one at a time from its app
+  thread, then up to 64 in flight (`procbus.tree.apublish` on an event loop);
+  its figures are measured in the worker (CPU: the worker's whole process);
 - baseline: the same shape in bare pyzmq (PUB fan-out, DEALER replies to a
   ROUTER, msgpack bodies), forked workers that echo, nothing else.
 
@@ -22,6 +27,7 @@ reaped. Run: ``.venv/bin/python scripts/bench_publish.py [--rounds N] [--targete
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -31,14 +37,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgpack
 import psutil
 import zmq
 
+from procbus import tree
 from procbus.master import Master, TreeSettings
 from procbus.publishing import PublishOptions
 from procbus.worker.apps import WorkerContext
@@ -51,6 +60,52 @@ def echo_app(ctx: WorkerContext) -> None:
 
 def length_app(ctx: WorkerContext) -> None:
     ctx.bus.subscribe("bench", len)  # a short answer whatever the argument's size
+    ctx.stopping.wait()
+
+
+def origin_app(ctx: WorkerContext) -> None:
+    """Every worker echoes; worker 1, told to by 'bench.go', measures its own tree
+    publishes and writes the figures to the file it was given."""
+    ctx.bus.subscribe("bench", lambda value: value)
+    if ctx.worker_id != 1:
+        ctx.stopping.wait()
+        return
+    go = threading.Event()
+    job: dict[str, Any] = {}
+
+    def start(rounds: int, workers: int, path: str) -> None:
+        job.update(rounds=rounds, workers=workers, path=path)
+        go.set()
+
+    ctx.bus.subscribe("bench.go", start)
+    while not go.wait(0.1):
+        if ctx.stopping.is_set():
+            return
+    workers = job["workers"]
+
+    def check(reply: tree.TreeReply) -> None:
+        if not reply.ok or len(reply.workers) != workers:
+            raise RuntimeError(f"bad reply: {reply}")
+
+    def one() -> None:
+        check(tree.publish("bench", 1, timeout=10))
+
+    def pipelined(total: int, window: int) -> None:
+        async def run() -> None:
+            room = asyncio.Semaphore(window)
+
+            async def each() -> None:
+                async with room:
+                    check(await tree.apublish("bench", 1, timeout=10))
+
+            await asyncio.gather(*(each() for _ in range(total)))
+
+        asyncio.run(run())
+
+    figures = measure(one, pipelined, job["rounds"])
+    written = Path(job["path"] + ".part")
+    written.write_text(json.dumps(figures))
+    written.replace(job["path"])
     ctx.stopping.wait()
 
 
@@ -112,6 +167,28 @@ def bench_procbus(workers: int, rounds: int, directory: str) -> dict[str, float]
                 master.loop.run_once(1.0)
 
         return measure(one, pipelined, rounds)
+    finally:
+        master.exit()
+        master.close()
+
+
+def bench_origin(workers: int, rounds: int, directory: str) -> dict[str, float]:
+    """Worker 1 publishes to the tree (every worker, itself included) and measures."""
+    master = Master(
+        origin_app,
+        name=f"benchorigin{workers}",
+        runtime_dir=f"{directory}/po{workers}",
+        settings=TreeSettings(workers=workers, heartbeat_interval=1.0),
+    )
+    path = Path(directory) / "origin.json"
+    try:
+        if not master.start(timeout=30):
+            raise RuntimeError("workers did not start")
+        master.publish("bench.go", rounds, workers, str(path), to=[1]).raise_for_failures()
+        if not master.loop.run_until(path.exists, 600):
+            raise RuntimeError("worker 1 did not finish within 600 s")
+        figures: dict[str, float] = json.loads(path.read_text())
+        return figures
     finally:
         master.exit()
         master.close()
@@ -293,7 +370,9 @@ def main() -> int:
         default=[0, 65536],
         help="bytes of the argument (a list of 17-byte keys) with --targeted",
     )
-    parser.add_argument("--one", choices=["procbus", "pyzmq", "targeted"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--one", choices=["procbus", "origin", "pyzmq", "targeted"], help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.one:
         directory = tempfile.mkdtemp(prefix="pb-bench-", dir="/tmp")
@@ -301,7 +380,9 @@ def main() -> int:
             if args.one == "targeted":
                 figures = bench_targeted(args.workers[0], args.rounds, directory, args.payload[0])
             else:
-                bench = bench_procbus if args.one == "procbus" else bench_bare
+                bench = {"procbus": bench_procbus, "origin": bench_origin}.get(
+                    args.one, bench_bare
+                )
                 figures = bench(args.workers[0], args.rounds, directory)
             print(json.dumps(figures))
         finally:
@@ -311,24 +392,29 @@ def main() -> int:
         return print_targeted(args.rounds, args.payload)
     print(
         f"{args.rounds} publishes per figure; round trip one at a time, throughput 64 in "
-        "flight; cpu = the publisher's CPU per publish during the throughput run"
+        "flight; cpu = the publisher's CPU per publish during the throughput run (for a "
+        "publish from worker 1: that worker's whole process, its own listener included)"
     )
     header = (
-        f"{'workers':>7} | {'procbus p50':>11} {'p99':>8} {'pub/s':>8} | "
-        f"{'pyzmq p50':>9} {'p99':>8} {'pub/s':>8} | {'p50 x':>6} {'pub/s x':>7} | "
-        f"{'cpu':>6} {'pyzmq':>6}"
+        f"{'workers':>7} | {'master p50':>10} {'p99':>7} {'pub/s':>6} {'cpu':>5} | "
+        f"{'worker p50':>10} {'p99':>7} {'pub/s':>6} {'cpu':>5} | "
+        f"{'pyzmq p50':>9} {'p99':>7} {'pub/s':>6} {'cpu':>5} | "
+        f"{'w/m p50':>7} {'m/z p50':>7} {'w/z p50':>7}"
     )
     print(header)
     print("-" * len(header))
     for workers in args.workers:
-        tree = run_one("procbus", workers, args.rounds)
-        bare = run_one("pyzmq", workers, args.rounds)
+        rows = [run_one(kind, workers, args.rounds) for kind in ("procbus", "origin", "pyzmq")]
+        cells = " | ".join(
+            f"{row['p50_us']:>8.0f}us {row['p99_us']:>5.0f}us {row['per_s']:>6.0f} "
+            f"{row['cpu_us']:>3.0f}us"
+            for row in rows
+        )
+        tree_row, origin, bare = rows
         print(
-            f"{workers:>7} | {tree['p50_us']:>9.0f}us {tree['p99_us']:>6.0f}us "
-            f"{tree['per_s']:>8.0f} | {bare['p50_us']:>7.0f}us {bare['p99_us']:>6.0f}us "
-            f"{bare['per_s']:>8.0f} | {tree['p50_us'] / bare['p50_us']:>6.2f} "
-            f"{tree['per_s'] / bare['per_s']:>7.2f} | "
-            f"{tree['cpu_us']:>4.0f}us {bare['cpu_us']:>4.0f}us",
+            f"{workers:>7} | {cells} | {origin['p50_us'] / tree_row['p50_us']:>7.2f} "
+            f"{tree_row['p50_us'] / bare['p50_us']:>7.2f} "
+            f"{origin['p50_us'] / bare['p50_us']:>7.2f}",
             flush=True,
         )
     return 0

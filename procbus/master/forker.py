@@ -74,6 +74,7 @@ class Forker:
             heartbeat_interval=settings.heartbeat_interval,
             welcome_timeout=settings.supervision.boot_timeout,
             graceful_timeout=settings.supervision.graceful_timeout,
+            publish_timeout=settings.publish_timeout,
             sockets=self.sockets,
             close_fds=master_only,
             keep_fds=[s.fileno() for s in self.sockets],

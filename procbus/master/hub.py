@@ -1,14 +1,17 @@
 """The hub: the workers' two sockets, their handshake, and everything they say.
 
 The master's XPUB carries publishes (and DRAIN markers) to the workers; its
-ROUTER receives what the workers say: HELLO, STATE, HEARTBEAT and REPLY. The
+ROUTER receives what the workers say: HELLO, STATE, HEARTBEAT, REPLY and
+TREE_PUBLISH. The
 hub reads both, checks every message (size, elements, depth, type; a worker
 speaks only for itself: its hello must match what the master forked and its
 later messages must come from the identity it said hello with), and hands
 each to its owner: the pool (`procbus.master.pool`: hello, state,
-heartbeats, subscriptions) or the relay (`procbus.master.relay`: replies to
-publishes). It sends each worker its WELCOME (from which publish on it is a
-target) and its DRAIN marker, and tells its `feed` (the retained publishes:
+heartbeats, subscriptions), the relay (`procbus.master.relay`: replies to
+publishes) or `on_tree_publish` (a worker's own publish on the tree,
+`procbus.master.worker_publishes`, which answers with `send_to`). It sends
+each worker its WELCOME (from which publish on it is a target) and its DRAIN
+marker, and tells its `feed` (the retained publishes:
 `procbus.master.retainer`) when a worker says hello, is welcomed or is gone.
 
 This is the tree publish's hot path: one ``send`` per publish on the XPUB,
@@ -18,6 +21,7 @@ one decode per reply, read to exhaustion before the loop looks elsewhere.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 import zmq
@@ -34,7 +38,7 @@ from procbus.protocol import MsgType
 log = logging.getLogger("procbus.master")
 
 WORKER_MESSAGES: Final = frozenset(
-    {MsgType.HELLO, MsgType.STATE, MsgType.HEARTBEAT, MsgType.REPLY}
+    {MsgType.HELLO, MsgType.STATE, MsgType.HEARTBEAT, MsgType.REPLY, MsgType.TREE_PUBLISH}
 )
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 """As a plain int: pyzmq combines enum flags per call, which shows in profiles."""
@@ -68,6 +72,10 @@ class Hub:
         self.relay = Relay(xpub, loop)
         self.dropped_messages = 0
         self._drop_log = LogThrottle(log, "dropped worker messages")
+        self.on_tree_publish: Callable[[WorkerProc, protocol.Message], None] = (
+            lambda worker, message: self._drop(worker.topic, "TREE_PUBLISH: nobody runs it")
+        )
+        """Given a worker's TREE_PUBLISH (the master sets it)."""
         self.feed: WorkerFeed | None = None
 
     def on_xpub(self) -> None:
@@ -127,6 +135,8 @@ class Hub:
             self.pool.heartbeat(found, message["counters"], message.get("bus"))
         elif message.type is MsgType.STATE:
             self.pool.worker_state(found, message["state"], message.get("error"))
+        elif message.type is MsgType.TREE_PUBLISH:
+            self.on_tree_publish(found, message)
         else:
             found.last_heartbeat = self.loop.clock()
             self.relay.on_reply(found, message)
@@ -135,10 +145,11 @@ class Hub:
         """Tell a worker whose subscription is proven from which publish on it is a target."""
         if self.feed is not None:
             self.feed.welcome(worker)
-        self.send(worker, protocol.encode(MsgType.WELCOME, {"next_seq": self.relay.next_seq}))
+        self.send_to(worker, protocol.encode(MsgType.WELCOME, {"next_seq": self.relay.next_seq}))
 
-    def send(self, worker: WorkerProc, frame: bytes) -> None:
-        """Send `frame` to `worker` on the ROUTER (dropped by ZeroMQ if it was never heard)."""
+    def send_to(self, worker: WorkerProc, frame: bytes) -> None:
+        """Send `frame` to `worker`'s DEALER (dropped by ZeroMQ if it is gone or was never
+        heard)."""
         self.router.send_multipart([worker.topic, frame])
 
     def drain(self, worker: WorkerProc) -> None:

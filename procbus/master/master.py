@@ -48,8 +48,10 @@ from procbus.master.runtime import RuntimeDir
 from procbus.master.scrape import Scraper
 from procbus.master.settings import TreeSettings, stop_limit
 from procbus.master.stats import ProcessMonitor
+from procbus.master.worker_publishes import WorkerPublishes
 from procbus.publishing import PublishOptions, Require
 from procbus.worker.apps import WorkerApp
+from procbus.worker.awaiter import no_event_loop
 from procbus.worker.credentials import Credentials
 
 log = logging.getLogger("procbus.master")
@@ -117,6 +119,11 @@ class Master:
         )  # fmt: skip
         self.publish_async = self.publisher.publish_async
         """Start a tree publish; `on_done(reply)` is called from the loop when complete."""
+        self.worker_publishes = WorkerPublishes(
+            self.publish_async, emit=self.emit, exiting=lambda: self.exiting,
+            send=lambda worker, frame: self.hub.send_to(worker, frame) if self.hub else None,
+            alive=lambda worker: self.pool.by_topic.get(worker.topic) is worker,
+        )  # fmt: skip
         self.scrape = Scraper(self, self.publisher.ask_workers).scrape
         self.hub: Hub | None = None
         self.control: ControlServer | None = None
@@ -185,7 +192,9 @@ class Master:
         self.endpoints.open(with_lock=self.lineage.holds_name)
         self.hub, self.control = self.endpoints.serve(self.loop, self.pool, self.commands)
         self.publisher.hub = self.hub
+        self.hub.on_tree_publish = self.worker_publishes.receive
         self.bus.forward = self.publisher.forward
+        self.bus.awaiter = no_event_loop  # an async listener here: an error, not a coroutine
         self.loop.install_signals([signal.SIGCHLD], self._on_signal)
         log.info("master %d (%s) listening in %s", self.pid, self.name, self.runtime.path)
 
@@ -199,7 +208,7 @@ class Master:
             self.bus.unsubscribe(channel, listener)
         if self.hub is None:
             return
-        self.bus.forward = None
+        self.bus.forward = self.bus.awaiter = None
         self.event_stream.close()
         self.loop.close()
         line = self.lineage

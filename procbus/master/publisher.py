@@ -37,6 +37,7 @@ from procbus.bus import Bus
 from procbus.errors import ProtocolError
 from procbus.master.hub import Hub
 from procbus.master.loop import EventLoop
+from procbus.master.planner import WorkerProc
 from procbus.master.pool import Pool
 from procbus.master.relay import (
     Gather,
@@ -91,7 +92,7 @@ class TreePublisher:
     @hub.setter
     def hub(self, hub: Hub | None) -> None:
         self._hub = hub
-        self.retainer.send = hub.send if hub is not None else None
+        self.retainer.send = hub.send_to if hub is not None else None
         if hub is not None:
             hub.relay.on_late_answer = self._late_answer
             hub.feed = self.retainer
@@ -108,11 +109,14 @@ class TreePublisher:
         timeout: float | None = None,
         on_done: Callable[[TreeReply], None] | None = None,
         options: PublishOptions = DEFAULT,
+        origin: WorkerProc | None = None,
         publisher: str = MASTER_CODE,
     ) -> None:
         """Start a tree publish; `on_done(reply)` is called from the loop once the
-        publish's requirement is decided (see `procbus.master.quorum`). `publisher` says
-        who publishes (kept with a retained publish).
+        publish's requirement is decided (see `procbus.master.quorum`). `origin`: the
+        worker the publish comes from (`procbus.master.worker_publishes`), no target
+        when the options say ``include_self=False``. `publisher` says who publishes
+        (kept with a retained publish; ``worker N`` for a publish from worker N).
 
         Raises ``TypeError`` before anything runs if an argument cannot be sent,
         ``ValueError`` if an option cannot be honoured (a target that does not
@@ -146,7 +150,7 @@ class TreePublisher:
             return
         timeout = self.deadline() if timeout is None else timeout
         template = protocol.PublishTemplate(channel, args, kwargs, timeout)
-        selection = self._select(options)
+        selection = self._select(options, origin)
         if options.retain:
             self.retainer.check(channel, self._frame_size(template))
         reply = TreeReply(channel, None, require=options.require)
@@ -154,20 +158,28 @@ class TreePublisher:
             reply.master.append(outcome.result)
             if outcome.error is not None:
                 reply.master_errors.append(outcome.error)
-        self._send(template, reply, timeout, on_done, selection, targeted=options.targeted)
+        # A broadcast would reach the origin too: leaving it out names the targets.
+        leaves_out = origin is not None and not options.include_self
+        self._send(
+            template, reply, timeout, on_done, selection,
+            targeted=options.targeted or leaves_out,
+        )  # fmt: skip
         if options.retain:
             assert reply.seq is not None
-            self.retainer.keep(channel, reply.seq, template.frame(reply.seq), publisher)
+            who = publisher if origin is None else f"worker {origin.id}"
+            self.retainer.keep(channel, reply.seq, template.frame(reply.seq), who)
 
     def _frame_size(self, template: protocol.PublishTemplate) -> int:
         """The size of `template`'s frame as the next publish (its number's bytes too)."""
         return len(template.frame(self.hub.relay.next_seq if self.hub else 0)) + 8
 
-    def _select(self, options: PublishOptions = DEFAULT) -> Selection:
+    def _select(
+        self, options: PublishOptions = DEFAULT, origin: WorkerProc | None = None
+    ) -> Selection:
         """The workers `options` name (`procbus.master.targeting`); ``ValueError`` if
         one does not exist."""
         targets, starting = self.pool.publish_targets()
-        return select(options, targets, starting, [slot.id for slot in self.pool.slots()])
+        return select(options, targets, starting, [s.id for s in self.pool.slots()], origin)
 
     def _on_master(self, channel: str, args: list[Any], kwargs: dict[str, Any]) -> TreeReply:
         reply = TreeReply(channel, None)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -98,6 +98,22 @@ class WorkerResult:
                 for e in self.errors
             ],
         }
+
+    @classmethod
+    def from_dict(cls, worker: int, data: Mapping[str, Any]) -> WorkerResult:
+        """Worker `worker`'s result as `to_dict` gave it (fields it does not know are
+        ignored); ``ProtocolError`` if a field is missing or malformed."""
+        try:
+            errors = [
+                RemoteError(worker, e["type"], e["message"], e["listener"], e["traceback"])
+                for e in map(protocol.check_error, data.get("errors", []))
+            ]
+            return cls(
+                worker, int(data["pid"]), int(data["generation"]),
+                WorkerStatus(data["status"]), list(data.get("results", [])), errors,
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"worker {worker}'s result is malformed: {exc!r:.200}") from None
 
 
 @dataclass
@@ -200,10 +216,40 @@ class TreeReply:
             "met": self.met,
             "reason": self.reason,
             "master": self.master,
-            "master_errors": [f"{type(e).__name__}: {e}" for e in self.master_errors],
+            "master_errors": [_error_line(e) for e in self.master_errors],
             "workers": {str(k): v.to_dict() for k, v in sorted(self.workers.items())},
             **({} if self.cleared is None else {"cleared": self.cleared}),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TreeReply:
+        """The reply `to_dict` gave, rebuilt (a worker's `procbus.tree.publish` gets it
+        over the wire): `ok`, `met`, `failures` and `raise_for_failures` behave as on
+        the master. The master's errors come back as `RemoteError` (worker None) of
+        their type name, each worker's with its listener and traceback. Fields it does
+        not know are ignored (a newer master's), missing optional ones take their
+        defaults; ``ProtocolError`` if a field it needs is missing or malformed."""
+        try:
+            errors: list[BaseException] = []
+            for line in data.get("master_errors", []):
+                type_name, _, message = str(line).partition(": ")
+                errors.append(RemoteError(None, type_name, message))
+            workers = {
+                int(k): WorkerResult.from_dict(int(k), v) for k, v in data["workers"].items()
+            }
+            return cls(
+                str(data["channel"]), data.get("seq"), list(data.get("master", [])), errors,
+                workers, data.get("require", "all"),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProtocolError(f"a tree reply is malformed: {exc!r:.200}") from None
+
+
+def _error_line(exc: BaseException) -> str:
+    """``Type: message`` for one of the master's errors (a rebuilt one keeps its type)."""
+    if isinstance(exc, RemoteError):
+        return f"{exc.type_name}: {exc.message}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def late_answer_fields(reply: TreeReply, result: WorkerResult) -> dict[str, Any]:

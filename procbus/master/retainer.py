@@ -60,7 +60,7 @@ class Retainer:
         self.store = store if store is not None else RetainedStore()
         self.wall_clock = wall_clock
         self.send: SendFn | None = None
-        """The hub's `Hub.send`, while the master is open."""
+        """The hub's `Hub.send_to`, while the master is open."""
         self._owed: dict[WorkerProc, int] = {}
         """Workers not welcomed yet -> the store's order number up to which they were
         sent every retained publish (or, adopted, had them already)."""

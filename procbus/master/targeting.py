@@ -9,7 +9,9 @@ in a broadcast. A slot or generation that does not exist is a ``ValueError``
 naming it and what exists, raised before anything runs (the master's own
 listeners included): a typo is not a silent empty reply.
 
-The master's own listeners run whatever the targets: it owns the bus.
+The master's own listeners run whatever the targets: it owns the bus. A
+publish that comes from a worker (`procbus.master.worker_publishes`) with
+``include_self=False`` leaves that worker out, after the rest of the choice.
 """
 
 from __future__ import annotations
@@ -33,12 +35,29 @@ def select(
     targets: Sequence[WorkerProc],
     starting: Sequence[WorkerProc],
     slots: Collection[int],
+    origin: WorkerProc | None = None,
 ) -> Selection:
     """The workers of `targets` and `starting` that `options` names.
 
-    `slots` are the ids of the pool's wanted slots. Raises ``ValueError`` for a
-    worker id no slot has, or a generation none of the workers has.
+    `slots` are the ids of the pool's wanted slots; `origin` the worker the publish
+    comes from, if any. Raises ``ValueError`` for a worker id no slot has, or a
+    generation none of the workers has.
     """
+    chosen = _named(options, targets, starting, slots)
+    if origin is None or options.include_self:
+        return chosen
+    return Selection(
+        [w for w in chosen.targets if w is not origin],
+        [w for w in chosen.starting if w is not origin],
+    )
+
+
+def _named(
+    options: PublishOptions,
+    targets: Sequence[WorkerProc],
+    starting: Sequence[WorkerProc],
+    slots: Collection[int],
+) -> Selection:
     if options.to is not None:
         unknown = sorted(set(options.to) - set(slots))
         if unknown:

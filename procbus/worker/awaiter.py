@@ -109,9 +109,10 @@ def _discard(awaitable: Awaitable[Any]) -> None:
 
 
 def no_event_loop(awaitable: Awaitable[Any]) -> NoReturn:
-    """The awaiter of a worker that runs no event loop: the listener's error."""
+    """The awaiter of a process that runs no event loop for listeners (a WSGI or
+    generic worker, the master): the listener's error."""
     _discard(awaitable)
     raise TypeError(
-        "an async listener ran in a worker without an event loop: async listeners "
+        "an async listener ran in a process without an event loop: async listeners "
         "run in the workers of an ASGI app (on its loop)"
     )

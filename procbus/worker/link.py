@@ -47,12 +47,8 @@ from procbus.protocol import BusState, Message, MsgType, WorkerBusState
 
 log = logging.getLogger("procbus.worker")
 
-_FROM_MASTER = frozenset({MsgType.WELCOME, MsgType.RETAINED})
+_FROM_MASTER = frozenset({MsgType.WELCOME, MsgType.TREE_REPLY, MsgType.RETAINED})
 _ON_SUB = frozenset({MsgType.PUBLISH, MsgType.DRAIN})
-_CONTAINER_BYTES = bytes([*range(0x80, 0xA0), *range(0xDC, 0xE0)])
-_NOT_CONTAINER_BYTES = bytes(set(range(256)) - set(_CONTAINER_BYTES))
-"""msgpack's map and array headers; any other byte is deleted when counting
-them (a string's bytes may look like headers too: the count is an upper bound)."""
 MAX_HELD = 10_000
 """Publishes held back before WELCOME, at most."""
 MAX_GAPS = 16
@@ -92,26 +88,13 @@ def _link_error(kind: LinkError, message: str) -> dict[str, str]:
 
 
 def _beyond_limits(frame: bytes) -> str | None:
-    """Why the master would refuse the REPLY `frame`, or None if it would not.
-
-    Most replies are small and hold few containers: they are not decoded
-    again. A reply could exceed the element budget only if it were longer (an
-    element costs at least a byte), and the depth budget only if it held more
-    map and array headers.
-    """
+    """Why the master would refuse the REPLY `frame`, or None if it would not."""
+    problem = protocol.beyond_limits(frame, protocol.WORKER_LIMITS)
+    if problem is None:
+        return None
     if len(frame) > protocol.MAX_MESSAGE_SIZE - 64:
         return f"reply of {len(frame)} bytes exceeds the limit of {protocol.MAX_MESSAGE_SIZE}"
-    limits = protocol.WORKER_LIMITS
-    if (
-        len(frame) <= limits.elements
-        and len(frame.translate(None, _NOT_CONTAINER_BYTES)) <= limits.depth
-    ):
-        return None
-    try:
-        protocol.unpack(frame[2:], limits)
-    except ProtocolError as exc:
-        return f"reply holds more than the master accepts from a worker: {exc}"
-    return None
+    return f"reply holds more than the master accepts from a worker: {problem}"
 
 
 class WorkerLink:
@@ -173,6 +156,10 @@ class WorkerLink:
 
     def send(self, msg_type: MsgType, body: dict[str, Any]) -> None:
         self.dealer.send(protocol.encode(msg_type, body))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Send a message encoded already (a tree publish, encoded by its caller)."""
+        self.dealer.send(frame)
 
     def hello(self, pid: int) -> None:
         self.send(
@@ -346,8 +333,8 @@ class WorkerLink:
         return True
 
     def receive_command(self, flags: int = 0) -> Message | None:
-        """Read one message from the master on DEALER (a WELCOME, or RETAINED publishes:
-        see `procbus.worker.catchup`).
+        """Read one message from the master on DEALER (a WELCOME, a TREE_REPLY, or
+        RETAINED publishes: see `procbus.worker.catchup`).
 
         With ``flags=zmq.NOBLOCK``, raises ``zmq.Again`` when none is waiting.
         A WELCOME sets the sequence only while the link has none (a new

@@ -22,6 +22,11 @@ listener that never returns, a further publish is refused at once (the loop
 answers it with an error) instead of memory growing without end. A new
 worker's retained publishes (`procbus.worker.catchup`) run here too, in order
 with the others, and are never refused: the master's store bounds them.
+
+`in_listener` says whether code runs for one of the master's publishes (on
+this thread, or in an async listener's coroutine on the app's loop): a
+listener that publishes to the tree and waits for this worker's own answer
+would wait for itself (`procbus.worker.tree_client` refuses it).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Final
 
@@ -40,6 +46,28 @@ MAX_BACKLOG: Final = 1000
 """Publishes a worker holds at once (the one running and those waiting)."""
 
 _running = threading.local()
+
+
+class _Listening:
+    """The publish whose listeners run now; `active` until they returned."""
+
+    __slots__ = ("active",)
+
+    def __init__(self) -> None:
+        self.active = True
+
+
+_listening: ContextVar[_Listening | None] = ContextVar("procbus_listening", default=None)
+"""A context variable, not a thread-local: an async listener's coroutine runs in a task
+whose context is copied from the runner thread's (``run_coroutine_threadsafe``), so it
+sees it too; a task it spawns that outlives the publish sees it inactive."""
+
+
+def in_listener() -> bool:
+    """Whether this code runs for the listeners of a publish from the master: on the
+    runner thread, or in an async listener's coroutine, while that publish runs."""
+    listening = _listening.get()
+    return listening is not None and listening.active
 
 
 def publish_deadline() -> float | None:
@@ -141,6 +169,8 @@ class ListenerRunner:
                     break
                 seq: int = message["seq"]
                 _running.deadline = received + message["timeout"]
+                listening = _Listening()
+                token = _listening.set(listening)
                 try:
                     outcomes = self._bus.run_listeners(
                         message["channel"], *message["args"], **message["kwargs"]
@@ -150,6 +180,8 @@ class ListenerRunner:
                     return
                 finally:
                     _running.deadline = None
+                    listening.active = False
+                    _listening.reset(token)
                 self._hand_back(Finished(seq, outcomes, retained=retained))
 
     def _hand_back(self, done: Finished) -> None:

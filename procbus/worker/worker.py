@@ -9,10 +9,13 @@ loop in the main thread: publishes from the master arrive there and replies
 and heartbeats leave from there, on time, and signals arrive through a wake-up
 fd. The app runs in a second thread, the listeners of the master's publishes
 in a third (`procbus.worker.runner`), so a slow listener never silences the
-heartbeats. Before the app serves, the tree's retained publishes run there
-(`procbus.worker.catchup`): the worker says it runs only after them. Asked
-to stop gracefully, the loop first answers every publish its master sent it
-before it decided to drain it (`procbus.worker.drain`).
+heartbeats. The app's own publishes to the tree (`procbus.tree`) leave from
+the I/O loop too, and their answers come back through it
+(`procbus.worker.tree_client`). Before the app serves, the tree's retained
+publishes run on the listeners' thread (`procbus.worker.catchup`): the worker
+says it runs only after them. Asked to stop gracefully, the loop first
+answers every publish its master sent it before it decided to drain it
+(`procbus.worker.drain`).
 
 Exit statuses are part of the contract with the master (`ExitCode`): a worker
 that cannot boot says so, so that the master backs off instead of forking in a
@@ -54,6 +57,7 @@ from procbus.worker.drain import MARKER_GRACE, Drain
 from procbus.worker.link import WorkerLink
 from procbus.worker.metrics import subscribe as answer_metrics_scrapes
 from procbus.worker.runner import ListenerRunner
+from procbus.worker.tree_client import TreeClient, serving
 
 log = logging.getLogger("procbus.worker")
 
@@ -94,6 +98,9 @@ class WorkerSpec:
     graceful_timeout: float = 30.0
     marker_grace: float = MARKER_GRACE
     """Seconds a worker told to stop waits for the master's DRAIN marker."""
+    publish_timeout: float = 30.0
+    """The master's default deadline of a tree publish (a publish from this worker
+    without a timeout gets it)."""
     sockets: Sequence[Any] = ()
     """Listening sockets inherited from the master."""
     close_fds: Collection[int] = ()
@@ -187,6 +194,7 @@ class Worker:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._runner = ListenerRunner(bus, self._wake)
         self._catch_up = CatchUp(self._wake)
+        self._tree = TreeClient(spec.worker_id, spec.generation, self._wake, spec.publish_timeout)
 
     # -- set-up right after fork ----------------------------------------
 
@@ -289,9 +297,11 @@ class Worker:
         installs).
         """
         try:
-            return self._serve(link)
+            with serving(self._tree):
+                return self._serve(link)
         finally:
             self.bus.on_state = None
+            self._tree.close(f"worker {self.spec.worker_id} stopped")
 
     def _serve(self, link: WorkerLink) -> ExitCode:
         spec = self.spec
@@ -306,7 +316,7 @@ class Worker:
             settings=spec.app_settings,
             catch_up=self._catch_up.wait,
         )
-        io_thread = threading.get_ident()
+        io_thread = self._tree.io_thread = threading.get_ident()
 
         def bus_moved(state: State) -> None:
             # Told at once from this thread (the link is its own), else by its loop.
@@ -333,6 +343,9 @@ class Worker:
         app_thread.start()
 
         code = self._loop(link, ctx)
+        self._tree.close(
+            f"worker {spec.worker_id} is stopping: its tree publishes get no answer any more"
+        )
 
         if self._drain is None:
             link.state(WorkerBusState.STOPPING)
@@ -436,6 +449,7 @@ class Worker:
                     os.read(self._wake_r, 512)
                 self._send_replies(link, ctx)
                 self._run_retained()
+                self._tree.flush(link.send_frame)
 
     def _beat(self, link: WorkerLink, ctx: WorkerContext) -> None:
         """A heartbeat: the counters, and the bus's state (sent early when that moves)."""
@@ -491,10 +505,14 @@ class Worker:
                 message = link.receive_command(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if message is not None and message.type is MsgType.RETAINED:
+            if message is None:
+                continue
+            if message.type is MsgType.TREE_REPLY:
+                self._tree.on_reply(message)
+            elif message.type is MsgType.RETAINED:
                 self._catch_up.receive(message)
                 self._run_retained()
-            elif message is not None and message.type is MsgType.WELCOME:
+            elif message.type is MsgType.WELCOME:
                 held = link.take_held()
                 for start in range(0, len(held), _BATCH):
                     self._submit(link, ctx, held[start : start + _BATCH])

@@ -214,7 +214,7 @@ def test_async_listener_in_a_worker_without_an_event_loop_is_an_error_saying_so(
         reply = proc.request("publish", "listener.sleep", 0)
         (error,) = reply["result"]["workers"]["1"]["errors"]
         assert error["type"] == "TypeError"
-        assert "worker without an event loop" in error["message"]
+        assert "process without an event loop" in error["message"]
         assert proc.call("publish", "listener.sync")["workers"]["1"]["status"] == "ok"
 
 

@@ -133,6 +133,7 @@ def test_bad_publish_options_exit_2_with_one_line(
     assert done.stdout == ""
     (line,) = done.stderr.splitlines()
     assert message in line
+    assert line.count("publish:") == 1, line  # the command named once
 
 
 def test_to_generation_after_a_reload_and_a_respawn(tmp_path: Path) -> None:

@@ -13,6 +13,10 @@ from procbus import ChannelFailures, bus
 from procbus.master import Master
 
 
+async def _async_listener() -> str:
+    return "never awaited on the master"
+
+
 def main(runtime_dir: str) -> int:
     for round_number in (1, 2):
         master = Master(
@@ -29,6 +33,9 @@ def main(runtime_dir: str) -> int:
                 failures = [str(error) for error in exc.get_instances()]
             else:
                 failures = []
+            bus.subscribe("nap", _async_listener)
+            napped = master.publish("nap", timeout=10)
+            bus.unsubscribe("nap", _async_listener)
             workers = {str(w): [r.status.value, r.results] for w, r in reply.workers.items()}
             listeners = {k: len(v) for k, v in bus.listeners.items() if v}
             print(
@@ -39,6 +46,7 @@ def main(runtime_dir: str) -> int:
                         "workers": workers,
                         "failures": sorted(failures),
                         "listeners": listeners,
+                        "async_on_master": [str(e) for e in napped.master_errors],
                     }
                 ),
                 flush=True,

@@ -53,6 +53,8 @@ def test_script_runs_two_trees_in_sequence_on_the_process_bus() -> None:
             assert results[0]["worker"] == int(wid)
         assert len(line["failures"]) == 4
         assert all("ValueError" in f and "boom in worker" in f for f in line["failures"])
+        (async_error,) = line["async_on_master"]
+        assert "process without an event loop" in async_error, async_error
     # The first master left the bus when it closed: the second is alone on it.
     assert lines[0]["listeners"] == lines[1]["listeners"]
     assert lines[2] == {"state": "states.EXITING"}

@@ -36,6 +36,15 @@ VALID: dict[MsgType, dict[str, Any]] = {
     MsgType.CONTROL_REPLY: {"id": "r1", "ok": True, "result": True},
     MsgType.EVENT: {"event": "spawn", "time": 1.0, "data": {"worker": 1}},
     MsgType.DRAIN: {"last_seq": 41},
+    MsgType.TREE_PUBLISH: {
+        "id": 3,
+        "channel": "cache.clear",
+        "args": ["price:42"],
+        "kwargs": {"prefix": "p"},
+        "timeout": 2.0,
+        "options": {"include_self": False},
+    },
+    MsgType.TREE_REPLY: {"id": 3, "reply": {"channel": "cache.clear", "seq": 9}},
     MsgType.RETAINED: {"frames": [b"\x01\x01\x85", b""], "more": False},
 }
 
@@ -390,3 +399,80 @@ def test_publish_head_leaves_anything_else_to_decode(frame: bytes) -> None:
     """Steps: frames that are short, cut, of another version or type, or whose targets
     are not a list. Expected: None (never an exception): `decode` judges them."""
     assert protocol.publish_head(frame) is None
+
+
+TREE_ERROR = {"code": "forbidden", "message": "worker 1 cannot publish 'stop' to the tree"}
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "body"),
+    [
+        (MsgType.TREE_PUBLISH, {"id": 1, "channel": "c", "args": [], "kwargs": {}}),
+        (MsgType.TREE_REPLY, {"id": 1, "error": TREE_ERROR}),
+    ],
+)
+def test_tree_publish_and_reply_take_their_optional_fields_out(
+    msg_type: MsgType, body: dict[str, Any]
+) -> None:
+    """Steps: a TREE_PUBLISH without timeout and options; a TREE_REPLY with an error
+    instead of a reply. Expected: both round trip unchanged."""
+    assert protocol.decode(protocol.encode(msg_type, body)).body == body
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "body", "error"),
+    [
+        (MsgType.TREE_PUBLISH, {"id": 1, "args": [], "kwargs": {}}, "is missing field 'channel'"),
+        (
+            MsgType.TREE_PUBLISH,
+            {"id": 1, "channel": "c", "args": [], "kwargs": {}, "timeout": True},
+            "field 'timeout' must be int or float, got bool",
+        ),
+        (
+            MsgType.TREE_PUBLISH,
+            {"id": 1, "channel": "c", "args": [], "kwargs": {1: "x"}},
+            "TREE_PUBLISH field 'kwargs' must map names (strings), got key 1",
+        ),
+        (
+            MsgType.TREE_PUBLISH,
+            {"id": 1, "channel": "c", "args": [], "kwargs": {}, "options": []},
+            "field 'options' must be dict, got list",
+        ),
+        (MsgType.TREE_REPLY, {"id": 1}, "TREE_REPLY must hold a reply or an error, not neither"),
+        (
+            MsgType.TREE_REPLY,
+            {"id": 1, "reply": {}, "error": TREE_ERROR},
+            "TREE_REPLY must hold a reply or an error, not both",
+        ),
+        (
+            MsgType.TREE_REPLY,
+            {"id": 1, "error": {"code": "x"}},
+            "TREE_REPLY error must map code and message to strings",
+        ),
+    ],
+)
+def test_malformed_tree_publish_and_reply_are_refused_naming_the_field(
+    msg_type: MsgType, body: dict[str, Any], error: str
+) -> None:
+    """Each malformed body raises ProtocolError on decode (and on encode: a sender
+    cannot emit it), the message naming what is wrong."""
+    frame = bytes((protocol.VERSION, msg_type)) + msgpack.packb(body)
+    for attempt in (lambda: protocol.decode(frame), lambda: protocol.encode(msg_type, body)):
+        with pytest.raises(ProtocolError) as info:
+            attempt()
+        assert error in str(info.value)
+
+
+def test_beyond_limits_names_what_a_receiver_would_refuse() -> None:
+    """Steps: a small frame; one nested deeper than the limits allow; one holding more
+    elements. Expected: None for the first, then one line naming the depth and the count."""
+    limits = protocol.Limits(elements=100, depth=4)
+
+    def frame(value: Any) -> bytes:
+        return protocol.encode(MsgType.WELCOME, {"next_seq": 1})[:2] + msgpack.packb(value)
+
+    assert protocol.beyond_limits(frame([1, [2]]), limits) is None
+    deep = protocol.beyond_limits(frame([[[[[1]]]]]), limits)
+    assert deep is not None and "nested more than 4 levels deep" in deep
+    many = protocol.beyond_limits(frame(list(range(200))), limits)
+    assert many is not None and "more than 100 elements" in many

@@ -697,3 +697,62 @@ def test_targeted_publish_is_one_send_naming_its_targets_topics(
     first, second = (protocol.decode(frames[1]) for frames in pub.sent)
     assert first["to"] == [b"w.1.2.", b"w.3.1."]
     assert "to" not in second.body
+
+
+def sample_reply(require: Any = "all") -> TreeReply:
+    """A reply with every kind of outcome: a master result and error, an ok worker, one
+    with a remote error, a timeout, a lost one, a starting one and a pending one."""
+    reply = TreeReply("cache.clear", 12, require=require)
+    reply.master.append({"dropped": 2})
+    reply.master_errors.append(KeyError("price:42"))
+    error = RemoteError(2, "ValueError", "bad key", listener="app.clear", traceback="tb")
+    reply.workers = {
+        1: WorkerResult(1, 101, 1, WorkerStatus.OK, [{"dropped": 1}, None]),
+        2: WorkerResult(2, 102, 1, WorkerStatus.ERROR, [None], [error]),
+        3: WorkerResult(3, 103, 2, WorkerStatus.TIMEOUT),
+        4: WorkerResult(4, 104, 2, WorkerStatus.LOST),
+        5: WorkerResult(5, 105, 2, WorkerStatus.STARTING),
+        6: WorkerResult(6, 106, 2, WorkerStatus.PENDING),
+    }
+    return reply
+
+
+@pytest.mark.parametrize("require", ["all", "any", 2])
+def test_tree_reply_from_dict_gives_back_what_to_dict_gave(require: Any) -> None:
+    """Steps: a reply with every outcome, as dict; rebuild it from the dict.
+    Expected: the rebuilt reply's dict is the same; ok, met, reason and pending are the
+    same; its failures read the same, each error naming its worker (the master's as
+    remote errors of their type)."""
+    reply = sample_reply(require)
+    rebuilt = TreeReply.from_dict(reply.to_dict())
+    assert rebuilt.to_dict() == reply.to_dict()
+    assert (rebuilt.ok, rebuilt.met, rebuilt.reason, rebuilt.pending) == (
+        reply.ok, reply.met, reply.reason, reply.pending,
+    )  # fmt: skip
+    assert [str(e) for e in rebuilt.failures()][1:] == [str(e) for e in reply.failures()][1:]
+    master_error = rebuilt.master_errors[0]
+    assert isinstance(master_error, RemoteError)
+    assert (master_error.type_name, master_error.message) == ("KeyError", "'price:42'")
+    remote = rebuilt.workers[2].errors[0]
+    assert (remote.worker, remote.listener, remote.traceback) == (2, "app.clear", "tb")
+    with pytest.raises(ChannelFailures):
+        rebuilt.raise_for_failures()
+
+
+def test_tree_reply_from_dict_ignores_fields_it_does_not_know_and_defaults_missing_ones() -> None:
+    """Steps: a dict with an unknown top-level field and an unknown worker field, and
+    without require, met or reason (an older master's); an all-ok one.
+    Expected: the unknown fields are ignored; require is "all"; the all-ok reply is ok
+    and raise_for_failures returns it."""
+    data = {
+        "channel": "c",
+        "seq": 1,
+        "master": [],
+        "master_errors": [],
+        "workers": {"1": {"status": "ok", "pid": 9, "generation": 1, "results": [1],
+                          "errors": [], "cpu": 3}},
+        "retained": True,
+    }  # fmt: skip
+    reply = TreeReply.from_dict(data)
+    assert (reply.require, reply.ok, reply.workers[1].results) == ("all", True, [1])
+    assert reply.raise_for_failures() is reply

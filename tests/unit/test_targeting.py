@@ -80,3 +80,17 @@ def test_ranges_compress_consecutive_numbers() -> None:
         "1-3",
         "1-2, 5, 7, 9-10",
     ]
+
+
+def test_a_publish_from_a_worker_leaves_it_out_only_without_include_self() -> None:
+    """Steps: select for a publish from worker 2 (running) and from worker 3 (starting),
+    with and without include_self, and with to naming 2.
+    Expected: with include_self (the default) nothing changes; without it the origin is
+    neither a target nor listed as starting, whatever else the options say."""
+    without = PublishOptions(include_self=False)
+    origin, starting = RUNNING[1], STARTING[0]
+    assert ids(select(DEFAULT, RUNNING, STARTING, SLOTS, origin)) == ([1, 2, 4], [3])
+    assert ids(select(without, RUNNING, STARTING, SLOTS, origin)) == ([1, 4], [3])
+    assert ids(select(without, RUNNING, STARTING, SLOTS, starting)) == ([1, 2, 4], [])
+    named = PublishOptions(to=(1, 2), include_self=False)
+    assert ids(select(named, RUNNING, STARTING, SLOTS, origin)) == ([1], [])
