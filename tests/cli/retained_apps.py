@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from procbus import bus
+from procbus import bus, tree
 
 # A slow boot (a real app's imports): a publish can be retained while a worker starts.
 time.sleep(float(os.environ.get("PROCBUS_TEST_IMPORT_DELAY", "0")))
@@ -42,7 +42,16 @@ async def set_flags_async(value: str) -> str:
 
 
 def flagged(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-    body = f"{flags} {os.getpid()}".encode()
+    """``GET /`` answers ``FLAGS PID``; ``GET /set/VALUE`` makes this worker publish
+    feature.flags VALUE, retained, to the tree (`procbus.tree`) and answers
+    ``set PID``."""
+    path = environ.get("PATH_INFO", "/")
+    if path.startswith("/set/"):
+        reply = tree.publish("feature.flags", path.removeprefix("/set/"), retain=True)
+        reply.raise_for_failures()
+        body = f"set {os.getpid()}".encode()
+    else:
+        body = f"{flags} {os.getpid()}".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 

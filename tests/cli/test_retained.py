@@ -126,6 +126,38 @@ def test_a_publish_retained_while_a_worker_starts_is_its_first_answer(apps: Apps
         assert [(e["channel"], e["seq"]) for e in listed] == [("feature.flags", reply["seq"])]
 
 
+def test_a_flag_a_worker_retains_from_a_request_reaches_a_worker_respawned_later() -> None:
+    """Steps: two workers; ``GET /set/green``: the worker serving it publishes
+    feature.flags "green" retained (``procbus.tree.publish(..., retain=True)``);
+    ``ctl retained``; kill the other worker; under a load of ``GET /``, wait for its
+    successor to answer.
+    Expected: the store names the publishing worker (``worker N``); every answer, the
+    successor's first ones included, says "green"."""
+    with serving(WSGI_APPS, 2) as proc:
+        status, body = proc.get("/set/green", timeout=10)
+        assert status == 200, body
+        publisher_pid = int(body.split()[1])
+        by_pid = {w["pid"]: w["id"] for w in proc.workers()}
+        (kept,) = proc.call("retained")["retained"]
+        assert (kept["channel"], kept["publisher"]) == (
+            "feature.flags",
+            f"worker {by_pid[publisher_pid]}",
+        )
+        (other,) = set(by_pid) - {publisher_pid}
+        with Load(proc.port(), clients=3, path="/") as load:
+            load.wait_for(10)
+            os.kill(other, signal.SIGKILL)
+
+            def successor() -> int | None:
+                pids = {w["pid"] for w in proc.wait_running(2)} - set(by_pid)
+                return pids.pop() if pids else None
+
+            new_pid = wait_until(successor, 20)
+            wait_until(lambda: new_pid in load.pids, 20)
+        # (a request the killed worker had accepted may fail: not what this is about)
+        assert load.bodies == {b"green"}
+
+
 def test_workers_added_by_a_scale_up_serve_the_retained_flags_from_their_first_answer() -> None:
     """Steps: one worker; publish feature.flags "blue" with retain; under a steady load of
     ``GET /``, scale to 3 and wait for the new workers to answer.
