@@ -26,6 +26,13 @@ order. Every listener runs even when others fail; failures are logged and raised
 together as `ChannelFailures`. ``KeyboardInterrupt`` and ``SystemExit``
 propagate at once.
 
+A publish runs the listeners subscribed when it began, as on wspbus (which
+sorts a copy of the set first): one subscribed or unsubscribed meanwhile, by a
+listener or by another thread, counts from the next publish. The ordered
+listeners of a channel are kept between publishes, so that a publish takes no
+lock and sorts nothing; the set in ``listeners`` stays the truth (changing it
+directly, as wspbus code may, is noticed by the next publish).
+
 Beyond wspbus: subscribe, unsubscribe and publish are safe from any thread; a
 ``log`` message with no ``log`` listener goes to the standard ``logging`` logger
 ``procbus`` instead of vanishing; the re-exec path (`Bus.restart`) keeps an
@@ -53,8 +60,8 @@ import threading
 import traceback as _traceback
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
-from dataclasses import dataclass
-from typing import Any, Final, TypeGuard, TypeVar, overload
+from collections.abc import Set as AbstractSet
+from typing import Any, Final, NamedTuple, TypeGuard, TypeVar, overload
 
 __all__ = ["Bus", "ChannelFailures", "ListenerOutcome", "State", "bus", "states"]
 
@@ -185,13 +192,31 @@ class _States:
 states: Final = _States()
 
 
-@dataclass(frozen=True, slots=True)
-class ListenerOutcome:
-    """What one listener did during a publish: its result or its error."""
+class ListenerOutcome(NamedTuple):
+    """What one listener did during a publish: its result or its error.
+
+    A named tuple rather than a dataclass: a worker makes one per listener per
+    publish, and a tuple is the cheapest immutable record to make.
+    """
 
     listener: Listener
     result: Any = None
     error: Exception | None = None
+
+
+class _Route(NamedTuple):
+    """A channel's listeners in the order they run, and the members they were
+    ordered from (what `Bus.publish` checks the channel's set against)."""
+
+    members: AbstractSet[Listener]
+    """A frozenset (`collections.abc.Set`, so that a ``set`` compares with it)."""
+    ordered: tuple[Listener, ...]
+
+
+def _exit_after(exc: SystemExit, failed: bool) -> None:
+    """Earlier failures of a publish must not turn its ``SystemExit`` into a successful exit."""
+    if failed and exc.code == 0:
+        exc.code = 1
 
 
 def _check_channel(channel: object) -> str:
@@ -243,6 +268,8 @@ class Bus:
         self.listeners: dict[str, set[Listener]] = {ch: set() for ch in BUILTIN_CHANNELS}
         # (channel, callback) -> (priority, subscription order)
         self._priorities: dict[tuple[str, Listener], tuple[int, int]] = {}
+        self._routes: dict[str, _Route] = {}
+        """Per channel, its listeners in order (see `_ordered`); replaced, never changed."""
         self._order = itertools.count()
         self._lock = threading.RLock()
         self._state_changed = threading.Condition(threading.RLock())
@@ -298,7 +325,8 @@ class Bus:
         attribute when that is an int, else 50; lower priorities run first,
         equal ones in the order they were subscribed. Subscribing again only
         updates the priority. An explicit `priority` that is not an int raises
-        ``TypeError``.
+        ``TypeError``. A publish already running goes on with the listeners it
+        started with; the change counts from the next one.
         """
         _check_channel(channel)
         if priority is not None:
@@ -315,21 +343,42 @@ class Bus:
             previous = self._priorities.get(key)
             order = previous[1] if previous is not None else next(self._order)
             self._priorities[key] = (priority, order)
+            self._routes.pop(channel, None)
         return callback
 
     def unsubscribe(self, channel: str, callback: Listener) -> None:
-        """Discard `callback` from `channel` (if present)."""
+        """Discard `callback` from `channel` (if present).
+
+        A publish already running still calls it if it had not reached it yet.
+        """
         with self._lock:
             listeners = self.listeners.get(channel)
             if listeners and callback in listeners:
                 listeners.discard(callback)
                 self._priorities.pop((channel, callback), None)
+                self._routes.pop(channel, None)
 
-    def _ordered_listeners(self, channel: str) -> list[Listener] | None:
+    def _ordered(self, channel: str) -> tuple[Listener, ...]:
+        """The listeners of `channel` in the order they run, kept until the channel changes.
+
+        The common path takes no lock and sorts nothing: the ordered tuple is
+        reused while the channel's set still holds exactly the members it was
+        ordered from (a set comparison, which also notices ``listeners``
+        changed directly, as wspbus code may do); subscribe and unsubscribe
+        drop it (a new priority changes no member).
+        """
+        route = self._routes.get(channel)
+        if route is not None and self.listeners.get(channel) == route.members:
+            return route.ordered
+        return self._reorder(channel)
+
+    def _reorder(self, channel: str) -> tuple[Listener, ...]:
         with self._lock:
             listeners = self.listeners.get(channel)
             if listeners is None:
-                return None
+                # Not kept: publishes on names nobody uses must not grow the table.
+                self._routes.pop(channel, None)
+                return ()
             found = list(listeners)
             # A callback added to the set directly (not through subscribe) gets
             # its default priority and runs after those subscribed before it.
@@ -338,62 +387,88 @@ class Bus:
                     priority = _attribute_priority(callback)
                     self._priorities[(channel, callback)] = (priority, next(self._order))
             found.sort(key=lambda cb: self._priorities[(channel, cb)])
-            return found
+            ordered = tuple(found)
+            self._routes[channel] = _Route(frozenset(ordered), ordered)
+            return ordered
 
     def publish(self, channel: str, *args: Any, **kwargs: Any) -> list[Any]:
         """Call every listener of `channel`; return their results in order.
 
         Returns ``[]`` for a channel nobody subscribed to. Raises
-        `ChannelFailures` after all listeners ran if any of them failed.
+        `ChannelFailures` after all listeners ran if any of them failed, or
+        if `forward` returned failures.
         """
-        outcomes = self.run_listeners(channel, *args, **kwargs)
-        failures = ChannelFailures()
-        for outcome in outcomes:
-            if outcome.error is not None:
-                failures.add(outcome.error)
+        # The hot path of every process: no lock, no sort, no allocation but the
+        # results; the rare failure path does the rest (`_failed`).
+        results: list[Any] = []
+        failures: ChannelFailures | None = None
+        awaiter = self.awaiter
+        for listener in self._ordered(channel):
+            try:
+                result = listener(*args, **kwargs)
+                if awaiter is not None and inspect.isawaitable(result):
+                    result = awaiter(result)
+            except Exception as exc:
+                failures = self._failed(channel, listener, exc, failures)
+                continue
+            except SystemExit as exc:
+                _exit_after(exc, failures is not None)
+                raise
+            results.append(result)
         forward = self.forward
         if forward is not None:
-            for exc in forward(channel, args, kwargs):
-                failures.add(exc)
-        if failures:
+            remote = forward(channel, args, kwargs)
+            if remote:
+                if failures is None:
+                    failures = ChannelFailures()
+                for error in remote:
+                    failures.add(error)
+        if failures is not None:
             raise failures
-        return [outcome.result for outcome in outcomes]
+        return results
 
     def run_listeners(self, channel: str, *args: Any, **kwargs: Any) -> list[ListenerOutcome]:
         """Call every listener of `channel` and return what each one did.
 
         The rules of `publish` apply (order, logging of failures, propagation
         of ``KeyboardInterrupt`` and ``SystemExit``), but failures are returned
-        beside the results instead of being raised: a worker uses this to
-        report each listener's outcome to the master.
+        beside the results instead of being raised, and `forward` is not
+        called: a worker uses this to report each listener's outcome to the
+        master, and the master's publisher to run its own listeners.
         """
-        listeners = self._ordered_listeners(channel)
-        if not listeners:
-            return []
         outcomes: list[ListenerOutcome] = []
-        failed = False
+        failures: ChannelFailures | None = None
         awaiter = self.awaiter
-        for listener in listeners:
+        for listener in self._ordered(channel):
             try:
                 result = listener(*args, **kwargs)
                 if awaiter is not None and inspect.isawaitable(result):
                     result = awaiter(result)
-                outcomes.append(ListenerOutcome(listener, result))
-            except KeyboardInterrupt:
-                raise
-            except SystemExit as exc:
-                # Earlier failures must not turn into a successful exit.
-                if failed and exc.code == 0:
-                    exc.code = 1
-                raise
             except Exception as exc:
-                failed = True
+                failures = self._failed(channel, listener, exc, failures)
                 outcomes.append(ListenerOutcome(listener, None, exc))
-                if channel != "log":
-                    # A failing log listener would fail again on its own error.
-                    msg = f"Error in {channel!r} listener {listener!r}"
-                    self.log(msg, level=40, traceback=True)
+                continue
+            except SystemExit as exc:
+                _exit_after(exc, failures is not None)
+                raise
+            outcomes.append(ListenerOutcome(listener, result))
         return outcomes
+
+    def _failed(
+        self,
+        channel: str,
+        listener: Listener,
+        exc: Exception,
+        failures: ChannelFailures | None,
+    ) -> ChannelFailures:
+        """Collect `exc` (raised by `listener`) and log it; called while it is handled."""
+        if failures is None:
+            failures = ChannelFailures()
+        failures.add(exc)
+        if channel != "log":
+            # A failing log listener would fail again on its own error.
+            self.log(f"Error in {channel!r} listener {listener!r}", level=40, traceback=True)
+        return failures
 
     def log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
         """Publish `msg` and `level` on the ``log`` channel.

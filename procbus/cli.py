@@ -14,9 +14,16 @@ from collections.abc import Sequence
 from procbus._version import __version__
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from procbus import ctl, top  # noqa: PLC0415 - the command table is light
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given the command line `argv`, only the part it needs.
 
+    argparse costs about 20 µs per option (each ``add_argument`` makes a help
+    formatter), so for ``procbus ctl ping`` only ``ping``'s parser is built,
+    not every command's (see `procbus.ctl.command_in`), and ``top``'s not.
+    """
+    from procbus import ctl  # noqa: PLC0415 - the command table is light
+
+    only_ctl = argv is not None and argv[:1] == ["ctl"]
     parser = argparse.ArgumentParser(
         prog="procbus",
         description="A multi-process bus for pre-fork hosting.",
@@ -30,22 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="host a WSGI app (or a generic worker) behind pre-forked workers",
         add_help=False,
     )
-    ctl.build_parser(
-        commands.add_parser(
-            "ctl",
-            help="drive a running master (status, publish, reload, ...)",
-            description="Drive running masters. Exit status: 0 ok, 1 failed in the tree, "
-            "2 usage error, 3 master unreachable.",
-        )
+    ctl_parser = commands.add_parser(
+        "ctl",
+        help="drive a running master (status, publish, reload, ...)",
+        description="Drive running masters. Exit status: 0 ok, 1 failed in the tree, "
+        "2 usage error, 3 master unreachable.",
     )
-    top.build_parser(
-        commands.add_parser(
-            "top",
-            help="live table of the workers, from the master's stats stream",
-            description="A live table of the workers (q or Ctrl-C quits). Exit status: 0 ok, "
-            "1 refused, 2 usage error, 3 master unreachable or silent.",
-        )
+    ctl.build_parser(ctl_parser, only=ctl.command_in(argv[1:]) if argv and only_ctl else None)
+    top_parser = commands.add_parser(
+        "top",
+        help="live table of the workers, from the master's stats stream",
+        description="A live table of the workers (q or Ctrl-C quits). Exit status: 0 ok, "
+        "1 refused, 2 usage error, 3 master unreachable or silent.",
     )
+    if not only_ctl:
+        from procbus import top  # noqa: PLC0415
+
+        top.build_parser(top_parser)
     _build_keys_parser(
         commands.add_parser(
             "keys",
@@ -78,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - parser.err
         from procbus import run  # noqa: PLC0415
 
         return run.main(argv[1:])
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)

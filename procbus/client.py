@@ -102,6 +102,11 @@ class Client:
     ) -> None:
         self.close()
 
+    @property
+    def socket(self) -> zmq.Socket[bytes]:
+        """The DEALER socket, for a caller that polls many clients at once (`procbus.fleet`)."""
+        return self._socket
+
     def request(
         self,
         command: str,
@@ -112,6 +117,31 @@ class Client:
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """Send one request and return the raw reply body (``ok``, ``result``, ``error``)."""
+        timeout = self.timeout if timeout is None else timeout
+        request_id = self.send(command, args, kwargs, wait=wait, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._socket.poll(max(1, int(remaining * 1000))):
+                raise self.no_answer(timeout)
+            body = self.receive(request_id)
+            if body is not None:
+                return body
+
+    def send(
+        self,
+        command: str,
+        args: list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> str:
+        """Send one request without waiting; return its id (for `receive`).
+
+        Raises `ControlError` (``unreachable``) at once when an ipc:// master's
+        socket file is missing or unsafe.
+        """
         timeout = self.timeout if timeout is None else timeout
         self._check_reachable()
         request_id = f"{os.getpid()}-{next(self._ids)}"
@@ -124,22 +154,32 @@ class Client:
             "timeout": timeout,
         }
         self._socket.send(protocol.encode(MsgType.CONTROL_REQUEST, body))
-        deadline = time.monotonic() + timeout
+        return request_id
+
+    def receive(self, request_id: str) -> dict[str, Any] | None:
+        """The reply body to `request_id` among the replies ready now, or None.
+
+        Never blocks: replies to earlier requests (given up on) are read and
+        dropped. `ControlError` (``internal``) on a malformed reply.
+        """
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._socket.poll(max(1, int(remaining * 1000))):
-                raise ControlError(
-                    ErrorCode.UNREACHABLE,
-                    f"no answer from the master at {self.endpoint} within {timeout:g}s",
-                )
             try:
-                reply = protocol.decode(
-                    self._socket.recv(), expect=frozenset({MsgType.CONTROL_REPLY})
-                )
+                frame = self._socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return None
+            try:
+                reply = protocol.decode(frame, expect=frozenset({MsgType.CONTROL_REPLY}))
             except ProtocolError as exc:
                 raise ControlError(ErrorCode.INTERNAL, f"malformed reply: {exc}") from None
             if reply["id"] == request_id:
                 return reply.body
+
+    def no_answer(self, timeout: float) -> ControlError:
+        """The error of a request this master did not answer within `timeout` seconds."""
+        return ControlError(
+            ErrorCode.UNREACHABLE,
+            f"no answer from the master at {self.endpoint} within {timeout:g}s",
+        )
 
     def call(
         self,

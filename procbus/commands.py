@@ -5,7 +5,8 @@ connecting (a typo exits 2 even when no master runs), and the master's control
 server checks every request against it again before running anything. A signal
 sent to the master runs the same command as its ``procbus ctl`` equivalent.
 
-This module is imported by the CLI at start-up: it imports nothing heavy.
+This module is imported by the CLI at start-up: it imports nothing heavy
+(NamedTuples, not dataclasses, which import ``inspect``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import enum
 import reprlib
 import signal
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 
 class Role(enum.StrEnum):
@@ -46,6 +46,8 @@ class ErrorCode(enum.StrEnum):
     """A bug in the master; the message says what."""
     UNREACHABLE = "unreachable"
     """Client side only: no answer from the master within the timeout."""
+    SKIPPED = "skipped"
+    """Client side only: not sent, a ``--rolling`` command stopped before this master."""
 
 
 class CommandError(Exception):
@@ -57,8 +59,7 @@ class CommandError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(NamedTuple):
     """One positional parameter or option of a command."""
 
     name: str
@@ -71,8 +72,7 @@ class Param:
     help: str = ""
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     """A keyword option (``--batch 2``, ``--adopt``)."""
 
     name: str
@@ -82,8 +82,7 @@ class Option:
     help: str = ""
 
 
-@dataclass(frozen=True)
-class CommandSpec:
+class CommandSpec(NamedTuple):
     name: str
     role: Role
     help: str
@@ -139,8 +138,16 @@ COMMANDS: Final[Mapping[str, CommandSpec]] = _spec(
     CommandSpec(
         "reload",
         Role.ADMIN,
-        "rolling replacement of every worker, never below N",
-        options=(Option("batch", int, minimum=1, help="workers replaced at a time"),),
+        "replace every worker, never below N: the whole new generation at once, then the "
+        "old drains",
+        options=(
+            Option(
+                "batch",
+                int,
+                minimum=0,
+                help="workers replaced at a time (0: all at once; default: reload_batch)",
+            ),
+        ),
         job=True,
     ),
     CommandSpec(

@@ -401,6 +401,11 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("boot_timeout", _seconds(0, inclusive=False),
             "kill a worker not running this many seconds after its fork", metavar="SECONDS",
             default=60.0),
+    Setting("reload_batch", _integer(0),
+            "workers a reload replaces at a time: 0 starts the whole new generation at once "
+            "(the surge: one app start-up time, up to twice the workers' memory meanwhile); "
+            "K >= 1 rolls K at a time (N/K start-up times, K extra workers)", metavar="K",
+            default=0),
     Setting("heartbeat_interval", _seconds(0, inclusive=False),
             "seconds between worker heartbeats", metavar="SECONDS", default=1.0),
     Setting("publish_timeout", _seconds(0, inclusive=False),
@@ -485,6 +490,7 @@ class Config:
     timeout: float
     graceful_timeout: float
     boot_timeout: float
+    reload_batch: int
     heartbeat_interval: float
     publish_timeout: float
     stats_interval: float

@@ -5,10 +5,21 @@ Exit statuses: 0 success; 1 the command ran but something in the tree failed
 usage error (checked before connecting, so it needs no master); 3 no master
 answered within the timeout.
 
-Human output by default, one JSON document on stdout with ``--json``. With
-several masters (``--ctl`` given more than once, or ``--ctl-file``) the
-command runs on each and prints one result per master; ``--rolling`` runs
-``reload``/``restart`` on one master at a time and stops at the first failure.
+Human output by default, one JSON document on stdout with ``--json``.
+
+A fleet: with several masters (``--ctl`` given more than once, or
+``--ctl-file``), the read commands (ping, version, status, stats, jobs,
+metrics ...), ``publish`` and ``graceful`` run on all of them at once (see
+`procbus.fleet`), each with its own ``--timeout``; the admin commands (reload,
+restart, upgrade, stop, start, exit, scale, incr, decr, kill) run on one
+master after another, on all of them whatever fails, unless ``--parallel``
+(all at once) or ``--rolling``: one master at a time, stopping at the first
+that fails, or with ``--max-failures K`` at the K+1th (the masters after it are
+reported as skipped). The output has one result per master, in the order
+given; the exit status is the largest of theirs (3 if one master was
+unreachable, even when the others answered). A duplicated endpoint, an empty
+or unreadable ``--ctl-file``, ``--max-failures`` without ``--rolling``, and
+``watch`` (one master's stream) with several endpoints are usage errors.
 A ``tcp://`` endpoint needs CURVE keys: ``--curve-keys DIR`` (or
 ``PROCBUS_CURVE_KEYS``) with ``DIR/server.key`` and the client's
 ``DIR/secret/NAME.key_secret``, NAME from ``--curve-client`` (or
@@ -18,14 +29,15 @@ A ``tcp://`` endpoint needs CURVE keys: ``--curve-keys DIR`` (or
 from __future__ import annotations
 
 import argparse
+import enum
 import json
 import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
-from procbus.commands import COMMANDS, CommandError, ErrorCode, check_request
+from procbus.commands import COMMANDS, CommandError, ErrorCode, Role, check_request
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_TIMEOUT = 10.0
@@ -59,7 +71,21 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
         "--rolling",
         action="store_true",
         default=sup,
-        help="one master at a time; stop at a failure",
+        help="one master at a time, each waited for; stop at the first failed master",
+    )
+    group.add_argument(
+        "--max-failures",
+        type=int,
+        default=sup,
+        metavar="K",
+        help="with --rolling: go on past K failed masters, stop at the next (default 0)",
+    )
+    group.add_argument(
+        "--parallel",
+        action="store_true",
+        default=sup,
+        help="run an admin command on every master at once (read commands, publish and "
+        "graceful always are)",
     )
     group.add_argument(
         "--curve-keys",
@@ -77,11 +103,55 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser(parser: argparse.ArgumentParser) -> None:
-    """Fill the ``ctl`` parser: global options and one subcommand per command."""
+_VALUE_OPTIONS: Final = (
+    "--name",
+    "--runtime-dir",
+    "--ctl",
+    "--ctl-file",
+    "--timeout",
+    "--curve-keys",
+    "--curve-client",
+    "--max-failures",
+)
+"""The options of `add_global_options` that take a value (`command_in` skips it)."""
+
+
+def command_in(argv: Sequence[str]) -> str | None:
+    """The command named by the words after ``procbus ctl``, or None if unsure.
+
+    The first word that is neither an option nor an option's value, as
+    argparse reads it (``--opt=value`` and abbreviations of the value-taking
+    options included); None when that word is no known command, or before a
+    ``--``: then the whole parser is built, for its usual errors and help.
+    """
+    takes_value = False
+    for word in argv:
+        if takes_value:
+            takes_value = False
+        elif word == "--":
+            return None
+        elif word.startswith("-") and word != "-":
+            takes_value = (
+                word.startswith("--")
+                and "=" not in word
+                and any(option.startswith(word) for option in _VALUE_OPTIONS)
+            )
+        else:
+            return word if word in COMMANDS or word == "watch" else None
+    return None
+
+
+def build_parser(parser: argparse.ArgumentParser, only: str | None = None) -> None:
+    """Fill the ``ctl`` parser: global options and one subcommand per command.
+
+    With `only` (see `command_in`), that command's subcommand alone: enough to
+    parse its command line, at a tenth of the cost.
+    """
     add_global_options(parser)
     commands = parser.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
     for spec in COMMANDS.values():
+        if only is not None and spec.name != only:
+            continue
         sub = commands.add_parser(spec.name, help=spec.help, description=spec.help)
         for param in spec.params:
             kind = int if param.kind is int else str
@@ -100,6 +170,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
             else:
                 sub.add_argument(flag, type=option.kind, help=option.help)
         add_global_options(sub)
+    if only is not None and only != "watch":
+        return
     watch = commands.add_parser("watch", help="stream the master's events")
     watch.add_argument("--count", type=int, help="stop after this many events")
     watch.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -186,13 +258,30 @@ def targets(args: argparse.Namespace) -> list[str]:
     if ctl_file:
         try:
             with open(ctl_file, encoding="utf-8") as handle:
-                endpoints.extend(
+                listed = [
                     line.strip() for line in handle if line.strip() and not line.startswith("#")
-                )
+                ]
         except OSError as exc:
             raise CommandError(
                 ErrorCode.BAD_ARGUMENTS, f"--ctl-file {ctl_file!r}: {exc.strerror}"
             ) from None
+        except UnicodeDecodeError:
+            raise CommandError(
+                ErrorCode.BAD_ARGUMENTS, f"--ctl-file {ctl_file!r}: not UTF-8 text"
+            ) from None
+        if not listed:
+            # Not the local master instead: a fleet file emptied by mistake must not
+            # reload whatever runs here.
+            raise CommandError(ErrorCode.BAD_ARGUMENTS, f"--ctl-file {ctl_file!r}: no endpoint")
+        endpoints.extend(listed)
+    seen: set[str] = set()
+    for endpoint in endpoints:
+        if endpoint in seen:
+            raise CommandError(
+                ErrorCode.BAD_ARGUMENTS,
+                f"endpoint {endpoint!r} given twice (it would run the command twice)",
+            )
+        seen.add(endpoint)
     if not endpoints:
         from procbus.errors import StartupError  # noqa: PLC0415
         from procbus.paths import control_endpoint  # noqa: PLC0415
@@ -254,6 +343,59 @@ def _checked_numbers(args: argparse.Namespace, command: str) -> float:
     return check_seconds("--timeout", timeout)
 
 
+class Mode(enum.Enum):
+    """How a command runs on several masters."""
+
+    CONCURRENT = "concurrent"
+    """On all at once (`procbus.fleet`): read commands, publish, graceful; --parallel."""
+    SEQUENTIAL = "sequential"
+    """One after another, each whatever the others did: admin commands by default."""
+    ROLLING = "rolling"
+    """One after another, stopping after too many failed masters: --rolling."""
+
+
+CONCURRENT_COMMANDS: Final = frozenset(
+    {name for name, spec in COMMANDS.items() if spec.role is Role.READ} | {"publish", "graceful"}
+)
+"""Commands that run on every master at once: they read, or every master answers at once
+(a publish); the admin commands that change a tree (reload, stop ...) go one by one."""
+
+
+def fleet_mode(args: argparse.Namespace, command: str) -> tuple[Mode, int]:
+    """The `Mode` of `command` and the failures a roll goes on past, from the options.
+
+    ``--rolling`` with ``--parallel`` or ``--no-wait``, and ``--max-failures``
+    without ``--rolling`` or below 0, are usage errors (`CommandError`).
+    """
+    rolling = bool(_option(args, "rolling", False))
+    parallel = bool(_option(args, "parallel", False))
+    max_failures = _option(args, "max_failures", None)
+    if max_failures is not None:
+        if not rolling:
+            raise CommandError(
+                ErrorCode.BAD_ARGUMENTS,
+                f"--max-failures {max_failures}: only with --rolling (the other modes run "
+                "every master whatever fails)",
+            )
+        if max_failures < 0:
+            raise CommandError(
+                ErrorCode.BAD_ARGUMENTS,
+                f"--max-failures must be a whole number >= 0, got {max_failures}",
+            )
+    if rolling and parallel:
+        raise CommandError(ErrorCode.BAD_ARGUMENTS, "--rolling and --parallel exclude each other")
+    if rolling and _option(args, "no_wait", False):
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS,
+            "--rolling waits for each master's command to end: not with --no-wait",
+        )
+    if rolling:
+        return Mode.ROLLING, max_failures or 0
+    if parallel or command in CONCURRENT_COMMANDS:
+        return Mode.CONCURRENT, 0
+    return Mode.SEQUENTIAL, 0
+
+
 def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run a parsed ``procbus ctl`` command line; return the exit status."""
     as_json = bool(_option(args, "json", False))
@@ -264,7 +406,13 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
         if command != "watch":
             command, positional, options = request_from_args(args)
         timeout = _checked_numbers(args, command)
+        mode, max_failures = fleet_mode(args, command)
         endpoints = targets(args)
+        if command == "watch" and len(endpoints) > 1:
+            raise CommandError(
+                ErrorCode.BAD_ARGUMENTS,
+                f"watch follows one master, got {len(endpoints)} endpoints",
+            )
         curve = curve_keys(args, endpoints)
     except CommandError as exc:
         return _usage_error(exc.message, as_json, out, err)
@@ -282,21 +430,31 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
             curve=curve,
         )
 
-    from procbus.client import Client, ControlError  # noqa: PLC0415
-
     wait = not _option(args, "no_wait", False)
-    rolling = bool(_option(args, "rolling", False))
+    if len(endpoints) > 1 and mode is Mode.CONCURRENT:
+        from procbus import fleet  # noqa: PLC0415
+
+        replies = fleet.request_all(
+            endpoints, command, positional, options, wait=wait, timeout=timeout, curve=curve
+        )
+    else:
+        replies = _one_by_one(
+            endpoints,
+            command,
+            positional,
+            options,
+            wait=wait,
+            timeout=timeout,
+            curve=curve,
+            mode=mode,
+            max_failures=max_failures,
+        )
     documents: list[dict[str, Any]] = []
     status = EXIT_OK
-    for endpoint in endpoints:
-        try:
-            with Client(endpoint, timeout, curve=None if _is_ipc(endpoint) else curve) as client:
-                reply = client.request(command, positional, options, wait=wait, timeout=timeout)
-        except ControlError as exc:
-            reply = {"ok": False, "error": {"code": exc.code.value, "message": exc.message}}
+    for endpoint, reply in zip(endpoints, replies, strict=True):
         code = _exit_status(command, reply)
-        status = max(status, code) if status != EXIT_USAGE else status
-        documents.append({"endpoint": endpoint, **reply})
+        status = max(status, code)
+        documents.append({"endpoint": endpoint, "exit": code, **reply})
         if not as_json:
             _print_human(command, endpoint if len(endpoints) > 1 else None, reply, out, err)
         elif not reply.get("ok"):  # the JSON document goes to stdout, the one line here
@@ -304,8 +462,6 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
 
             prefix = f"[{endpoint}] " if len(endpoints) > 1 else ""
             print(printable(_error_line(prefix, command, reply)), file=err)
-        if rolling and code != EXIT_OK:
-            break
     if as_json:
         if len(endpoints) == 1:
             document = documents[0]
@@ -320,6 +476,48 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
             json.dump({"masters": documents}, out, indent=2, default=str)
         out.write("\n")
     return status
+
+
+def _one_by_one(
+    endpoints: Sequence[str],
+    command: str,
+    positional: list[Any],
+    options: dict[str, Any],
+    *,
+    wait: bool,
+    timeout: float,
+    curve: tuple[bytes, bytes, bytes] | None,
+    mode: Mode,
+    max_failures: int,
+) -> list[dict[str, Any]]:
+    """Each master's reply, one master after another; a roll (`Mode.ROLLING`) stops
+    after `max_failures` + 1 failed masters, and the rest are replied ``skipped``."""
+    from procbus.client import Client, ControlError  # noqa: PLC0415
+
+    replies: list[dict[str, Any]] = []
+    failed: list[str] = []
+    for endpoint in endpoints:
+        if mode is Mode.ROLLING and len(failed) > max_failures:
+            replies.append(_skipped(failed))
+            continue
+        try:
+            with Client(endpoint, timeout, curve=None if _is_ipc(endpoint) else curve) as client:
+                reply = client.request(command, positional, options, wait=wait, timeout=timeout)
+        except ControlError as exc:
+            reply = {"ok": False, "error": {"code": exc.code.value, "message": exc.message}}
+        replies.append(reply)
+        if _exit_status(command, reply) != EXIT_OK:
+            failed.append(endpoint)
+    return replies
+
+
+def _skipped(failed: Sequence[str]) -> dict[str, Any]:
+    stop = f"after {len(failed)} failed masters" if len(failed) > 1 else f"at {failed[0]}"
+    return {
+        "ok": False,
+        "skipped": True,
+        "error": {"code": ErrorCode.SKIPPED.value, "message": f"not run: the roll stopped {stop}"},
+    }
 
 
 def _error_document(reply: dict[str, Any]) -> dict[str, Any]:

@@ -35,9 +35,8 @@ import errno
 import os
 import stat
 from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from procbus.errors import StartupError
 
@@ -55,8 +54,7 @@ class UnsafeDirectory(StartupError):
     cannot be created or opened. The message names the path and the problem."""
 
 
-@dataclass(frozen=True)
-class DirectoryId:
+class DirectoryId(NamedTuple):
     """What identifies a directory for as long as it exists."""
 
     device: int
@@ -121,13 +119,19 @@ def _walk_ancestors(base: Path, owners: Collection[int]) -> int:
     return fd
 
 
-@dataclass(eq=False)
 class PrivateDir:
-    """An open, checked directory and the path that leads to it."""
+    """An open, checked directory and the path that leads to it.
 
-    path: Path
-    fd: int
-    identity: DirectoryId
+    (Plain classes here, no dataclasses: ``procbus ctl`` imports this module.)
+    """
+
+    def __init__(self, path: Path, fd: int, identity: DirectoryId) -> None:
+        self.path = path
+        self.fd = fd
+        self.identity = identity
+
+    def __repr__(self) -> str:
+        return f"PrivateDir(path={self.path!r}, fd={self.fd}, identity={self.identity!r})"
 
     def intact(self) -> bool:
         """True while `path` still names this very directory."""

@@ -351,6 +351,7 @@ def tree_settings(config: Config) -> TreeSettings:
         publish_timeout=config.publish_timeout,
         stats_interval=config.stats_interval,
         metrics_timeout=config.metrics_timeout,
+        reload_batch=config.reload_batch,
         supervision=Supervision(
             timeout=config.timeout,
             boot_timeout=config.boot_timeout,

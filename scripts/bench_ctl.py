@@ -15,19 +15,28 @@ one (``PYTHONDONTWRITEBYTECODE``, a source checkout: procbus's modules are
 compiled on every start). ``--pythonpath DIR`` measures another procbus as the
 client (e.g. ``git archive`` of an older commit), against the same master.
 
-The master (2 idle workers) is started for the run and always reaped.
-Run: ``.venv/bin/python scripts/bench_ctl.py [--runs 20] [--imports] [--cold]``.
+A fleet (``--fleet N``, default 32; 0 skips it): N masters of one idle
+worker each on ipc://, and ``procbus ctl --ctl E1 ... --ctl EN status`` (all
+at once, `procbus.fleet`) timed against ``status`` on one master and against
+``--rolling status`` on the N (one master after another, as ctl did before);
+the goal is N masters in at most 2x one master's time.
+
+The masters are started for the run and always reaped.
+Run: ``.venv/bin/python scripts/bench_ctl.py [--runs 20] [--imports] [--cold] [--fleet 32]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from benchmaster import bench_master
 
@@ -81,6 +90,12 @@ def main() -> int:
         help="measure the procbus in DIR (e.g. an export of an older commit) as the client",
     )
     parser.add_argument("--cold", action="store_true", help="no bytecode cache for procbus")
+    parser.add_argument(
+        "--fleet", type=int, default=32, metavar="N", help="masters of the fleet run (0: none)"
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the medians (ms) to FILE"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pbc-") as pycache:
         env = dict(os.environ)
@@ -139,7 +154,57 @@ def measure(args: argparse.Namespace, env: dict[str, str]) -> int:
         print("slowest imports of ctl --runtime-dir D ping (cumulative ms):")
         for micros, name in imports:
             print(f"  {micros / 1000:7.1f}  {name}")
+    found = {name: median * 1e3 for name, median in medians.items()}
+    if args.fleet > 1:
+        found.update(measure_fleet(args.fleet, args.runs, env))
+    if args.json:
+        args.json.write_text(json.dumps(found))
     return 0
+
+
+def measure_fleet(count: int, runs: int, env: dict[str, str]) -> dict[str, float]:
+    """``status`` on `count` masters at once, vs one master, vs one master after another."""
+    procbus = [sys.executable, "-m", "procbus", "ctl"]
+    print(f"starting {count} masters of 1 idle worker ...", flush=True)
+    with contextlib.ExitStack() as stack:
+        masters = [stack.enter_context(bench_master(1)) for _ in range(count)]
+        fleet = [word for master in masters for word in ("--ctl", master.control)]
+        commands = {
+            "status, 1 master": [*procbus, "--ctl", masters[0].control, "status", "--json"],
+            f"status, {count} masters at once": [*procbus, *fleet, "status", "--json"],
+            f"status, {count} masters one by one": [
+                *procbus,
+                *fleet,
+                "--rolling",
+                "status",
+                "--json",
+            ],
+        }
+        for argv in commands.values():
+            run_once(argv, env)
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(runs):
+            for name, argv in commands.items():
+                times[name].append(run_once(argv, env))
+    print(f"{runs} runs each, wall time of the whole procbus ctl process:")
+    medians = {}
+    for name, values in times.items():
+        medians[name] = statistics.median(values)
+        print(
+            f"  {name:<34} median {medians[name] * 1000:6.1f} ms"
+            f"   p90 {percentile(values, 0.9) * 1000:6.1f} ms"
+        )
+    one, names = medians["status, 1 master"], list(commands)
+    print(
+        f"  {count} masters at once: {medians[names[1]] / one:.2f}x one master (goal <= 2x);"
+        f" one by one: {medians[names[2]] / one:.2f}x"
+    )
+    return {
+        "status, 1 master": one * 1e3,
+        "status, fleet at once": medians[names[1]] * 1e3,
+        "status, fleet one by one": medians[names[2]] * 1e3,
+        "fleet size": count,
+    }
 
 
 if __name__ == "__main__":

@@ -371,6 +371,9 @@ def main() -> int:
         help="bytes of the argument (a list of 17-byte keys) with --targeted",
     )
     parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the figures to FILE (scripts/bench)"
+    )
+    parser.add_argument(
         "--one", choices=["procbus", "origin", "pyzmq", "targeted"], help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -390,6 +393,7 @@ def main() -> int:
         return 0
     if args.targeted:
         return print_targeted(args.rounds, args.payload)
+    figures: dict[str, dict[str, dict[str, float]]] = {}
     print(
         f"{args.rounds} publishes per figure; round trip one at a time, throughput 64 in "
         "flight; cpu = the publisher's CPU per publish during the throughput run (for a "
@@ -411,12 +415,15 @@ def main() -> int:
             for row in rows
         )
         tree_row, origin, bare = rows
+        figures[str(workers)] = {"master": tree_row, "worker": origin, "pyzmq": bare}
         print(
             f"{workers:>7} | {cells} | {origin['p50_us'] / tree_row['p50_us']:>7.2f} "
             f"{tree_row['p50_us'] / bare['p50_us']:>7.2f} "
             f"{origin['p50_us'] / bare['p50_us']:>7.2f}",
             flush=True,
         )
+    if args.json:
+        args.json.write_text(json.dumps({"rounds": args.rounds, "workers": figures}))
     return 0
 
 

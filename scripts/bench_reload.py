@@ -7,10 +7,14 @@ client threads for ``--before`` seconds, triggers one operation and keeps the
 load for at least ``--seconds`` more (longer while the workers are not all new
 yet, up to ``--settle`` seconds after the trigger). The cases:
 
-- procbus ``reload`` (rolling: a new worker runs before an old one drains),
-  ``restart`` (the master re-executes, keeping its sockets) and ``upgrade``
-  (a new master beside the old one, then the hand-over), each through a
-  ``procbus ctl`` process;
+- procbus ``reload`` (the surge, the default: the whole new generation
+  forked at once, the old one drained once it all runs), ``rolling``
+  (``reload --batch 1``: one new worker runs before its old one drains, one
+  at a time), ``b4`` (``reload --batch 4``), ``restart`` (the master
+  re-executes, keeping its sockets) and ``upgrade`` (a new master beside the
+  old one, then the hand-over), each through a ``procbus ctl`` process; and
+  ``hup``: SIGHUP to the master, the same reload as ``reload`` without the
+  ``ctl`` process's own start-up;
 - gunicorn (sync workers) ``hup`` (SIGHUP) and ``usr2``: USR2 to the master,
   wait for the new master (``PIDFILE.2``) and for its N workers to have
   imported the app, then WINCH and QUIT the old master. (gunicorn ignores
@@ -46,7 +50,8 @@ exits. Every case ends with TERM to every master (found from ``procbus ctl
 status`` or the pidfiles), a bounded wait, KILL to the whole session, and a
 wait for every process of the session that became a child of this one.
 
-Run: ``.venv/bin/python scripts/bench_reload.py [--workers 4] [--import-delay 0.5]``.
+Run: ``.venv/bin/python scripts/bench_reload.py [--workers 4] [--import-delay 0.5]``;
+``--cases procbus:hup gunicorn:hup --repeat 3`` runs only those, interleaved.
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import psutil
 
@@ -99,7 +104,12 @@ def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 '''
-OPERATIONS: Final = {"procbus": ("reload", "restart", "upgrade"), "gunicorn": ("hup", "usr2")}
+OPERATIONS: Final = {
+    "procbus": ("reload", "hup", "rolling", "restart", "upgrade", "b4"),
+    "gunicorn": ("hup", "usr2"),
+}
+PROCBUS_COMMANDS: Final = {"rolling": ("reload", "--batch", "1"), "b4": ("reload", "--batch", "4")}
+"""procbus operations that are not a ``ctl`` command of the same name."""
 PR_SET_CHILD_SUBREAPER: Final = 36
 FAILURE_PAUSE: Final = 0.01
 """Seconds a client waits after a failed request, as a client retrying would."""
@@ -352,7 +362,11 @@ class ProcbusTree(Tree):
         return [int(json.loads(done.stdout)["master"]["pid"])]
 
     def operate(self, operation: str) -> list[str]:
-        done = self.ctl(operation)
+        if operation == "hup":  # the same command as ctl reload, without the ctl process
+            assert self.proc is not None
+            os.kill(self.proc.pid, signal.SIGHUP)
+            return []
+        done = self.ctl(*PROCBUS_COMMANDS.get(operation, (operation,)))
         if done.returncode == 0:
             return []
         output = (done.stdout + done.stderr).strip().replace("\n", " | ")
@@ -723,8 +737,35 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=5.0, help="client timeout, seconds (5)")
     parser.add_argument("--keep-alive", action="store_true", help="one connection per client")
     parser.add_argument("--only", choices=tuple(OPERATIONS), help="one server only")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        metavar="SERVER:OP",
+        help="only these cases, in this order (procbus:reload gunicorn:hup)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run the cases this many times, interleaved (1)"
+    )
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep the servers' logs in DIR")
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write each case's figures to FILE"
+    )
     return parser.parse_args()
+
+
+def cases(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(server, operation) of each case to run, from ``--cases`` or ``--only``."""
+    if not args.cases:
+        servers = [args.only] if args.only else list(OPERATIONS)
+        return [(server, operation) for server in servers for operation in OPERATIONS[server]]
+    chosen = []
+    for text in args.cases:
+        server, _, operation = text.partition(":")
+        if operation not in OPERATIONS.get(server, ()):
+            known = ", ".join(f"{s}:{o}" for s, ops in OPERATIONS.items() for o in ops)
+            raise SystemExit(f"bench_reload: unknown case {text!r} (known: {known})")
+        chosen.append((server, operation))
+    return chosen
 
 
 def main() -> int:
@@ -748,11 +789,10 @@ def main() -> int:
         f"load {settings.before:g} s + at least {settings.seconds:g} s, "
         f"{os.cpu_count()} CPUs{'' if subreaper else ', not a subreaper'}"
     )
-    servers = [args.only] if args.only else list(OPERATIONS)
     results = [
         run_case(server, operation, settings, args.logs)
-        for server in servers
-        for operation in OPERATIONS[server]
+        for _ in range(args.repeat)
+        for server, operation in cases(args)
     ]
     print(HEADER)
     for result in results:
@@ -760,7 +800,28 @@ def main() -> int:
     for result in results:
         print(detail(result))
     print(summary(results))
+    if args.json:
+        args.json.write_text(json.dumps([figures(result) for result in results]))
     return 0
+
+
+def figures(result: CaseResult) -> dict[str, Any]:
+    """One case's figures, for scripts/bench: seconds until every worker is new, failed
+    requests, the longest gap, and the steady p99 before the trigger."""
+    before = sorted(
+        s.end - s.start
+        for s in result.samples
+        if s.outcome is Outcome.OK and s.end < result.trigger
+    )
+    gap, _ = longest_gap(result)
+    return {
+        "case": f"{result.server}:{result.operation}",
+        "all_new_s": result.all_new,
+        "failed": sum(failures(result).values()),
+        "requests": len(result.samples),
+        "gap_ms": gap * 1e3,
+        "steady_p99_ms": (percentile(before, 0.99) or 0.0) * 1e3,
+    }
 
 
 if __name__ == "__main__":

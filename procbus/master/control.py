@@ -350,7 +350,8 @@ class Commands:
         count = call.args[0] if call.args else 1
         target = self.target.target_workers
         if name == "reload":
-            return "reload", {"batch": options.get("batch", 1)}
+            # without --batch, the job reads the reload_batch setting (as the reload re-reads it)
+            return "reload", ({"batch": options["batch"]} if "batch" in options else {})
         if name == "restart":
             return "restart", {"adopt": options.get("adopt", False)}
         if name == "scale":

@@ -28,6 +28,7 @@ import zmq
 
 from procbus import protocol
 from procbus.errors import ProtocolError
+from procbus.frames import recv_two
 from procbus.master.loop import EventLoop
 from procbus.master.planner import WorkerProc
 from procbus.master.pool import Pool
@@ -42,6 +43,7 @@ WORKER_MESSAGES: Final = frozenset(
 )
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 """As a plain int: pyzmq combines enum flags per call, which shows in profiles."""
+_REPLY: Final = MsgType.REPLY
 _BATCH: Final = 1000
 """Messages read from one socket before the loop looks at the others."""
 _SUBSCRIBE: Final = b"\x01"
@@ -89,15 +91,15 @@ class Hub:
                 self.pool.subscribed(frame[1:])
 
     def on_router(self) -> None:
+        router = self.router
         for _ in range(_BATCH):
             try:
-                frames = self.router.recv_multipart(_NOBLOCK)
+                identity, frame, count = recv_two(router, _NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) != 2:
-                self._drop(frames[0] if frames else b"", f"{len(frames)} frames (expected 2)")
+            if count != 2:
+                self._drop(identity, f"{count} frames (expected 2)")
                 continue
-            identity, frame = frames
             try:
                 message = protocol.decode(
                     frame, expect=WORKER_MESSAGES, limits=protocol.WORKER_LIMITS
@@ -131,15 +133,15 @@ class Hub:
         if found is None or not found.hello:
             self._drop(identity, f"{message.type.name} from a worker that did not say hello")
             return
-        if message.type is MsgType.HEARTBEAT:
+        if message.type is _REPLY:  # the most frequent by far
+            found.last_heartbeat = self.loop.clock()
+            self.relay.on_reply(found, message)
+        elif message.type is MsgType.HEARTBEAT:
             self.pool.heartbeat(found, message["counters"], message.get("bus"))
         elif message.type is MsgType.STATE:
             self.pool.worker_state(found, message["state"], message.get("error"))
-        elif message.type is MsgType.TREE_PUBLISH:
-            self.on_tree_publish(found, message)
         else:
-            found.last_heartbeat = self.loop.clock()
-            self.relay.on_reply(found, message)
+            self.on_tree_publish(found, message)
 
     def welcome(self, worker: WorkerProc) -> None:
         """Tell a worker whose subscription is proven from which publish on it is a target."""

@@ -344,9 +344,9 @@ class Master:
     def decr(self, count: int = 1) -> Job:
         return self._job_of("decr", count)
 
-    def reload(self, batch: int = 1) -> Job:
-        """Rolling replacement of every worker, `batch` at a time (never below N)."""
-        return self._job_of("reload", batch=batch)
+    def reload(self, batch: int | None = None) -> Job:
+        """Replace every worker, never below N, `batch` at a time (0: all; None: reload_batch)."""
+        return self._job_of("reload", **({} if batch is None else {"batch": batch}))
 
     def restart(self, adopt: bool = False) -> Job:
         """Drain every worker (unless `adopt`), then have `run`'s caller re-execute the

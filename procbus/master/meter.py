@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -66,12 +66,11 @@ class PublishMeter:
     outcomes: Counter[str] = field(default_factory=Counter)
     durations: Histogram = field(default_factory=Histogram)
 
-    def observe(self, answers: Iterable[str], seconds: float) -> None:
-        """A publish's reply went back after `seconds`; `answers` are its workers'
-        outcomes known by then."""
-        self.outcomes.update(answers)
+    def replied(self, seconds: float) -> None:
+        """A publish's reply went back `seconds` after it was sent."""
         self.durations.observe(seconds)
 
     def answered(self, outcome: str) -> None:
-        """A target that was pending when its publish's reply went back: its outcome."""
+        """One target's outcome of a publish (ok, error, timeout, lost), when it is
+        known: before or after the publish's reply went back."""
         self.outcomes[outcome] += 1

@@ -13,9 +13,10 @@ Because the clock is a parameter, every rule here is tested without processes.
 
 Two policies span the whole pool rather than one slot, and live here too:
 
-- a rolling reload is a `Rollout` in the view: `plan()` replaces its slots
-  batch by batch, judges each batch's new workers, and rolls a batch back
-  when one of them cannot boot; the reload job only starts it and waits;
+- a reload is a `Rollout` in the view: `plan()` forks the whole new
+  generation beside the old one (the surge) or replaces the slots batch by
+  batch, judges the new workers, and rolls back when one of them cannot
+  boot; the reload job only starts it and waits;
 - a worker that cannot boot before the pool ever came up makes `plan()`
   answer `HALT`: at start nobody is there to fix the app, and forking it
   again would only fail again.
@@ -27,7 +28,7 @@ import enum
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from procbus.protocol import BusState, WorkerBusState
 
@@ -246,25 +247,45 @@ class RolloutFailure:
     error: str | None
 
 
+SURGE: Final = 0
+"""The batch size of a `Rollout` (and the ``reload_batch`` setting) that means the surge:
+every slot at once, the old workers drained together once all the new ones run."""
+
+
 @dataclass(eq=False)
 class Rollout:
-    """A rolling replacement of the pool's workers (a reload), `batch_size` slots at a time.
+    """A replacement of the pool's workers (a reload): the surge, or `batch_size` at a time.
 
-    `plan()` advances it while it is the view's `rollout`: it forks a new
-    worker beside the current one of each slot of the batch, promotes each new
-    worker once it runs (the old one is retired then, so that never fewer than
-    N workers run), and starts the next batch once the old workers of this one
-    are gone. The first new process seen in a slot is the one judged: if it
+    `plan()` advances it while it is the view's `rollout`.
+
+    The surge (`batch_size` `SURGE`, the default of ``reload``) forks a new
+    worker beside the current one of every slot at once, so that a reload
+    takes one start-up time of the app whatever N is. A new worker that runs
+    waits beside its old one; once every new worker runs, all are promoted
+    together and the old ones drain. Holding them is what makes a failure
+    roll back the WHOLE reload: until then no old worker was signalled, so
+    the new ones (running or not) are drained and the old ones serve on as
+    if nothing happened. (Promoting each new worker as soon as it runs would
+    not shorten the reload, whose end is the last new worker's start, and
+    would leave the tree half old, half new after a failure.) The cost is
+    memory: up to 2N workers for the app's start-up time.
+
+    A rolling reload (`batch_size` >= 1) does that for `batch_size` slots at a
+    time, but promotes each new worker once it runs (the old one is retired
+    then, so that never fewer than N workers run), and starts the next batch
+    once the old workers of this one are gone: at most N + `batch_size`
+    workers, N / `batch_size` start-up times. A failure drains the batch's
+    new workers still booting; the slots done keep their new workers.
+
+    Either way the first new process seen in a slot is the one judged: if it
     dies, its slot flaps, or it is not running at its boot deadline, the
-    batch's new workers still booting are drained, the old workers of their
-    slots keep serving, and the rollout fails. Once it is done or failed,
-    `plan()` takes it out of the view (recycling resumes) and whoever started
-    it reads the outcome here.
+    rollout fails. Once it is done or failed, `plan()` takes it out of the
+    view (recycling resumes) and whoever started it reads the outcome here.
     """
 
     slots: tuple[int, ...]
     """The slot ids to replace, in order."""
-    batch_size: int
+    batch_size: int = SURGE
     outcome: RolloutOutcome = RolloutOutcome.RUNNING
     failure: RolloutFailure | None = None
     replaced: list[WorkerProc] = field(default_factory=list)
@@ -276,12 +297,19 @@ class Rollout:
     new: dict[int, WorkerProc] = field(default_factory=dict)
     """Slot id of the batch -> its new worker (the first new process seen in the slot)."""
     batch_started_at: float = 0.0
+    ready: bool = False
+    """The surge only: every new worker runs, so they are promoted (until then they wait
+    beside the old ones)."""
     promoted: bool = False
     """Every new worker of the batch runs in its slot: waiting for the old ones to be gone."""
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch must be >= 1, got {self.batch_size}")
+        if self.batch_size < 0:
+            raise ValueError(f"batch must be >= 0 (0: the surge), got {self.batch_size}")
+
+    @property
+    def surge(self) -> bool:
+        return self.batch_size == SURGE
 
 
 @dataclass
@@ -358,6 +386,7 @@ def plan(view: PoolView, now: float, policy: Supervision) -> Plan:
 
     if view.rollout is not None:
         _advance_rollout(view.rollout, view, now, policy, actions=actions, at=at)
+    abandoned = {a.worker for a in actions if a.kind is ActionKind.DRAIN}
     halt = _halt(view, policy)
     if halt is not None:
         actions.append(halt)
@@ -366,7 +395,7 @@ def plan(view: PoolView, now: float, policy: Supervision) -> Plan:
         ids.update(range(1, view.target + 1))
     for slot_id in sorted(ids):
         slot = view.slots.get(slot_id) or WorkerSlot(slot_id)
-        _plan_slot(slot, view, now, policy, actions=actions, at=at)
+        _plan_slot(slot, view, now, policy, abandoned, actions=actions, at=at)
     if halt is not None or view.halted is not None:
         actions = [a for a in actions if a.kind is not ActionKind.SPAWN]
 
@@ -385,11 +414,14 @@ def _plan_slot(
     view: PoolView,
     now: float,
     policy: Supervision,
+    abandoned: set[WorkerProc | None],
     *,
     actions: list[Action],
     at: Callable[[float], None],
 ) -> None:
-    """The actions for one slot: fill it, promote, renew (reload, recycling, adoption)."""
+    """The actions for one slot: fill it, promote, renew (reload, recycling, adoption).
+
+    `abandoned`: workers a rollback drains in this plan (not to be promoted)."""
     wanted = view.active and slot.id <= view.target
     if not wanted:
         for worker in slot.workers():
@@ -399,6 +431,8 @@ def _plan_slot(
         return
 
     current, replacement = slot.current, slot.replacement
+    if replacement is not None and replacement in abandoned:
+        replacement = None
     limit: RecycleReason | None = None
     if current is None and replacement is not None:
         actions.append(Action(ActionKind.PROMOTE, slot.id, replacement, "slot empty"))
@@ -413,7 +447,8 @@ def _plan_slot(
         return
 
     if replacement is not None and replacement.state is WorkerState.RUNNING:
-        actions.append(Action(ActionKind.PROMOTE, slot.id, replacement, "replacement ready"))
+        if not _held(view, slot):
+            actions.append(Action(ActionKind.PROMOTE, slot.id, replacement, "replacement ready"))
         return
     if replacement is not None:
         return  # the replacement is on its way
@@ -449,6 +484,13 @@ def _rolling(view: PoolView, slot: WorkerSlot) -> bool:
     return rollout is not None and slot.id in rollout.batch and slot.id not in rollout.new
 
 
+def _held(view: PoolView, slot: WorkerSlot) -> bool:
+    """Whether `slot`'s running replacement waits beside its old worker: a surge in
+    which not every new worker runs yet."""
+    rollout = view.rollout
+    return rollout is not None and rollout.surge and not rollout.ready and slot.id in rollout.batch
+
+
 def _advance_rollout(
     rollout: Rollout,
     view: PoolView,
@@ -476,6 +518,15 @@ def _advance_rollout(
             if failure is not None:
                 _roll_back(rollout, view, failure, actions)
                 return
+            if rollout.surge and not rollout.ready:
+                rollout.ready = all(
+                    slot_id not in view.slots
+                    or (
+                        (new := rollout.new.get(slot_id)) is not None
+                        and new.state is WorkerState.RUNNING
+                    )
+                    for slot_id in rollout.batch
+                )
             rollout.promoted = all(
                 (slot := view.slots.get(slot_id)) is None
                 or (
@@ -495,8 +546,10 @@ def _advance_rollout(
 
 
 def _start_batch(rollout: Rollout, view: PoolView, now: float) -> None:
-    """The next `batch_size` slots of `rollout` (those still in the pool) are the batch."""
-    ids = rollout.slots[rollout.next_index : rollout.next_index + rollout.batch_size]
+    """The next `batch_size` slots of `rollout` (those still in the pool) are the batch:
+    all of them in a surge."""
+    size = len(rollout.slots) if rollout.surge else rollout.batch_size
+    ids = rollout.slots[rollout.next_index : rollout.next_index + size]
     rollout.next_index += len(ids)
     rollout.batch_started_at = now
     for slot_id in ids:
@@ -547,13 +600,19 @@ def _batch_failure(
 def _roll_back(
     rollout: Rollout, view: PoolView, failure: RolloutFailure, actions: list[Action]
 ) -> None:
-    """Drain the batch's new workers still booting (the old ones keep serving) and end
-    `rollout` as failed. One already running is promoted as usual: its slot has the
-    new code, as the slots of the batches done have."""
+    """Drain the batch's new workers that did not replace their old ones yet (the old
+    ones keep serving) and end `rollout` as failed.
+
+    In a surge that is every new worker beside an old one, running or not: the
+    whole reload is undone. In a rolling reload a new worker already running is
+    promoted as usual: its slot has the new code, as the slots of the batches
+    done have."""
     for slot_id in sorted(rollout.batch):
         slot = view.slots.get(slot_id)
         replacement = slot.replacement if slot is not None else None
-        if replacement is not None and replacement.state is not WorkerState.RUNNING:
+        if replacement is not None and (
+            rollout.surge or replacement.state is not WorkerState.RUNNING
+        ):
             actions.append(Action(ActionKind.DRAIN, slot_id, replacement, "replacement abandoned"))
     rollout.outcome, rollout.failure = RolloutOutcome.FAILED, failure
     view.rollout = None

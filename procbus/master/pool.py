@@ -129,7 +129,14 @@ class Pool:
     def publish_targets(self) -> tuple[list[WorkerProc], list[WorkerProc]]:
         """(workers a publish waits for, current workers not yet subscribed)."""
         targets, starting = [], []
-        for worker in self.current_workers():
+        slots, target = self.view.slots, self.view.target
+        # Once per publish: the loop of `current_workers` without its generator.
+        for index in sorted(slots):
+            if index > target:
+                break
+            worker = slots[index].current
+            if worker is None:
+                continue
             if worker.state is WorkerState.RUNNING:
                 targets.append(worker)
             elif worker.state in (WorkerState.BOOTING, WorkerState.STARTING):
@@ -188,8 +195,9 @@ class Pool:
         self.replan()
 
     def start_rollout(self, batch: int) -> Rollout:
-        """Start replacing every worker, `batch` at a time (the planner carries it out:
-        see `Rollout`); the rollout says when it is done or failed, and why."""
+        """Start replacing every worker, all at once (`batch` 0, the surge) or `batch` at
+        a time (the planner carries it out: see `Rollout`); the rollout says when it is
+        done or failed, and why."""
         if self.view.rollout is not None:
             raise RuntimeError("a rollout is already running")
         rollout = Rollout(tuple(slot.id for slot in self.slots()), batch)

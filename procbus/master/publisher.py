@@ -179,7 +179,9 @@ class TreePublisher:
         """The workers `options` name (`procbus.master.targeting`); ``ValueError`` if
         one does not exist."""
         targets, starting = self.pool.publish_targets()
-        return select(options, targets, starting, [s.id for s in self.pool.slots()], origin)
+        # Only `to` is checked against the slots: a broadcast does not list them.
+        slots = [s.id for s in self.pool.slots()] if options.to is not None else ()
+        return select(options, targets, starting, slots, origin)
 
     def _on_master(self, channel: str, args: list[Any], kwargs: dict[str, Any]) -> TreeReply:
         reply = TreeReply(channel, None)

@@ -69,11 +69,12 @@ class WorkerStatus(enum.StrEnum):
     be met; its answer goes to the event stream."""
 
 
+_SNDMORE: Final = int(zmq.SNDMORE)
 _FAILED: Final = frozenset({WorkerStatus.ERROR, WorkerStatus.TIMEOUT, WorkerStatus.LOST})
 _NOT_TARGETS: Final = frozenset({WorkerStatus.STARTING})
 
 
-@dataclass
+@dataclass(slots=True)
 class WorkerResult:
     worker: int
     pid: int
@@ -269,7 +270,7 @@ def late_answer_fields(reply: TreeReply, result: WorkerResult) -> dict[str, Any]
     }
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Gather:
     """A publish in flight: until its reply went back (`done`), then until its
     stragglers are accounted for."""
@@ -330,7 +331,9 @@ class Relay:
         reply.seq = seq
         waiting = dict.fromkeys(targets)
         to = [worker.topic for worker in waiting] if targeted else None
-        self.pub.send_multipart([protocol.BROADCAST_TOPIC, template.frame(seq, to)], copy=False)
+        # Two sends, not send_multipart: a third of its cost for a frame this small.
+        self.pub.send(protocol.BROADCAST_TOPIC, _SNDMORE)
+        self.pub.send(template.frame(seq, to))
         self.sent += 1
         gather = Gather(
             reply, waiting, [on_done] if on_done else [], targets=len(waiting),
@@ -351,7 +354,8 @@ class Relay:
         answers those before it stops (see `procbus.worker.drain`).
         """
         frame = protocol.encode(MsgType.DRAIN, {"last_seq": self.seq})
-        self.pub.send_multipart([topic, frame], copy=False)
+        self.pub.send(topic, _SNDMORE)
+        self.pub.send(frame)
 
     def on_reply(self, worker: WorkerProc, message: protocol.Message) -> None:
         seq: int = message["seq"]
@@ -360,23 +364,17 @@ class Relay:
             self.late_replies += 1
             log.debug("dropped a late reply to publish %d from worker %d", seq, worker.id)
             return
-        try:
-            errors = [
-                RemoteError(
-                    worker.id,
-                    e["type"],
-                    e["message"],
-                    listener=e["listener"],
-                    traceback=e["traceback"],
-                )
-                for e in map(protocol.check_error, message["errors"])
-            ]
-        except ProtocolError as exc:
-            log.warning("worker %d sent a malformed reply: %s", worker.id, exc)
-            return
+        # `protocol.decode` checked the reply's fields and each error's.
+        errors = [
+            RemoteError(
+                worker.id, e["type"], e["message"], listener=e["listener"],
+                traceback=e["traceback"],
+            )
+            for e in message["errors"]
+        ]  # fmt: skip
         status = WorkerStatus.ERROR if errors else WorkerStatus.OK
         result = WorkerResult(
-            worker.id, worker.pid, worker.generation, status, list(message["results"]), errors
+            worker.id, worker.pid, worker.generation, status, message["results"], errors
         )
         self._outcome(seq, gather, worker, result)
 
@@ -408,9 +406,9 @@ class Relay:
         """`worker`'s outcome of publish `seq`: into the reply, or, once the reply went
         back, to `on_late_answer`."""
         del gather.waiting[worker]
+        if gather.metered:
+            self.meter.answered(result.status.value)
         if gather.done:
-            if gather.metered:
-                self.meter.answered(result.status.value)
             self.on_late_answer(gather.reply, result)
         else:
             gather.reply.workers[worker.id] = result
@@ -444,13 +442,7 @@ class Relay:
                 worker.id, worker.pid, worker.generation, WorkerStatus.PENDING
             )
         if gather.metered:
-            self.meter.observe(
-                (r.status.value for r in reply.workers.values() if r.status in _COUNTED),
-                self.loop.clock() - gather.sent_at,
-            )
+            # Each outcome was counted when it came (`_outcome`).
+            self.meter.replied(self.loop.clock() - gather.sent_at)
         for callback in gather.on_done:
             callback(reply)
-
-
-_COUNTED: Final = frozenset(WorkerStatus) - {WorkerStatus.STARTING, WorkerStatus.PENDING}
-"""Worker outcomes the meter counts (a pending one is counted when it comes)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-from procbus.master.planner import Supervision
+from procbus.master.planner import SURGE, Supervision
 
 WAIT_MARGIN: Final = 5.0
 """Seconds a job waits beyond a deadline the pool enforces itself (the pool acts
@@ -24,10 +24,15 @@ class TreeSettings:
     """Seconds between ``stats`` events, sampled only while someone subscribes."""
     metrics_timeout: float = 2.0
     """Seconds a metrics scrape waits for the workers' answers (the late are left out)."""
+    reload_batch: int = SURGE
+    """Workers a reload replaces at a time when not told (0: the surge, every one at
+    once; see `procbus.master.planner.Rollout`)."""
 
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.reload_batch < 0:
+            raise ValueError(f"reload_batch must be >= 0, got {self.reload_batch}")
         for name in ("stats_interval", "metrics_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

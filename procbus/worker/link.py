@@ -43,6 +43,7 @@ from zmq.utils.monitor import recv_monitor_message
 from procbus import protocol
 from procbus.bus import ListenerOutcome
 from procbus.errors import ProtocolError
+from procbus.frames import recv_two
 from procbus.protocol import BusState, Message, MsgType, WorkerBusState
 
 log = logging.getLogger("procbus.worker")
@@ -192,9 +193,8 @@ class WorkerLink:
         for outcome in outcomes:
             if outcome.error is not None:
                 errors.append(error_record(outcome.error, listener_name(outcome.listener)))
-        body = {"seq": seq, "results": results, "errors": errors}
         try:
-            frame = protocol.encode(MsgType.REPLY, body)
+            frame = protocol.encode_reply(seq, results, errors)
         except TypeError:
             # Rare: find the results msgpack cannot carry, one by one.
             for index, outcome in enumerate(outcomes):
@@ -205,7 +205,7 @@ class WorkerLink:
                     results[index] = None
                     message = f"result of listener {name} is not serializable: {exc}"
                     errors.append(error_record(TypeError(message), name))
-            frame = protocol.encode(MsgType.REPLY, body)
+            frame = protocol.encode_reply(seq, results, errors)
         problem = _beyond_limits(frame)
         if problem is not None:
             frame = protocol.encode(
@@ -246,21 +246,21 @@ class WorkerLink:
         those that turn out to be addressed to this worker. A DRAIN marker
         sets `drain_seq`; the publishes after it are dropped.
         """
-        frames = self.sub.recv_multipart(flags)
-        if len(frames) != 2:
-            log.warning("dropped a publish of %d frames (expected 2)", len(frames))
+        topic, frame, count = recv_two(self.sub, flags)
+        if count != 2:
+            log.warning("dropped a publish of %d frames (expected 2)", count)
             return None
-        head = protocol.publish_head(frames[1])
+        head = protocol.publish_head(frame)
         if head is not None and self.topic not in head.to:
             self._not_a_target(head.seq)
             return None
         try:
-            message = protocol.decode(frames[1], expect=_ON_SUB)
+            message = protocol.decode(frame, expect=_ON_SUB)
         except ProtocolError as exc:
             log.warning("dropped a malformed publish: %s", exc)
             return None
         if message.type is MsgType.DRAIN:
-            self._drain_marker(frames[0], message["last_seq"])
+            self._drain_marker(topic, message["last_seq"])
             return None
         targets = message.get("to")
         if targets is not None and self.topic not in targets:

@@ -20,6 +20,16 @@ VERSION_FILE = os.environ.get("PROCBUS_TEST_VERSION_FILE")
 VERSION = open(VERSION_FILE).read().strip() if VERSION_FILE else "none"  # noqa: SIM115
 if VERSION == "broken":
     raise RuntimeError("version file says broken")
+if VERSION == "one breaks":
+    # The first process to import this version fails to boot, a second later (once the
+    # others of its generation run); every other one starts: one bad new worker in a reload.
+    try:
+        os.close(os.open(f"{VERSION_FILE}.claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        VERSION = "survivor"
+    else:
+        time.sleep(1.0)
+        raise RuntimeError("the first worker of this version breaks")
 
 not_callable = 42
 

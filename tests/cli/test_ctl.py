@@ -256,7 +256,7 @@ def test_stats_json_has_process_figures_and_worker_counters(master: MasterProces
         ["scale", "abc"],
         ["scale"],
         ["kill", "0"],
-        ["reload", "--batch", "0"],
+        ["reload", "--batch", "-1"],
         ["publish"],
         ["status", "--timeout", "0"],
         ["publish", "ch", "--kw", "novalue"],

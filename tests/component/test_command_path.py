@@ -181,7 +181,7 @@ def test_an_exiting_master_refuses_ctl_admin_commands_but_answers_status(
     [
         (("frobnicate", [], {}), "unknown_command"),
         (("scale", ["many"], {}), "bad_arguments"),
-        (("reload", [], {"batch": 0}), "bad_arguments"),
+        (("reload", [], {"batch": -1}), "bad_arguments"),
         (("kill", [99], {}), "not_found"),
     ],
 )

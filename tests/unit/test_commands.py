@@ -25,7 +25,7 @@ def test_a_huge_bad_argument_is_echoed_short() -> None:
         ("scale", [], {}, ErrorCode.BAD_ARGUMENTS, "missing argument N"),
         ("scale", ["four"], {}, ErrorCode.BAD_ARGUMENTS, "'four'"),
         ("scale", [-1], {}, ErrorCode.BAD_ARGUMENTS, "-1"),
-        ("reload", [], {"batch": 0}, ErrorCode.BAD_ARGUMENTS, "0"),
+        ("reload", [], {"batch": -1}, ErrorCode.BAD_ARGUMENTS, "-1"),
         ("status", [], {"nope": 1}, ErrorCode.BAD_ARGUMENTS, "'nope'"),
         ("publish", "x", {}, ErrorCode.BAD_ARGUMENTS, "'x'"),
     ],

@@ -54,6 +54,7 @@ def test_nothing_given_yields_the_schema_defaults() -> None:
     assert loaded.timeout == 30.0
     assert loaded.graceful_timeout == 30.0
     assert loaded.boot_timeout == 60.0
+    assert loaded.reload_batch == 0
     assert loaded.heartbeat_interval == 1.0
     assert loaded.publish_timeout == 30.0
     assert (loaded.max_requests, loaded.max_requests_jitter, loaded.max_age) == (0, 0, 0.0)
@@ -210,6 +211,12 @@ BAD_INPUTS: list[Any] = [
     ("workers not a number", {"workers": "abc"}, {}, None,
      ["workers: expected an integer >= 0, got 'abc'"]),
     ("zero threads", {"threads": "0"}, {}, None, ["threads: expected an integer >= 1, got '0'"]),
+    ("negative reload batch", {"reload_batch": "-1"}, {}, None,
+     ["reload_batch: expected an integer >= 0, got '-1' (from --reload-batch)"]),
+    ("reload batch not a number", {}, {"PROCBUS_RELOAD_BATCH": "all"}, None,
+     ["reload_batch: expected an integer >= 0, got 'all' (from PROCBUS_RELOAD_BATCH)"]),
+    ("reload batch a float in file", {}, {}, "[procbus]\nreload_batch = 1.5\n",
+     ["reload_batch: expected an integer >= 0, got 1.5"]),
     ("port out of range", {"bind": ["localhost:99999"]}, {}, None,
      ["bind: expected HOST:PORT", "got 'localhost:99999'"]),
     ("bind without port", {"bind": ["localhost"]}, {}, None, ["got 'localhost'"]),

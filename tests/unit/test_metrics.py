@@ -267,7 +267,7 @@ def test_duration_histogram_counts_each_observation_in_its_bucket() -> None:
 
 
 class NullPub:
-    def send_multipart(self, frames: list[bytes], copy: bool = True) -> None:
+    def send(self, frame: bytes, flags: int = 0) -> None:
         pass
 
 
@@ -297,9 +297,12 @@ def test_relay_counts_every_worker_answer_of_a_metered_publish_and_none_of_a_scr
 
 
 def test_publish_meter_adds_outcomes_and_one_duration_per_publish() -> None:
-    """Steps: two publishes observed. Expected: outcomes added up, two durations."""
+    """Steps: four answers and two replies observed. Expected: outcomes added up, two
+    durations."""
     meter = PublishMeter()
-    meter.observe(["ok", "ok", "timeout"], 0.01)
-    meter.observe(["ok"], 0.02)
+    for outcome in ("ok", "ok", "timeout", "ok"):
+        meter.answered(outcome)
+    meter.replied(0.01)
+    meter.replied(0.02)
     assert dict(meter.outcomes) == {"ok": 3, "timeout": 1}
     assert meter.durations.count == 2

@@ -917,10 +917,10 @@ def test_rollout_of_an_empty_pool_is_done_at_once() -> None:
     assert rollout.outcome is RolloutOutcome.DONE and view.rollout is None
 
 
-def test_rollout_batch_must_be_at_least_one() -> None:
-    """A rollout of batch 0 is refused, naming the value."""
-    with pytest.raises(ValueError, match="batch must be >= 1, got 0"):
-        Rollout((1,), 0)
+def test_rollout_batch_must_not_be_negative() -> None:
+    """A rollout of batch -1 is refused, naming the value (0 is the surge)."""
+    with pytest.raises(ValueError, match=r"batch must be >= 0 \(0: the surge\), got -1$"):
+        Rollout((1,), -1)
 
 
 # -- giving up at boot (HALT) ----------------------------------------------------

@@ -476,3 +476,43 @@ def test_beyond_limits_names_what_a_receiver_would_refuse() -> None:
     assert deep is not None and "nested more than 4 levels deep" in deep
     many = protocol.beyond_limits(frame(list(range(200))), limits)
     assert many is not None and "more than 100 elements" in many
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"seq": True, "results": [], "errors": []}, "field 'seq' must be int"),
+        ({"seq": 1, "results": (), "errors": [], "x": 1}, "unknown field 'x'"),
+        ({"seq": 1, "results": {}, "errors": []}, "field 'results' must be list"),
+        ({"seq": 1, "results": [], "errors": [{}]}, "an error must map"),
+        ({"seq": 1, "results": []}, "missing field 'errors'"),
+    ],
+)
+def test_a_reply_off_the_fast_path_is_still_judged_by_its_schema(
+    body: dict[str, Any], error: str
+) -> None:
+    """Steps: decode REPLY bodies that the plain-reply shortcut does not take (a bool
+    number, an extra field, results not a list, a malformed error, a field missing).
+    Expected: each refused as the schema says, naming the field."""
+    with pytest.raises(ProtocolError, match=error):
+        protocol.decode(raw(protocol.VERSION, MsgType.REPLY, body))
+
+
+@given(
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.lists(st.one_of(st.none(), st.integers(-(2**63), 2**64 - 1), st.text(max_size=8))),
+    st.lists(
+        st.fixed_dictionaries({f: st.text(max_size=8) for f in protocol._ERROR_FIELDS}),
+        max_size=3,
+    ),
+)
+@settings(max_examples=100, deadline=None)
+def test_encode_reply_is_what_encode_would_send(
+    seq: int, results: list[Any], errors: list[dict[str, str]]
+) -> None:
+    """Steps: a reply encoded by the worker's shortcut. Expected: the same bytes as the
+    validating `encode`, and it decodes to the same body."""
+    body = {"seq": seq, "results": results, "errors": errors}
+    frame = protocol.encode_reply(seq, results, errors)
+    assert frame == protocol.encode(MsgType.REPLY, body)
+    assert protocol.decode(frame).body == body

@@ -28,14 +28,17 @@ from tests.helpers import FakeClock
 
 
 class RecordingPub:
-    """Stands in for the master's PUB socket: keeps every multipart send."""
+    """Stands in for the master's PUB socket: keeps every message sent, as its frames."""
 
     def __init__(self) -> None:
         self.sent: list[list[bytes]] = []
+        self._frames: list[bytes] = []
 
-    def send_multipart(self, frames: list[bytes], copy: bool = True) -> None:
-        assert copy is False
-        self.sent.append(list(frames))
+    def send(self, frame: bytes, flags: int = 0) -> None:
+        self._frames.append(frame)
+        if not flags & zmq.SNDMORE:
+            self.sent.append(self._frames)
+            self._frames = []
 
 
 class Done:

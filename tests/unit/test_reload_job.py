@@ -128,6 +128,7 @@ def test_reload_reports_each_new_worker_and_lists_them_in_its_result(tree: FakeT
             {"worker": w.id, "pid": w.pid, "generation": 2} for w in news if w is not None
         ],
         "workers": 2,
+        "batch": 1,
     }
     assert tree.progress == [
         "worker 1 replaced (generation 2, pid 1002)",
@@ -190,8 +191,8 @@ def test_reload_whose_replacement_cannot_be_forked_stops_at_the_boot_timeout(
     assert tree.current() == olds
 
 
-def test_reload_with_batch_zero_is_refused(tree: FakeTree) -> None:
-    """A batch below 1 fails the job at once, naming the value; nothing is re-read."""
-    with pytest.raises(JobFailed, match="batch must be >= 1, got 0"):
-        reload_tree(tree, tree.job(), 0)
+def test_reload_with_a_negative_batch_is_refused(tree: FakeTree) -> None:
+    """A batch below 0 fails the job at once, naming the value; nothing is re-read."""
+    with pytest.raises(JobFailed, match=r"batch must be >= 0 \(0: the surge\), got -1$"):
+        reload_tree(tree, tree.job(), -1)
     assert tree.reloaded == 0

@@ -55,3 +55,11 @@ def test_tree_settings_carry_the_recycling_limits() -> None:
     policy = settings.supervision
     assert (policy.max_requests, policy.max_age) == (50, 60.0)
     assert (policy.max_rss, policy.rss_samples) == (512 * 2**20, 4)
+
+
+def test_tree_settings_carry_the_reload_batch() -> None:
+    """Steps: build the tree settings of the default config, then of one with
+    reload_batch 2.
+    Expected: 0 (the surge), then 2."""
+    assert run.tree_settings(load()).reload_batch == 0
+    assert run.tree_settings(load(reload_batch="2")).reload_batch == 2

@@ -14,7 +14,7 @@ from procbus.master.jobs.workers import reload_tree, scale_tree, start_tree, sto
 def job_body(tree: Tree, kind: str, args: dict[str, Any]) -> JobBody:
     """The body of the job of command `kind` (as `procbus.master.control` names it)."""
     bodies: dict[str, JobBody] = {
-        "reload": lambda job: reload_tree(tree, job, args["batch"]),
+        "reload": lambda job: reload_tree(tree, job, args.get("batch")),
         "restart": lambda job: restart_tree(tree, job, args["adopt"]),
         "upgrade": lambda job: upgrade_tree(tree, job),
         "stop": lambda job: stop_tree(tree, job),

@@ -1,12 +1,14 @@
 """Reloading the tree: the bodies of the long commands that renew workers.
 
-- `reload_tree`: rolling replacement, `batch` workers at a time. Each
-  replacement must become ready (booted, app started, subscribed) before the
-  worker it replaces is drained, so capacity never drops below N. A
-  replacement that fails to boot stops the roll: the replacements of the
-  current batch are drained, the old workers keep serving, and the job fails
-  with the new worker's error. The planner decides all of it (a `Rollout` in
-  its view); the job starts the roll and reports how it went.
+- `reload_tree`: the surge (the whole new generation at once, the default)
+  or a rolling replacement, `batch` workers at a time. Each new worker must
+  become ready (booted, app started, subscribed) before the worker it
+  replaces is drained, so capacity never drops below N. A new worker that
+  fails to boot stops the reload: in a surge every new worker is drained and
+  every old one serves on untouched; in a roll the replacements of the
+  current batch are. The job fails with the new worker's error. The planner
+  decides all of it (a `Rollout` in its view); the job starts it and reports
+  how it went.
 - `stop_tree`, `start_tree`, `scale_tree`: the bus transitions and scaling,
   waited for until the pool has settled.
 
@@ -40,7 +42,8 @@ class ReloadResult(enum.StrEnum):
     OK = "ok"
     """Every worker was replaced."""
     ROLLED_BACK = "rolled_back"
-    """A new worker could not boot: its batch was rolled back, the old workers serve."""
+    """A new worker could not boot: the surge (or the batch) was rolled back, the old
+    workers serve."""
     FAILED = "failed"
     """It stopped otherwise: the configuration could not be read, no batch was done
     in time, or the master is exiting."""
@@ -53,20 +56,22 @@ _RESULTS: Final = {
 }
 
 
-def reload_tree(tree: Tree, job: Job, batch: int = 1) -> dict[str, Any]:
-    """Replace every worker, `batch` at a time, never below N running.
+def reload_tree(tree: Tree, job: Job, batch: int | None = None) -> dict[str, Any]:
+    """Replace every worker, all at once (`batch` 0, the surge) or `batch` at a time,
+    never below N running; `batch` None: the ``reload_batch`` setting (as re-read).
 
-    The planner carries the roll out (`procbus.master.planner.Rollout`): this
-    body re-reads the configuration, starts it, reports each batch done, and
-    turns its outcome into the job's result or failure. Every reload is
+    The planner carries the reload out (`procbus.master.planner.Rollout`):
+    this body re-reads the configuration, starts it, reports each batch done,
+    and turns its outcome into the job's result or failure. Every reload is
     counted in the pool's `reload_results` by how it ended (`ReloadResult`).
     """
-    if batch < 1:
-        raise JobFailed(f"batch must be >= 1, got {batch}")
+    if batch is not None and batch < 0:
+        raise JobFailed(f"batch must be >= 0 (0: the surge), got {batch}")
     result = ReloadResult.FAILED
     try:
         tree.reload_config()
-        rollout = tree.pool.start_rollout(batch)
+        size = tree.settings.reload_batch if batch is None else batch
+        rollout = tree.pool.start_rollout(size)
         try:
             return _follow(tree, job, rollout)
         finally:
@@ -78,7 +83,7 @@ def reload_tree(tree: Tree, job: Job, batch: int = 1) -> dict[str, Any]:
 
 def _follow(tree: Tree, job: Job, rollout: Rollout) -> dict[str, Any]:
     """Report each batch of `rollout` done; return its result or raise its failure."""
-    policy = tree.settings.supervision
+    policy, batch = tree.settings.supervision, rollout.batch_size
     replaced: list[dict[str, Any]] = []
     limit = boot_limit(policy) + stop_limit(policy)  # the pool enforces a batch's deadlines
     while True:
@@ -99,7 +104,7 @@ def _follow(tree: Tree, job: Job, rollout: Rollout) -> dict[str, Any]:
             )
             replaced.append({"worker": new.id, "pid": new.pid, "generation": new.generation})
         if rollout.outcome is RolloutOutcome.DONE:
-            return {"replaced": replaced, "workers": len(rollout.slots)}
+            return {"replaced": replaced, "workers": len(rollout.slots), "batch": batch}
         if rollout.failure is not None:
             raise _rollout_failed(rollout.failure, policy.boot_timeout)
         if len(replaced) == reported:

@@ -1,0 +1,37 @@
+"""Reading two-frame messages off a ZeroMQ socket, on the tree publish's hot paths.
+
+Every message between a master and its workers is two frames: a topic and a
+body on PUB/SUB, an identity and a body on ROUTER. pyzmq's ``recv_multipart``
+reads them in a Python loop that asks for each frame's "more" flag through
+its option machinery: about 4.6 µs a message here, against 1.4 µs for two
+``recv`` calls and one ``RCVMORE`` query with a plain int. A message of another
+shape is still read whole (the next message must start at its own first
+frame) and reported by its frame count, for the caller to drop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import zmq
+
+_RCVMORE: Final = int(zmq.RCVMORE)
+
+
+def recv_two(socket: zmq.Socket[Any], flags: int = 0) -> tuple[bytes, bytes, int]:
+    """(first frame, second frame, frames in the message) of the next message.
+
+    A message of one frame gives ``b""`` as its second. Raises ``zmq.Again``
+    with ``zmq.NOBLOCK`` when none is waiting (a message arrives whole: once its
+    first frame is read, the others are there).
+    """
+    recv, more = socket.recv, socket.get
+    first: bytes = recv(flags)
+    if not more(_RCVMORE):
+        return first, b"", 1
+    second: bytes = recv(flags)
+    count = 2
+    while more(_RCVMORE):
+        recv(flags)
+        count += 1
+    return first, second, count
