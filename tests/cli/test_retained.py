@@ -361,3 +361,28 @@ def test_the_retained_flags_survive_restart_restart_adopt_and_upgrade() -> None:
         assert listed() == [("feature.flags", seq)]
         os.kill(new_master, signal.SIGTERM)
         wait_until(lambda: not psutil.pid_exists(new_master), 20)
+
+
+def test_a_full_store_reaches_a_respawned_worker_and_one_channel_more_is_refused() -> None:
+    """Steps: one worker; retain 1022 small channels, one of 900 KiB, then
+    feature.flags "full" (1024 channels: the bound); retain a 1025th channel; kill the
+    worker; ask ``GET /`` until its successor answers.
+    Expected: the 1025th is refused (exit 2, one line naming it and the bound) and not
+    listed; the successor, sent the whole store in its snapshot, boots and its first
+    answer says "full"."""
+    with serving(WSGI_APPS, 1) as proc:
+        with proc.client(timeout=30) as client:
+            for index in range(1022):
+                client.call("publish", f"c{index}", index, retain=True)
+            client.call("publish", "blob", "x" * (900 * 1024), retain=True)
+            client.call("publish", "feature.flags", "full", retain=True)
+        refused = ctl(proc, "publish", "one.more", "1", "--retain")
+        assert refused.returncode == 2, refused.stdout
+        assert "'one.more'" in refused.stderr and "1024" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        listed = proc.call("retained", timeout=30)["retained"]
+        assert len(listed) == 1024 and listed[-1]["channel"] == "feature.flags"
+        (worker,) = proc.workers()
+        os.kill(worker["pid"], signal.SIGKILL)
+        flags, _ = first_answer_of_a_new_worker(proc, {worker["pid"]})
+        assert flags == "full"
