@@ -22,7 +22,7 @@ class Role(enum.StrEnum):
     """What a control client may do."""
 
     READ = "read"
-    """status, stats, jobs, metrics, ping, version, watch."""
+    """status, stats, jobs, metrics, retained, ping, version, watch."""
     ADMIN = "admin"
     """Everything."""
 
@@ -128,6 +128,11 @@ COMMANDS: Final[Mapping[str, CommandSpec]] = _spec(
             Option("retain", bool, help="keep it for every worker started later"),
             Option("clear", bool, help="with --retain: drop the channel's retained publish"),
         ),
+    ),
+    CommandSpec(
+        "retained",
+        Role.READ,
+        "the retained publishes: channel, when, seq, size, who published (no arguments)",
     ),
     CommandSpec("graceful", Role.ADMIN, "publish graceful: every worker reloads in place"),
     CommandSpec(

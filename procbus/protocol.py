@@ -14,7 +14,7 @@ Who sends what::
                                    names its workers in ``to``: see below)
     master PUB  -> one worker SUB  DRAIN (topic frame: that worker's own topic)
     worker DEALER -> master ROUTER HELLO, STATE, HEARTBEAT, REPLY, TREE_PUBLISH
-    master ROUTER -> worker DEALER WELCOME, TREE_REPLY
+    master ROUTER -> worker DEALER WELCOME, RETAINED, TREE_REPLY (see below)
     client DEALER -> master ROUTER CONTROL_REQUEST, answered by CONTROL_REPLY
     master XPUB -> watchers SUB    EVENT (topic frame: b"ev." and the event name)
 
@@ -34,6 +34,11 @@ TREE_PUBLISH (a number of its own, the channel, arguments, timeout and
 options), the master runs it as its own tree publish and answers with a
 TREE_REPLY holding the same number and either the tree's reply (as
 ``TreeReply.to_dict`` gives it) or an error ``{code, message}``.
+
+RETAINED takes the retained publishes (`procbus.master.retained`) to a new
+worker before it runs: PUBLISH frames as the workers got them, in publish
+order, several to a message; ``more`` says that the first snapshot goes on in
+the next message. The worker decodes each frame as it decodes one from SUB.
 """
 
 from __future__ import annotations
@@ -83,6 +88,8 @@ class MsgType(enum.IntEnum):
     """A worker asks the master to publish on the whole tree (`procbus.tree`)."""
     TREE_REPLY = 12
     """The master's answer to one TREE_PUBLISH: the tree's reply, or an error."""
+    RETAINED = 16
+    """Retained publishes for a worker that is not a target yet (its PUBLISH frames)."""
 
 
 class WorkerBusState(enum.StrEnum):
@@ -171,6 +178,7 @@ _SCHEMAS: Final[dict[MsgType, dict[str, tuple[_Types, bool]]]] = {
         "options": (dict, False),
     },
     MsgType.TREE_REPLY: {"id": (int, True), "reply": (dict, False), "error": (dict, False)},
+    MsgType.RETAINED: {"frames": (list, True), "more": (bool, True)},
 }
 
 _ERROR_FIELDS: Final = ("type", "message", "listener", "traceback")
@@ -342,14 +350,20 @@ _SHORT: Final = 4096
 the count would cost more than the hooks it might save."""
 
 
-def _within_limits(data: bytes, limits: Limits) -> bool:
-    """Whether `data` cannot exceed `limits`, judged from its bytes alone: an element
-    costs at least a byte, and nesting needs a map or array header per level."""
-    return (
-        len(data) <= _SHORT
-        and len(data) <= limits.elements
-        and len(data.translate(None, _NOT_CONTAINER_BYTES)) <= limits.depth
-    )
+def _within_limits(data: bytes, limits: Limits, short: int = _SHORT) -> bool:
+    """Whether `data` cannot exceed `limits`, judged from its bytes alone.
+
+    `Limits.elements` counts each container once for itself and once as an item
+    of its parent, every other value once as an item: at most the number of
+    values (each at least a byte) plus the number of containers (each a map or
+    array header byte). Nesting needs a header per level. Header bytes are
+    counted with any byte that looks like one (inside a string too): an upper
+    bound, so a frame judged within limits is.
+    """
+    if len(data) > short:
+        return False
+    headers = len(data.translate(None, _NOT_CONTAINER_BYTES))
+    return headers <= limits.depth and len(data) + headers <= limits.elements
 
 
 def beyond_limits(frame: bytes, limits: Limits) -> str | None:
@@ -357,16 +371,11 @@ def beyond_limits(frame: bytes, limits: Limits) -> str | None:
 
     For a sender that must not emit what its peer drops unanswered (a reply, a
     worker's tree publish, the master's answer to it). Most frames are small
-    and hold few containers: they are not decoded again. A frame could exceed
-    the element budget only if it were longer (an element costs at least a
-    byte), and the depth budget only if it held more map and array headers.
+    and hold few containers: they are not decoded again (`_within_limits`).
     """
     if len(frame) > MAX_MESSAGE_SIZE - 64:
         return f"{len(frame)} bytes exceed the limit of {MAX_MESSAGE_SIZE}"
-    if (
-        len(frame) <= limits.elements
-        and len(frame.translate(None, _NOT_CONTAINER_BYTES)) <= limits.depth
-    ):
+    if _within_limits(frame[2:], limits, short=MAX_MESSAGE_SIZE):
         return None
     try:
         unpack(frame[2:], limits)
@@ -561,6 +570,12 @@ def validate(msg_type: MsgType, body: Mapping[str, Any]) -> None:
         raise ProtocolError(
             f"STATE field 'state' must be one of {', '.join(_BUS_STATES)}, got {body['state']!r}"
         )
+    elif msg_type is MsgType.RETAINED:
+        for frame in body["frames"]:
+            if not isinstance(frame, bytes):
+                raise ProtocolError(
+                    f"RETAINED field 'frames' must hold frames (bytes), got {type(frame).__name__}"
+                )
     elif msg_type is MsgType.HEARTBEAT and body.get("bus", BusState.STARTED) not in _BUS_NAMES:
         raise ProtocolError(
             f"HEARTBEAT field 'bus' must be one of {', '.join(_BUS_NAMES)}, got {body['bus']!r}"

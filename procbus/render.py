@@ -233,9 +233,26 @@ def stats(result: dict[str, Any], colour: bool) -> str:
     return head + "\n" + table(headers, rows, _state_colour(2), colour)
 
 
+def retained(result: dict[str, Any], colour: bool) -> str:
+    """The retained publishes, in publish order: channel, age, seq, size, who published."""
+    rows = [
+        [r["channel"], duration(r["age"]), str(r["seq"]), size(r["size"]), r["publisher"]]
+        for r in result["retained"]
+    ]
+    if not rows:
+        return "no retained publishes\n"
+    return table(["CHANNEL", "AGE", "SEQ", "SIZE", "PUBLISHER"], rows, colour=colour)
+
+
 def tree_reply(result: dict[str, Any], colour: bool) -> str:
     """The channel, the master's results, the requirement when it is not the default or
-    left workers pending, and a table of the workers."""
+    left workers pending, and a table of the workers; for ``--retain --clear``, whether
+    there was a retained publish to drop."""
+    if result.get("cleared") is not None:
+        channel = printable(repr(result["channel"]))
+        if result["cleared"]:
+            return f"cleared the retained publish of {channel}\n"
+        return f"no retained publish on {channel}: nothing cleared\n"
     lines = [f"{result['channel']} (seq {result['seq']}): master {_short(result['master'])}"]
     for error in result.get("master_errors", []):
         lines.append("  master error: " + error)
@@ -330,6 +347,8 @@ def render(command: str, result: Any, colour: bool = False) -> str:
         return tree_reply(result, colour)
     if command == "jobs":
         return jobs(result, colour)
+    if command == "retained":
+        return retained(result, colour)
     if isinstance(result, dict) and "job" in result:
         return job(result, colour)
     return printable(_line(command, result)) + "\n"

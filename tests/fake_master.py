@@ -44,6 +44,11 @@ class FakeMaster:
             [identity, protocol.encode(MsgType.WELCOME, {"next_seq": next_seq})]
         )
 
+    def retained(self, identity: bytes, frames: list[bytes], more: bool = False) -> None:
+        """Send the worker `identity` retained publishes (PUBLISH frames)."""
+        body = {"frames": frames, "more": more}
+        self.router.send_multipart([identity, protocol.encode(MsgType.RETAINED, body)])
+
     def receive_frame(self) -> bytes:
         assert self.router.poll(5000), "no message from the worker"
         _identity, frame = self.router.recv_multipart()

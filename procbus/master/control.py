@@ -143,11 +143,16 @@ class CommandTarget(Protocol):
         timeout: float | None,
         on_done: Callable[[TreeReply], None],
         options: PublishOptions = DEFAULT,
+        publisher: str = ...,
     ) -> None:
         """Raises ``TypeError`` (an argument the wire cannot carry) or ``ValueError`` (an
-        option the tree cannot honour: a target that does not exist) before anything runs."""
+        option the tree cannot honour: a target that does not exist) before anything runs;
+        `publisher` says who publishes (kept with a retained publish)."""
 
     def request_exit(self, fast: bool = False) -> None: ...
+
+    def retained(self) -> list[dict[str, Any]]:
+        """The retained publishes: channel, time, age, seq, size, publisher (no arguments)."""
 
     def scrape(
         self,
@@ -193,6 +198,7 @@ class Commands:
             "status": lambda call: call.answer.resolve(self.target.status()),
             "stats": lambda call: call.answer.resolve(self.target.stats()),
             "jobs": lambda call: call.answer.resolve({"jobs": self.target.job_listing()}),
+            "retained": lambda call: call.answer.resolve({"retained": self.target.retained()}),
             "metrics": self._metrics,
             "publish": self._publish,
             "graceful": self._graceful,
@@ -298,6 +304,7 @@ class Commands:
                 timeout=call.publish_timeout(),
                 on_done=self._tree_reply(call),
                 options=options,
+                publisher=f"ctl {call.peer.description}",
             )
         except (TypeError, ValueError) as exc:  # an argument or option the tree cannot take
             raise CommandError(ErrorCode.BAD_ARGUMENTS, f"publish: {exc}"[:500]) from None

@@ -18,10 +18,15 @@ names below, and open file descriptors:
                             a changed config still wins)
 ``PROCBUS_ADOPT``           the live workers to adopt (``restart --adopt``, JSON)
 ``PROCBUS_SUCCESSOR``       the pipes of an upgrade: ``READY_FD,ALIVE_FD``
+``PROCBUS_RETAINED_FD``     a memory file holding the retained publishes
+                            (`procbus.master.retained`): up to 16 MiB, too
+                            much for the environment and not for every process
+                            to read in ``/proc/PID/environ``
 ==========================  =====================================================
 
 `Inherited.take` reads and *removes* them (so that neither workers nor a
-later exec see stale values); a malformed value is a `ConfigError`.
+later exec see stale values, and the memory file is read and closed before any
+worker is forked); a malformed value is a `ConfigError`.
 `exec_problem` tells, before anything is drained, whether a re-exec can work.
 """
 
@@ -33,6 +38,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
@@ -53,6 +59,9 @@ WORKER_GENERATIONS_VARIABLE: Final = "PROCBUS_WORKER_GENERATIONS"
 TARGET_VARIABLE: Final = "PROCBUS_TARGET"
 ADOPT_VARIABLE: Final = "PROCBUS_ADOPT"
 SUCCESSOR_VARIABLE: Final = "PROCBUS_SUCCESSOR"
+RETAINED_VARIABLE: Final = "PROCBUS_RETAINED_FD"
+MAX_RETAINED_BYTES: Final = 64 * 1024 * 1024
+"""Bytes read from the retained publishes' memory file, at most (the store holds 16 MiB)."""
 
 CONTROL_ROLES: Final = ("control", "events", "events_remote", "metrics")
 
@@ -120,6 +129,8 @@ class Inherited:
     control_fds: dict[str, int] = field(default_factory=dict)
     successor: tuple[int, int] | None = None
     """(ready fd, alive fd) of an upgrade's pipes."""
+    retained: bytes = b""
+    """The retained publishes (`procbus.master.retained.RetainedStore.dump`), if any."""
 
     @classmethod
     def take(cls, environ: MutableMapping[str, str]) -> Inherited:
@@ -161,6 +172,9 @@ class Inherited:
                     f"{SUCCESSOR_VARIABLE}={successor!r}: expected READY_FD,ALIVE_FD"
                 )
             found.successor = (int(parts[0]), int(parts[1]))
+        retained = environ.pop(RETAINED_VARIABLE, None)
+        if retained is not None:
+            found.retained = _read_memory_file(_number(RETAINED_VARIABLE, retained))
         for fd in (*found.control_fds.values(), *(found.successor or ())):
             try:
                 os.set_inheritable(fd, False)
@@ -173,6 +187,39 @@ def _number(name: str, text: str) -> int:
     if not text.isdigit():
         raise ConfigError(f"{name}={text!r}: expected a number")
     return int(text)
+
+
+def _read_memory_file(fd: int) -> bytes:
+    """All of the memory file `fd` (from its start), which is closed then."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        parts: list[bytes] = []
+        total = 0
+        while part := os.read(fd, 1 << 20):
+            total += len(part)
+            if total > MAX_RETAINED_BYTES:
+                raise ConfigError(
+                    f"{RETAINED_VARIABLE}={fd}: more than {MAX_RETAINED_BYTES} bytes"
+                )
+            parts.append(part)
+    except OSError as exc:
+        raise ConfigError(f"{RETAINED_VARIABLE}={fd}: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    return b"".join(parts)
+
+
+def _memory_file(data: bytes) -> int:
+    """A new file in memory holding `data` (close-on-exec: `export` keeps it open)."""
+    try:
+        fd = os.memfd_create("procbus-retained", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):  # no memfd here: an unnamed temporary file
+        fd = os.open(tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    return fd
 
 
 def _role_fds(text: str) -> dict[str, int]:
@@ -199,10 +246,17 @@ class HandOver:
     lock_fd: int | None = None
     adoption: Adoption | None = None
     successor: tuple[int, int] | None = None
+    retained: bytes = b""
+    """The retained publishes (`procbus.master.retained.RetainedStore.dump`)."""
 
 
 def export(environ: MutableMapping[str, str], hand: HandOver) -> list[int]:
-    """Write the hand-over into `environ`; return the fds that must stay open."""
+    """Write the hand-over into `environ`; return the fds that must stay open.
+
+    The retained publishes go into a new memory file, named in `environ` by its
+    descriptor: its owner is the next master (`spawn_successor` closes this
+    process's copy once it forked).
+    """
     environ[GENERATION_VARIABLE] = str(hand.generation)
     environ[WORKER_GENERATIONS_VARIABLE] = json.dumps(
         {str(k): v for k, v in hand.worker_generations.items()}
@@ -219,6 +273,10 @@ def export(environ: MutableMapping[str, str], hand: HandOver) -> list[int]:
     if hand.successor is not None:
         environ[SUCCESSOR_VARIABLE] = f"{hand.successor[0]},{hand.successor[1]}"
         keep.extend(hand.successor)
+    if hand.retained:
+        fd = _memory_file(hand.retained)
+        environ[RETAINED_VARIABLE] = str(fd)
+        keep.append(fd)
     extend_pythonpath(environ)
     return keep
 
@@ -313,12 +371,13 @@ def spawn_successor(hand: HandOver, executable: str, argv: Sequence[str]) -> Spa
     os.set_blocking(ready_r, False)
     environ = dict(os.environ)
     keep = export(environ, dataclasses.replace(hand, successor=(ready_w, alive_r)))
+    given = [int(environ[RETAINED_VARIABLE])] if RETAINED_VARIABLE in environ else []
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     try:
         pid = os.fork()
     except OSError:
-        for fd in (ready_r, ready_w, alive_r, alive_w):
+        for fd in (ready_r, ready_w, alive_r, alive_w, *given):
             os.close(fd)
         raise
     if pid == 0:  # pragma: no cover - replaced by exec at once
@@ -328,8 +387,8 @@ def spawn_successor(hand: HandOver, executable: str, argv: Sequence[str]) -> Spa
             os.execve(executable, list(argv), environ)
         finally:
             os._exit(127)
-    os.close(ready_w)
-    os.close(alive_r)
+    for fd in (ready_w, alive_r, *given):
+        os.close(fd)
     log.info("upgrade: new master pid %d (generation %d)", pid, hand.generation)
     return SpawnedSuccessor(pid=pid, ready_fd=ready_r, alive_fd=alive_w)
 

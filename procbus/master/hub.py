@@ -13,7 +13,8 @@ heartbeats, subscriptions), the relay (`procbus.master.relay`: replies to
 publishes) or `on_tree_publish` (a worker's own publish on the tree,
 `procbus.master.worker_publishes`, which answers with `send_to`). It sends
 each worker its WELCOME (from which publish on it is a target) and its DRAIN
-marker.
+marker, and tells its `feed` (the retained publishes:
+`procbus.master.retainer`) when a worker says hello, is welcomed or is gone.
 
 This is the tree publish's hot path: one ``send`` per publish on the XPUB,
 one decode per reply, read to exhaustion before the loop looks elsewhere.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import zmq
 
@@ -51,6 +52,18 @@ _BATCH: Final = 1000
 _SUBSCRIBE: Final = b"\x01"
 
 
+class WorkerFeed(Protocol):
+    """What else a new worker is sent before it runs (`procbus.master.retainer.Retainer`)."""
+
+    def hello(self, worker: WorkerProc) -> None:
+        """`worker` said hello (its identity is known to the ROUTER now)."""
+
+    def welcome(self, worker: WorkerProc) -> None:
+        """`worker`'s WELCOME goes next (what is sent now comes before it)."""
+
+    def gone(self, worker: WorkerProc) -> None: ...
+
+
 class Hub:
     """Reads and writes the workers' sockets for the master (see the module docstring)."""
 
@@ -68,6 +81,7 @@ class Hub:
             lambda worker, message: self._drop(worker.topic, "TREE_PUBLISH: nobody runs it")
         )
         """Given a worker's TREE_PUBLISH (the master sets it)."""
+        self.feed: WorkerFeed | None = None
 
     def on_xpub(self) -> None:
         """Subscriptions: a worker's own topic is the proof that it receives publishes."""
@@ -115,6 +129,8 @@ class Hub:
                 self._drop(identity, f"hello from an unknown worker (pid {message['pid']})")
                 return
             self.pool.hello(worker)
+            if self.feed is not None:
+                self.feed.hello(worker)
             return
         found = self.pool.by_topic.get(identity)
         if found is None and message.type is _REPLY and identity.endswith(_ANSWERS):
@@ -135,11 +151,13 @@ class Hub:
 
     def welcome(self, worker: WorkerProc) -> None:
         """Tell a worker whose subscription is proven from which publish on it is a target."""
-        frame = protocol.encode(MsgType.WELCOME, {"next_seq": self.relay.next_seq})
-        self.router.send_multipart([worker.topic, frame])
+        if self.feed is not None:
+            self.feed.welcome(worker)
+        self.send_to(worker, protocol.encode(MsgType.WELCOME, {"next_seq": self.relay.next_seq}))
 
     def send_to(self, worker: WorkerProc, frame: bytes) -> None:
-        """Send `frame` to `worker`'s DEALER (dropped by ZeroMQ if it is gone)."""
+        """Send `frame` to `worker`'s DEALER (dropped by ZeroMQ if it is gone or was never
+        heard)."""
         self.router.send_multipart([worker.topic, frame])
 
     def drain(self, worker: WorkerProc) -> None:
@@ -147,4 +165,6 @@ class Hub:
         self.relay.send_drain(worker.topic)
 
     def worker_gone(self, worker: WorkerProc) -> None:
+        if self.feed is not None:
+            self.feed.gone(worker)
         self.relay.on_worker_gone(worker)

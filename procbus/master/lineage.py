@@ -5,7 +5,9 @@ process (same pid, next generation), ``upgrade`` starts a successor (a new
 pid) that takes the name over. `Lineage` keeps, for one master, its
 generation, whether it is a successor still waiting to take over, whether it
 is going (to its own exec, or to a successor), and the workers to adopt or to
-hand over. What crosses is written and read by `procbus.master.handover`;
+hand over, and the retained publishes (`procbus.master.retainer`), which cross
+too (sealed while an upgrade's hand-over is out: a change would not reach the
+new master). What crosses is written and read by `procbus.master.handover`;
 the jobs that end a master's life (`procbus.master.jobs.restart`,
 `procbus.master.jobs.upgrade`) ask for it here.
 """
@@ -23,6 +25,7 @@ from procbus.master.handover import AdoptedWorker, Adoption, HandOver, Inherited
 from procbus.master.loop import EventLoop
 from procbus.master.pool import Pool
 from procbus.master.relay import Relay
+from procbus.master.retainer import Retainer
 from procbus.master.runtime import RuntimeDir
 from procbus.master.settings import TreeSettings
 
@@ -45,8 +48,10 @@ class Lineage:
         emit: Callable[..., None],
         request_exit: Callable[..., None],
         exiting: Callable[[], bool],
+        retainer: Retainer,
     ) -> None:
         self.pool, self.runtime, self.endpoints, self.sockets = pool, runtime, endpoints, sockets
+        self.retainer = retainer
         self.settings, self.relay, self.loop, self.emit = settings, relay, loop, emit
         self.request_exit, self._exiting = request_exit, exiting
         self.exit_code = 0
@@ -85,6 +90,12 @@ class Lineage:
             except OSError as exc:
                 raise ConfigError(f"inherited lock fd {found.lock_fd}: {exc.strerror}") from None
         self.endpoints.inherited_fds = dict(found.control_fds)
+        if found.retained:
+            try:
+                self.retainer.store.restore(found.retained)
+            except ValueError as exc:
+                raise ConfigError(f"the retained publishes handed over: {exc}") from None
+            log.info("%d retained publishes handed over", len(self.retainer.store))
         if found.successor is not None:
             self.successor = Successor(*found.successor)
 
@@ -135,7 +146,9 @@ class Lineage:
             return
         relay.seq = adoption.next_seq - 1  # the numbers go on
         for worker in adoption.workers:
-            self.pool.adopt(worker.id, worker.generation, worker.pid)
+            adopted = self.pool.adopt(worker.id, worker.generation, worker.pid)
+            if adopted is not None:
+                self.retainer.adopted(adopted)
 
     def live_workers(self) -> Adoption:
         """What a re-executed master needs to adopt the live workers."""
@@ -148,7 +161,11 @@ class Lineage:
         return Adoption(workers, relay.next_seq if relay else 1, self.runtime.worker_tag)
 
     def hand_over(self) -> HandOver:
-        """What the next master (this process's exec, or a successor) is given."""
+        """What the next master (this process's exec, or a successor) is given.
+
+        The retained publishes are sealed from now on (`upgrade_failed` unseals them).
+        """
+        self.retainer.store.sealed = "they are being handed over to the next master"
         return HandOver(
             generation=self.generation + 1,
             worker_generations={s.id: s.generation for s in self.pool.view.slots.values()},
@@ -157,7 +174,12 @@ class Lineage:
             listening_fds=[sock.fileno() for sock in self.sockets],
             lock_fd=self.runtime.lock_fd if self.exec_requested else None,
             adoption=self.handover,
+            retained=self.retainer.store.dump() if len(self.retainer.store) else b"",
         )
+
+    def upgrade_failed(self) -> None:
+        """The successor given the hand-over did not take over: this master serves on."""
+        self.retainer.store.sealed = None
 
     def handed_over(self, pid: int) -> None:
         """The successor `pid` serves the name: this master exits."""

@@ -43,6 +43,7 @@ from procbus.master.planner import WorkerProc
 from procbus.master.pool import Pool
 from procbus.master.publisher import TreePublisher
 from procbus.master.relay import TreeReply
+from procbus.master.retainer import Retainer
 from procbus.master.runtime import RuntimeDir
 from procbus.master.scrape import Scraper
 from procbus.master.settings import TreeSettings, stop_limit
@@ -109,9 +110,12 @@ class Master:
         self.pool.on_halt = lambda reason: self.request_exit(fast=True, code=1)
         self.memory = MemoryWatch(self.pool, self.monitor.rss, lambda: self.settings)
         self.endpoints.on_denied = lambda denial: self.emit("auth_denied", **denial.to_dict())
+        self.retainer = Retainer(self.emit)
+        self.retained = self.retainer.listing
+        """The retained publishes (``ctl retained``): channel, time, age, seq, size, who."""
         self.publisher = TreePublisher(
             self.bus, self.pool, self.loop, deadline=lambda: self.settings.publish_timeout,
-            emit=self.emit, request_exit=self.request_exit,
+            emit=self.emit, request_exit=self.request_exit, retainer=self.retainer,
         )  # fmt: skip
         self.publish_async = self.publisher.publish_async
         """Start a tree publish; `on_done(reply)` is called from the loop when complete."""
@@ -131,7 +135,7 @@ class Master:
             pool=self.pool, runtime=self.runtime, endpoints=self.endpoints, sockets=self.sockets,
             settings=lambda: self.settings, relay=lambda: self.hub.relay if self.hub else None,
             loop=self.loop, emit=self.emit, request_exit=self.request_exit,
-            exiting=lambda: self.exiting,
+            exiting=lambda: self.exiting, retainer=self.retainer,
         )  # fmt: skip
         self.pid, self.started_at = os.getpid(), time.time()
         self.exit_code = 0
@@ -299,9 +303,11 @@ class Master:
         **kwargs: Any,
     ) -> TreeReply:
         """Publish on the tree, return every answer (`publisher`, `procbus.publishing`); the
-        master's listeners run whatever `to` says. ``ValueError``: bad option or target."""
-        options = PublishOptions(require, None if to is None else tuple(to), to_generation,
-                                 retain, clear)  # fmt: skip
+        master's listeners run whatever `to` says; `retain` keeps it for every worker started
+        later (with `clear`: drops the channel's, `TreeReply.cleared` says whether there was
+        one). ``ValueError``: bad option, target, or channel to retain."""
+        targets = None if to is None else tuple(to)
+        options = PublishOptions(require, targets, to_generation, retain, clear)
         gathered: list[TreeReply] = []
         self.publish_async(
             channel, args, kwargs, timeout=timeout, on_done=gathered.append, options=options

@@ -9,6 +9,12 @@ deadline passed. ``start``, ``stop`` and ``exit`` drive the bus and the pool
 instead of being forwarded; ``log`` and ``main`` stay on the master (neither
 takes ``require``, ``to`` or ``to_generation``).
 
+``retain`` makes the publish its channel's last word for every worker started
+later (`procbus.master.retainer`): checked before anything runs (a channel of
+the master's own, the store's bounds), kept once it went out; with ``clear``
+the channel's retained publish is dropped and nothing is published (the reply
+says in `TreeReply.cleared` whether there was one).
+
 ``to`` and ``to_generation`` choose the target workers
 (`procbus.master.targeting`): a worker or generation that does not exist is a
 ``ValueError`` before anything runs. The master's own listeners run whatever
@@ -40,6 +46,7 @@ from procbus.master.relay import (
     WorkerStatus,
     late_answer_fields,
 )
+from procbus.master.retainer import Retainer
 from procbus.master.targeting import Selection, select
 from procbus.publishing import DEFAULT, PublishOptions
 
@@ -49,6 +56,8 @@ LOCAL_CHANNELS: Final = frozenset({"log", "main"})
 """Channels that stay on the master."""
 POOL_CHANNELS: Final = frozenset({"start", "stop", "exit"})
 """Channels that drive the pool instead of being forwarded."""
+MASTER_CODE: Final = "master code"
+"""Who published, for a publish made by code in the master (``ctl retained`` shows it)."""
 
 
 class TreePublisher:
@@ -63,6 +72,7 @@ class TreePublisher:
         deadline: Callable[[], float],
         emit: Callable[..., None],
         request_exit: Callable[[], None],
+        retainer: Retainer | None = None,
     ) -> None:
         self.bus = bus
         self.pool = pool
@@ -71,6 +81,7 @@ class TreePublisher:
         """The default deadline of a publish (the ``publish_timeout`` setting)."""
         self.emit = emit
         self.request_exit = request_exit
+        self.retainer = retainer if retainer is not None else Retainer(emit)
         self._hub: Hub | None = None
 
     @property
@@ -81,8 +92,10 @@ class TreePublisher:
     @hub.setter
     def hub(self, hub: Hub | None) -> None:
         self._hub = hub
+        self.retainer.send = hub.send_to if hub is not None else None
         if hub is not None:
             hub.relay.on_late_answer = self._late_answer
+            hub.feed = self.retainer
 
     def _late_answer(self, reply: TreeReply, result: WorkerResult) -> None:
         self.emit("publish_late_answer", **late_answer_fields(reply, result))
@@ -97,17 +110,32 @@ class TreePublisher:
         on_done: Callable[[TreeReply], None] | None = None,
         options: PublishOptions = DEFAULT,
         origin: WorkerProc | None = None,
+        publisher: str = MASTER_CODE,
     ) -> None:
         """Start a tree publish; `on_done(reply)` is called from the loop once the
         publish's requirement is decided (see `procbus.master.quorum`). `origin`: the
         worker the publish comes from (`procbus.master.worker_publishes`), no target
-        when the options say ``include_self=False``.
+        when the options say ``include_self=False``. `publisher` says who publishes
+        (kept with a retained publish; ``worker N`` for a publish from worker N).
 
         Raises ``TypeError`` before anything runs if an argument cannot be sent,
         ``ValueError`` if an option cannot be honoured (a target that does not
-        exist, an option a channel that stays on the master cannot take).
+        exist, an option a channel that stays on the master cannot take, a channel
+        that cannot be retained or a retained publish past the store's bounds).
         """
-        self._check_options(options)
+        if options.retain:
+            self.retainer.check(channel)
+            if options.clear:
+                args = list(args)
+                if args or kwargs:
+                    raise ValueError(
+                        "clear takes no arguments: it drops the retained publish of"
+                        f" {channel!r} and publishes nothing"
+                    )
+                reply = TreeReply(channel, None, cleared=self.retainer.clear(channel))
+                if on_done is not None:
+                    on_done(reply)
+                return
         args = list(args)
         kwargs = dict(kwargs or {})
         if channel in POOL_CHANNELS or channel in LOCAL_CHANNELS:
@@ -123,6 +151,8 @@ class TreePublisher:
         timeout = self.deadline() if timeout is None else timeout
         template = protocol.PublishTemplate(channel, args, kwargs, timeout)
         selection = self._select(options, origin)
+        if options.retain:
+            self.retainer.check(channel, self._frame_size(template))
         reply = TreeReply(channel, None, require=options.require)
         for outcome in self.bus.run_listeners(channel, *args, **kwargs):
             reply.master.append(outcome.result)
@@ -134,10 +164,14 @@ class TreePublisher:
             template, reply, timeout, on_done, selection,
             targeted=options.targeted or leaves_out,
         )  # fmt: skip
-
-    def _check_options(self, options: PublishOptions) -> None:
         if options.retain:
-            raise ValueError("publish option retain is not built yet")
+            assert reply.seq is not None
+            who = publisher if origin is None else f"worker {origin.id}"
+            self.retainer.keep(channel, reply.seq, template.frame(reply.seq), who)
+
+    def _frame_size(self, template: protocol.PublishTemplate) -> int:
+        """The size of `template`'s frame as the next publish (its number's bytes too)."""
+        return len(template.frame(self.hub.relay.next_seq if self.hub else 0)) + 8
 
     def _select(
         self, options: PublishOptions = DEFAULT, origin: WorkerProc | None = None

@@ -130,6 +130,9 @@ class TreeReply:
     workers: dict[int, WorkerResult] = field(default_factory=dict)
     require: Require = "all"
     """What "done" means (`procbus.master.quorum`): ``"all"``, ``"any"`` or a number."""
+    cleared: bool | None = None
+    """For ``retain`` with ``clear`` (nothing was published): whether the channel had a
+    retained publish to drop. None for any other publish."""
 
     def _counts(self) -> tuple[int, int, int]:
         """(targets, answered without error, failed): a starting worker is no target."""
@@ -216,6 +219,7 @@ class TreeReply:
             "master": self.master,
             "master_errors": [_error_line(e) for e in self.master_errors],
             "workers": {str(k): v.to_dict() for k, v in sorted(self.workers.items())},
+            **({} if self.cleared is None else {"cleared": self.cleared}),
         }
 
     @classmethod

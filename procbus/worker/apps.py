@@ -85,13 +85,34 @@ class WorkerContext:
     """Set by `ready`."""
     on_ready: Callable[[], None] = field(default=lambda: None, repr=False)
     """The worker's hook: wakes its loop to report the new state."""
+    catch_up: Callable[[], None] = field(default=lambda: None, repr=False)
+    """The worker's hook: runs the retained publishes, returns once they ran
+    (`procbus.worker.catchup.CatchUp.wait`)."""
+    retained_applied: bool = False
+    """`apply_retained` returned."""
+
+    def apply_retained(self) -> None:
+        """Run the tree's retained publishes in this worker, now that the app's listeners
+        exist; return once they ran (at once, the second time).
+
+        A host calls this before it accepts a connection, so that no request is
+        served without them (`ready` calls it first). Raises `StartupError` in one
+        line naming the channel and the listener when one failed: the worker failed
+        to boot. Returns at once, without running them, if the worker is stopped
+        meanwhile (``stopping`` is set then).
+        """
+        if not self.retained_applied:
+            self.catch_up()
+            self.retained_applied = True
 
     def ready(self) -> None:
-        """Say that the app serves now (apps whose ``reports_ready`` is true).
+        """Say that the app serves now (apps whose ``reports_ready`` is true), once the
+        retained publishes ran (`apply_retained`).
 
         Until then the master counts the worker as starting: a reload waits
         for it, and an app that fails before this failed to boot.
         """
+        self.apply_retained()
         self.ready_event.set()
         self.on_ready()
 

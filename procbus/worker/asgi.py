@@ -22,6 +22,11 @@ The app's life follows the worker's bus:
   started; the worker counts as running (the master's reload and start wait
   for it) only after ``lifespan.startup.complete``. ``lifespan.startup.failed``
   or an exception there is a boot failure (`procbus.worker.lifespan`);
+- then the tree's retained publishes run (`procbus.worker.catchup`: listeners
+  subscribed at import, at bus start or in the lifespan startup all exist by
+  then; async ones have the loop), and only then does it accept connections.
+  One that fails is a boot failure too, after the lifespan ``shutdown`` (the
+  app started: what it opened is closed);
 - on ``stop``: stop accepting (`STOP_ACCEPTING_PRIORITY`), wait for the
   requests in flight (`DRAIN_PRIORITY`), the app's own ``stop`` listeners
   (default 50), then the lifespan ``shutdown`` (`LIFESPAN_SHUTDOWN_PRIORITY`),
@@ -236,6 +241,8 @@ class UvicornHost:
         try:
             await self._start_lifespan()
             if not self._stopping():
+                await self._apply_retained()
+            if not self._stopping():
                 await self._listen(loop)
                 self.ctx.ready()
                 await self._serve_until_stopped()
@@ -260,6 +267,17 @@ class UvicornHost:
             self._not_accepting.set()
             self._drained.set()
             self._finished.set()
+
+    async def _apply_retained(self) -> None:
+        """The tree's retained publishes (`WorkerContext.apply_retained`), off the loop: an
+        async retained listener runs on it meanwhile. When one fails (a boot failure), the
+        app's lifespan, which started, is shut down first (within `graceful_timeout`)."""
+        try:
+            await asyncio.to_thread(self.ctx.apply_retained)
+        except StartupError:
+            self._deadline = time.monotonic() + self.graceful_timeout
+            await self._lifespan_shutdown()
+            raise
 
     async def _start_lifespan(self) -> None:
         """The lifespan startup, given up if the worker is stopped meanwhile."""

@@ -49,7 +49,7 @@ from procbus.protocol import BusState, Message, MsgType, WorkerBusState
 
 log = logging.getLogger("procbus.worker")
 
-_FROM_MASTER = frozenset({MsgType.WELCOME, MsgType.TREE_REPLY})
+_FROM_MASTER = frozenset({MsgType.WELCOME, MsgType.TREE_REPLY, MsgType.RETAINED})
 _ON_SUB = frozenset({MsgType.PUBLISH, MsgType.DRAIN})
 MAX_HELD = 10_000
 """Publishes held back before WELCOME, at most."""
@@ -141,6 +141,9 @@ class WorkerLink:
         self.dealer = context.socket(zmq.DEALER)
         self.dealer.linger = 1000
         self.dealer.sndhwm = 0
+        # What the master sends before it runs (retained publishes, its WELCOME) waits
+        # here while the app loads: a full pipe would make the master's ROUTER drop them.
+        self.dealer.rcvhwm = 0
         self.dealer.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_SIZE)
         self.dealer.routing_id = self.topic
         self.dealer.connect(reply_endpoint)
@@ -348,7 +351,8 @@ class WorkerLink:
         return True
 
     def receive_command(self, flags: int = 0) -> Message | None:
-        """Read one message from the master on DEALER (a WELCOME, a TREE_REPLY).
+        """Read one message from the master on DEALER (a WELCOME, a TREE_REPLY, or
+        RETAINED publishes: see `procbus.worker.catchup`).
 
         With ``flags=zmq.NOBLOCK``, raises ``zmq.Again`` when none is waiting.
         A WELCOME sets the sequence only while the link has none (a new

@@ -24,7 +24,9 @@ up there instead of holding the runner for ever.
 
 The publishes waiting for the runner are bounded (`MAX_BACKLOG`): behind a
 listener that never returns, a further publish is refused at once (the loop
-answers it with an error) instead of memory growing without end.
+answers it with an error) instead of memory growing without end. A new
+worker's retained publishes (`procbus.worker.catchup`) run here too, in order
+with the others, and are never refused: the master's store bounds them.
 
 `in_listener` says whether code runs for one of the master's publishes (on
 this thread, or in an async listener's coroutine on the app's loop): a
@@ -91,6 +93,8 @@ class Finished:
     outcomes: list[ListenerOutcome]
     raised: BaseException | None = None
     """``SystemExit`` or ``KeyboardInterrupt`` from a listener: the worker ends."""
+    retained: bool = False
+    """A retained publish of the worker's catch-up: nobody waits for its answer."""
 
 
 class ListenerRunner:
@@ -125,7 +129,7 @@ class ListenerRunner:
         self.wake_on_answer = False
         """Set by the loop while it waits for the backlog to empty (a drain): the
         runner then wakes it after each answer it sends itself."""
-        self._inbox: queue.SimpleQueue[tuple[float, Sequence[Message]] | None] = (
+        self._inbox: queue.SimpleQueue[tuple[float, Sequence[Message], bool] | None] = (
             queue.SimpleQueue()
         )
         self._outbox: queue.SimpleQueue[Finished] = queue.SimpleQueue()
@@ -145,16 +149,17 @@ class ListenerRunner:
         """Publishes submitted whose outcome was neither answered nor collected yet."""
         return self._submitted - self._collected - self._sent
 
-    def submit(self, messages: Sequence[Message]) -> Sequence[Message]:
+    def submit(self, messages: Sequence[Message], *, retained: bool = False) -> Sequence[Message]:
         """Queue `messages` (PUBLISHes, in order) for the listeners, in one hand-off.
 
-        Returns those refused because the backlog is full (the last ones).
+        Returns those refused because the backlog is full (the last ones); `retained`
+        publishes (a catch-up's) are all accepted.
         """
-        room = max(0, self.max_backlog - self.backlog)
+        room = len(messages) if retained else max(0, self.max_backlog - self.backlog)
         accepted, refused = messages[:room], messages[room:]
         if accepted:
             self._submitted += len(accepted)
-            self._inbox.put((time.monotonic(), accepted))
+            self._inbox.put((time.monotonic(), accepted, retained))
         return refused
 
     def finished(self) -> list[Finished]:
@@ -188,7 +193,7 @@ class ListenerRunner:
 
     def _run(self) -> None:
         while (batch := self._inbox.get()) is not None:
-            received, messages = batch
+            received, messages, retained = batch
             for message in messages:
                 if self._stopping:
                     break
@@ -201,14 +206,14 @@ class ListenerRunner:
                         message["channel"], *message["args"], **message["kwargs"]
                     )
                 except BaseException as exc:  # SystemExit, KeyboardInterrupt
-                    self._hand_back(Finished(seq, [], exc))
+                    self._hand_back(Finished(seq, [], exc, retained))
                     return
                 finally:
                     _running.deadline = None
                     listening.active = False
                     _listening.reset(token)
-                if self._answer is None:
-                    self._hand_back(Finished(seq, outcomes))
+                if self._answer is None or retained:  # a catch-up's goes to the loop
+                    self._hand_back(Finished(seq, outcomes, retained=retained))
                 else:
                     self._send(seq, outcomes)
 

@@ -12,8 +12,11 @@ in a third (`procbus.worker.runner`), so a slow listener never silences the
 heartbeats; that thread sends each publish's reply itself, on a socket of its
 own. The app's own publishes to the tree (`procbus.tree`) leave from
 the I/O loop too, and their answers come back through it
-(`procbus.worker.tree_client`). Asked to stop gracefully, the loop first answers every publish
-its master sent it before it decided to drain it (`procbus.worker.drain`).
+(`procbus.worker.tree_client`). Before the app serves, the tree's retained
+publishes run on the listeners' thread (`procbus.worker.catchup`): the worker
+says it runs only after them. Asked to stop gracefully, the loop first
+answers every publish its master sent it before it decided to drain it
+(`procbus.worker.drain`).
 
 Exit statuses are part of the contract with the master (`ExitCode`): a worker
 that cannot boot says so, so that the master backs off instead of forking in a
@@ -50,6 +53,7 @@ from procbus.privatedir import DirectoryId
 from procbus.protocol import BusState, Message, MsgType, WorkerBusState
 from procbus.worker.apps import Counters, WorkerApp, WorkerContext, load_app
 from procbus.worker.awaiter import no_event_loop
+from procbus.worker.catchup import CatchUp
 from procbus.worker.credentials import Credentials
 from procbus.worker.drain import MARKER_GRACE, Drain
 from procbus.worker.link import WorkerLink
@@ -191,6 +195,7 @@ class Worker:
         """The bus state its last heartbeat carried."""
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._runner = ListenerRunner(bus, self._wake, answer=self._answer)
+        self._catch_up = CatchUp(self._wake)
         self._link: WorkerLink | None = None
         """The link `serve` runs on: the runner answers publishes on it."""
         self._counters: Counters | None = None
@@ -315,6 +320,7 @@ class Worker:
             bus=self.bus,
             sockets=spec.sockets,
             settings=spec.app_settings,
+            catch_up=self._catch_up.wait,
         )
         self._counters = ctx.counters
         io_thread = self._tree.io_thread = threading.get_ident()
@@ -339,12 +345,9 @@ class Worker:
             return ExitCode.BOOT_FAILED
         ctx.on_ready = self._wake
         self._reports_ready = bool(getattr(app, "reports_ready", False))
+        self._runner.start()
         app_thread = threading.Thread(target=self._run_app, args=(app, ctx), name="app")
         app_thread.start()
-        if not self._reports_ready:
-            ctx.ready()
-        self._report_ready(link, ctx)
-        self._runner.start()
 
         code = self._loop(link, ctx)
         self._tree.close(
@@ -360,6 +363,7 @@ class Worker:
         )
         ctx.stop_deadline = deadline
         ctx.stopping.set()
+        self._catch_up.abandon()
         # A quick stop (SIGQUIT, or the master gone) skips the drain: the
         # stop and exit listeners may wait for in-flight work.
         fast = code is ExitCode.ORPHANED or self.stop_requested == signal.SIGQUIT
@@ -387,6 +391,8 @@ class Worker:
 
     def _run_app(self, app: WorkerApp, ctx: WorkerContext) -> None:
         try:
+            if not self._reports_ready:
+                ctx.ready()  # after the retained publishes: before the app runs
             app(ctx)
         except BaseException as exc:
             self._app_outcome = exc
@@ -449,6 +455,7 @@ class Worker:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 512)
                 self._send_replies(link, ctx)
+                self._run_retained()
                 self._tree.flush(link.send_frame)
 
     def _beat(self, link: WorkerLink, ctx: WorkerContext) -> None:
@@ -512,6 +519,9 @@ class Worker:
                 continue
             if message.type is MsgType.TREE_REPLY:
                 self._tree.on_reply(message)
+            elif message.type is MsgType.RETAINED:
+                self._catch_up.receive(message)
+                self._run_retained()
             elif message.type is MsgType.WELCOME:
                 held = link.take_held()
                 for start in range(0, len(held), _BATCH):
@@ -530,22 +540,37 @@ class Worker:
             ctx.counters.add("publish_errors")
             link.refuse(seq, reason)
 
+    def _run_retained(self) -> None:
+        """Hand the retained publishes whose turn it is to the listener thread."""
+        messages = self._catch_up.to_run()
+        if messages:
+            self._runner.submit(messages, retained=True)
+
     def _send_replies(self, link: WorkerLink, ctx: WorkerContext) -> None:
-        """What the runner handed back to the loop: a listener's ``SystemExit`` (the
-        runner answers every other publish itself, `_answer`)."""
+        """What the runner handed back to the loop: a retained publish's outcome (the
+        catch-up's) or a listener's ``SystemExit``; the runner answers every other
+        publish itself (`_answer`)."""
         for done in self._runner.finished():
             if done.raised is not None:
                 raise done.raised  # SystemExit or KeyboardInterrupt from a listener
-            self._answer(done.seq, done.outcomes)
+            if done.retained:
+                self._count(done.outcomes)
+                self._catch_up.ran(done.outcomes)
+            else:
+                self._answer(done.seq, done.outcomes)
 
     def _answer(self, seq: int, outcomes: list[ListenerOutcome]) -> None:
         """Count publish `seq` and send its reply: on the listeners' thread, on the
         link's answers socket (see `procbus.worker.runner`)."""
-        assert self._link is not None and self._counters is not None
+        assert self._link is not None
+        self._count(outcomes)
+        self._link.reply(seq, outcomes)
+
+    def _count(self, outcomes: list[ListenerOutcome]) -> None:
+        assert self._counters is not None
         self._counters.add("publishes")
         if any(outcome.error is not None for outcome in outcomes):
             self._counters.add("publish_errors")
-        self._link.reply(seq, outcomes)
 
     def _app_ended(self, link: WorkerLink) -> ExitCode:
         exc = self._app_outcome

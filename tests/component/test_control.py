@@ -39,6 +39,7 @@ class FakeTarget:
         self.fail_jobs = False
         self.published: list[tuple[str, list[Any], dict[str, Any], float | None]] = []
         self.options: list[PublishOptions] = []
+        self.publishers: list[str] = []
         self._pending: list[tuple[str, Callable[[TreeReply], None]]] = []
         self.exit_requests: list[bool] = []
         self.status_error: Exception | None = None
@@ -74,9 +75,11 @@ class FakeTarget:
         timeout: float | None,
         on_done: Callable[[TreeReply], None],
         options: PublishOptions = DEFAULT,
+        publisher: str = "master code",
     ) -> None:
         self.published.append((channel, args, kwargs, timeout))
         self.options.append(options)
+        self.publishers.append(publisher)
         self._pending.append((channel, on_done))
 
     def answer_publish(self) -> None:
@@ -86,6 +89,10 @@ class FakeTarget:
 
     def request_exit(self, fast: bool = False) -> None:
         self.exit_requests.append(fast)
+
+    def retained(self) -> list[dict[str, Any]]:
+        return [{"channel": "flags", "time": 1.0, "age": 2.0, "seq": 3, "size": 40,
+                 "publisher": "master code"}]  # fmt: skip
 
     def kill_worker(self, worker_id: int, signum: int) -> WorkerProc:
         if worker_id != 1:
@@ -307,6 +314,25 @@ def test_publish_options_reach_the_tree_and_bad_ones_are_refused_before_anything
     answer = commands.run("publish", ["flags"], {"retain": True, "to": "1"}, ADMIN)
     assert answer.error is not None and "takes no to" in answer.error[1]
     assert len(target.published) == 1
+
+
+def test_a_retained_publish_from_ctl_says_which_peer_published_it(
+    commands: Commands, target: FakeTarget
+) -> None:
+    """Steps: an admin peer publishes 'flags' with --retain.
+    Expected: it goes out retained, the publisher named as that ctl peer."""
+    commands.run("publish", ["flags", "on"], {"retain": True}, ADMIN)
+    assert target.options == [PublishOptions(retain=True)]
+    assert target.publishers == ["ctl uid 1000 pid 7"]
+
+
+def test_a_read_peer_lists_the_retained_publishes(commands: Commands, target: FakeTarget) -> None:
+    """Steps: a read-only peer runs ``retained``.
+    Expected: answered at once with the master's listing; audited as allowed."""
+    answer = commands.run("retained", [], {}, READER)
+    assert answer.ok
+    assert answer.result == {"retained": target.retained()}
+    assert target.audits()[-1]["allowed"] is True
 
 
 def test_a_publish_is_answered_when_the_tree_answered_within_the_callers_timeout(

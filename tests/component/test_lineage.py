@@ -9,30 +9,36 @@ outlive the first pool, as real ones outlive an exec.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import zmq
 
+from procbus import protocol
 from procbus.errors import StartupError
 from procbus.master.control_server import ControlSettings
 from procbus.master.endpoints import Endpoints
 from procbus.master.events import EventStream
 from procbus.master.handover import (
     FDS_VARIABLE,
+    RETAINED_VARIABLE,
     AdoptedWorker,
     HandOver,
     Inherited,
     export,
 )
+from procbus.master.jobs import upgrade
 from procbus.master.lineage import Lineage
 from procbus.master.loop import EventLoop
 from procbus.master.pool import Pool
 from procbus.master.relay import Relay
+from procbus.master.retainer import Retainer
 from procbus.master.runtime import RuntimeDir
 from procbus.master.settings import TreeSettings
 from tests.component.fakes import FakeProcesses, Recorder, fake_pool
@@ -48,6 +54,7 @@ class Line:
     relay: Relay
     runtime: RuntimeDir
     endpoints: Endpoints
+    retainer: Retainer
     exits: list[bool] = field(default_factory=list)
 
 
@@ -63,13 +70,14 @@ def make_line(
         endpoints = Endpoints(runtime, ControlSettings(), None, EventStream(loop, dict, 1.0))
         relay = Relay(sockets.socket(zmq.PUB), loop)
         exits: list[bool] = []
+        retainer = Retainer(recorder.emit)
         lineage = Lineage(
             pool=pool, runtime=runtime, endpoints=endpoints, sockets=[],
             settings=lambda: TreeSettings(workers=workers), relay=lambda: relay, loop=loop,
             emit=recorder.emit, request_exit=lambda fast=False: exits.append(fast),
-            exiting=lambda: False,
+            exiting=lambda: False, retainer=retainer,
         )  # fmt: skip
-        line = Line(lineage, pool, relay, runtime, endpoints, exits)
+        line = Line(lineage, pool, relay, runtime, endpoints, retainer, exits)
         made.append(line)
         return line
 
@@ -266,3 +274,103 @@ def test_an_upgrade_hands_the_successor_its_pipes_but_neither_lock_nor_workers(
     finally:
         for fd in (ready_r, ready_w, alive_r, alive_w):
             os.close(fd)
+
+
+def retain(line: Line, channel: str, seq: int) -> None:
+    frame = protocol.PublishTemplate(channel, [seq], {}, 5.0).frame(seq)
+    line.retainer.keep(channel, seq, frame, "master code")
+
+
+def test_the_retained_publishes_cross_a_restart_in_order_and_go_on_from_there(
+    pool: Pool,
+    loop: EventLoop,
+    processes: FakeProcesses,
+    recorder: Recorder,
+    make_line: Callable[[Pool, int], Line],
+) -> None:
+    """Steps: retain a, b, then a again; restart (no adopt): the hand-over crosses the
+    environment; the next master retains c.
+    Expected: the next master holds b then a (the same frames, seqs, times and who),
+    and c after them; the environment holds a descriptor's number for them, not the
+    publishes."""
+    first = make_line(pool, 2)
+    for channel, seq in (("a", 1), ("b", 2), ("a", 3)):
+        retain(first, channel, seq)
+    first.lineage.re_execute(adopt=False)
+    first.lineage.before_exec()
+    environ: dict[str, str] = {}
+    export(environ, first.lineage.hand_over())
+    assert environ[RETAINED_VARIABLE].isdigit()
+    found = Inherited.take(environ)
+    second = make_line(next_pool(loop, processes, recorder, target=2), 2)
+    second.lineage.inherit(found, configured_workers=2)
+    assert list(second.retainer.store) == list(first.retainer.store)
+    assert [p.channel for p in second.retainer.store] == ["b", "a"]
+    retain(second, "c", 1)
+    assert [p.channel for p in second.retainer.store.since(first.retainer.store.last_order)] == [
+        "c"
+    ]
+
+
+def test_adopted_workers_are_owed_only_what_is_retained_after_the_exec(
+    pool: Pool,
+    loop: EventLoop,
+    processes: FakeProcesses,
+    recorder: Recorder,
+    make_line: Callable[[Pool, int], Line],
+) -> None:
+    """Steps: retain a; restart --adopt; the next master adopts the two workers.
+    Expected: each adopted worker is owed (it is sent what is retained from now on,
+    before its WELCOME), and has a already: nothing retained since the exec."""
+    first = make_line(pool, 2)
+    retain(first, "a", 1)
+    first.lineage.re_execute(adopt=True)
+    first.lineage.before_exec()
+    found, _ = across(first.lineage.hand_over())
+    second = make_line(next_pool(loop, processes, recorder, target=2), 2)
+    second.lineage.inherit(found, configured_workers=2)
+    second.lineage.adopt()
+    adopted = list(second.pool.current_workers())
+    assert len(adopted) == 2
+    assert all(second.retainer.owes(worker) for worker in adopted)
+    assert second.retainer.store.since(second.retainer.store.last_order) == []
+
+
+def test_an_upgrade_seals_the_retained_publishes_until_it_fails(
+    pool: Pool, make_line: Callable[[Pool, int], Line]
+) -> None:
+    """Steps: retain a; take the hand-over for an upgrade; try to retain and to clear;
+    the upgrade fails.
+    Expected: while the hand-over is out, both are refused in one line saying why (a
+    change would not reach the new master); after the failure they are allowed again."""
+    line = make_line(pool, 2)
+    retain(line, "a", 1)
+    line.lineage.hand_over()
+    for channel in ("a", "b"):
+        with pytest.raises(ValueError, match=r"cannot change now: .*handed over"):
+            line.retainer.check(channel, 10)
+    line.lineage.upgrade_failed()
+    line.retainer.check("b", 10)
+    assert line.retainer.clear("a")
+
+
+def test_an_upgrade_that_cannot_start_its_successor_unseals_the_retained_publishes(
+    pool: Pool, make_line: Callable[[Pool, int], Line], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps: retain a; an upgrade whose fork of the new master fails.
+    Expected: the upgrade raises the fork's error; this master serves on and may retain
+    and clear again (the store is not left sealed)."""
+    line = make_line(pool, 2)
+    retain(line, "a", 1)
+
+    def no_fork(*args: object) -> None:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(upgrade, "spawn_successor", no_fork)
+    tree = SimpleNamespace(
+        lineage=line.lineage, bus=SimpleNamespace(exec_args=lambda: ("python", ["python"]))
+    )
+    with pytest.raises(OSError, match="Resource temporarily unavailable"):
+        upgrade.upgrade_tree(tree, None)  # type: ignore[arg-type]
+    line.retainer.check("b", 10)
+    assert line.retainer.clear("a")

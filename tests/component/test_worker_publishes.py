@@ -24,6 +24,7 @@ from procbus.master.planner import WorkerProc, WorkerState
 from procbus.master.pool import Pool
 from procbus.master.publisher import TreePublisher
 from procbus.master.relay import TreeReply
+from procbus.master.retainer import Retainer
 from procbus.master.worker_publishes import MAX_IN_FLIGHT, WorkerPublishes
 from procbus.protocol import Message, MsgType
 from tests.component.fakes import FakeProcesses, Fate, Recorder, fake_pool
@@ -125,6 +126,8 @@ def tree(
         made.settle(lambda proc=proc: proc.hello and proc.subscribed)
         dealer.send(protocol.encode(MsgType.STATE, {"state": "running"}))
         made.settle(lambda proc=proc: proc.state is WorkerState.RUNNING)
+        snapshot = made.next_message(dealer)  # the retained publishes: none
+        assert (snapshot.type, snapshot["frames"]) == (MsgType.RETAINED, [])
         assert made.next_message(dealer).type is MsgType.WELCOME
         made.peers[proc.id] = Peer(proc, dealer, sub)
     yield made
@@ -193,7 +196,16 @@ def test_without_include_self_the_caller_is_no_target_and_not_listed(
         ({"channel": "stop"}, "forbidden", "worker 1 cannot publish 'stop' to the tree: "),
         ({"timeout": 0}, "bad_arguments", "timeout must be a finite number of seconds > 0"),
         ({"options": {"to": [9]}}, "bad_arguments", "no worker 9 (workers: 1-2)"),
-        ({"options": {"retain": True}}, "bad_arguments", "publish option retain is not built"),
+        (
+            {"options": {"retain": True, "to": [2]}},
+            "bad_arguments",
+            "a retained publish goes to every worker started later",
+        ),
+        (
+            {"channel": "procbus.metrics", "options": {"retain": True}},
+            "forbidden",
+            "worker 1 cannot publish 'procbus.metrics' to the tree: ",
+        ),
         ({"options": {"wait": 1}}, "bad_arguments", "unknown publish option 'wait'"),
     ],
 )
@@ -202,7 +214,7 @@ def test_a_refused_publish_is_answered_at_once_with_one_line_and_nothing_runs(
 ) -> None:
     """Steps: a listener on the master's bus for the channel; worker 1 sends a publish
     the master must refuse (a forbidden channel, a bad timeout, a worker that does not
-    exist, an option not built yet, an unknown option).
+    exist, a retained publish with targets, an unknown option).
     Expected: a TREE_REPLY error with the code and one line; the master's listener did
     not run, nothing went out to the workers; the event says not allowed, and why."""
     channel = fields.pop("channel", "cache.clear")
@@ -217,6 +229,36 @@ def test_a_refused_publish_is_answered_at_once_with_one_line_and_nothing_runs(
     assert ran == [] and tree.hub.relay.sent == 0
     (event,) = recorder.named("worker_publish")
     assert (event["allowed"], event["reason"], event["channel"]) == (False, code, channel)
+
+
+def test_a_workers_retained_publish_is_kept_as_that_workers_and_it_may_clear_it(
+    tree: Tree,
+) -> None:
+    """Steps: worker 1 publishes 'feature.flags' "on" with retain; both workers answer;
+    then worker 1 clears it (retain and clear).
+    Expected: the publish ran in both workers and its reply is ok; the master keeps it
+    with worker 1 as the publisher (``ctl retained`` shows it), without the argument;
+    the clear's reply says it dropped one, and nothing more went out."""
+    one, two = tree.peers[1], tree.peers[2]
+    one.publish(7, "feature.flags", "on", options={"retain": True})
+    for peer in (one, two):
+        publish = tree.next_message(peer.sub)
+        peer.answer(publish, "set")
+    reply = TreeReply.from_dict(tree.next_message(one.dealer)["reply"])
+    assert reply.ok and sorted(reply.workers) == [1, 2]
+    retainer = tree.hub.feed
+    assert isinstance(retainer, Retainer)
+    (kept,) = retainer.listing()
+    assert (kept["channel"], kept["seq"], kept["publisher"]) == (
+        "feature.flags",
+        reply.seq,
+        "worker 1",
+    )
+    assert "on" not in repr(kept)
+    one.publish(8, "feature.flags", options={"retain": True, "clear": True})
+    cleared = tree.next_message(one.dealer)
+    assert cleared["id"] == 8 and cleared["reply"]["cleared"] is True
+    assert retainer.listing() == [] and tree.hub.relay.sent == 1
 
 
 def test_a_worker_past_its_limit_in_flight_is_refused_until_answers_come(tree: Tree) -> None:

@@ -67,6 +67,53 @@ def test_malformed_hand_over_is_a_one_line_config_error(name: str, value: str) -
     assert "\n" not in str(error.value)
 
 
+def test_the_retained_publishes_cross_in_a_memory_file_named_by_its_descriptor() -> None:
+    """Steps: export a hand-over with 3 MiB of retained publishes; take it back.
+    Expected: the environment holds only a descriptor's number (a few bytes), which is
+    among the fds to keep; the same bytes come back; the descriptor is closed then."""
+    retained = bytes(range(256)) * (3 * 4096)
+    environ: dict[str, str] = {}
+    keep = handover.export(
+        environ,
+        handover.HandOver(
+            generation=2,
+            worker_generations={},
+            target=(1, 1),
+            control_fds={},
+            listening_fds=[],
+            retained=retained,
+        ),
+    )
+    value = environ[handover.RETAINED_VARIABLE]
+    assert value.isdigit() and int(value) in keep
+    assert sum(map(len, environ.values())) < 1000
+    found = Inherited.take(environ)
+    assert found.retained == retained
+    with pytest.raises(OSError):
+        os.fstat(int(value))
+
+
+def test_no_retained_publishes_put_nothing_in_the_environment() -> None:
+    environ: dict[str, str] = {}
+    handover.export(
+        environ,
+        handover.HandOver(
+            generation=2, worker_generations={}, target=(1, 1), control_fds={}, listening_fds=[]
+        ),
+    )
+    assert handover.RETAINED_VARIABLE not in environ
+    assert Inherited.take(environ).retained == b""
+
+
+@pytest.mark.parametrize("value", ["x", "99999"])
+def test_a_retained_descriptor_that_is_no_number_or_not_open_is_a_config_error(
+    value: str,
+) -> None:
+    with pytest.raises(ConfigError, match=handover.RETAINED_VARIABLE) as error:
+        Inherited.take({handover.RETAINED_VARIABLE: value})
+    assert "\n" not in str(error.value)
+
+
 def test_exec_problem_names_a_missing_interpreter_or_script(tmp_path: Path) -> None:
     """Steps: check a command line whose interpreter is gone, one whose script is gone,
     one with -m, and a good one from a cwd that no longer exists. Expected: the first

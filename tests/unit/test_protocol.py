@@ -45,6 +45,7 @@ VALID: dict[MsgType, dict[str, Any]] = {
         "options": {"include_self": False},
     },
     MsgType.TREE_REPLY: {"id": 3, "reply": {"channel": "cache.clear", "seq": 9}},
+    MsgType.RETAINED: {"frames": [b"\x01\x01\x85", b""], "more": False},
 }
 
 
@@ -83,6 +84,10 @@ def test_every_type_has_a_valid_example() -> None:
         (
             raw(1, 2, {"seq": 1, "results": [], "errors": [{"type": "E"}]}),
             "an error must map type, message, listener, traceback to strings",
+        ),
+        (
+            raw(1, 16, {"frames": [b"f", "text"], "more": True}),
+            "RETAINED field 'frames' must hold frames (bytes), got str",
         ),
         (
             bytes((1, 5)) + msgpack.packb({"counters": msgpack.ExtType(3, b"x")}),
@@ -545,3 +550,16 @@ def test_unpack_refuses_exactly_what_exceeds_its_limits_on_either_path(
     else:
         decoded = protocol.unpack(data, limits)
         assert msgpack.packb(decoded, use_bin_type=True) == data
+
+
+def test_a_short_frame_whose_containers_are_counted_twice_is_still_refused() -> None:
+    """Steps: [None, []] (3 bytes, 4 elements: each container counts for itself and as
+    its parent's item) under a limit of 3 elements, unpacked and judged by a sender.
+    Expected: both refuse it (neither takes the byte count alone as the bound)."""
+    limits = protocol.Limits(elements=3, depth=4)
+    body = msgpack.packb([None, []])
+    with pytest.raises(ProtocolError, match="more than 3 elements"):
+        protocol.unpack(body, limits)
+    assert (
+        protocol.beyond_limits(b"\x01\x02" + body, limits) == "message holds more than 3 elements"
+    )

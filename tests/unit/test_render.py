@@ -230,3 +230,45 @@ def test_publish_reply_shows_the_requirement_and_pending_workers() -> None:
     assert "require 5: NOT MET, the publish has only 4 target workers\n" in text
     default = {**met, "require": "all", "workers": {"1": workers["1"]}}
     assert "require" not in render.render("publish", default, colour=False)
+
+
+def test_retained_lists_channel_age_seq_size_and_who_escaped() -> None:
+    """Steps: render a listing of two retained publishes, one whose channel and publisher
+    hold escapes; and an empty listing.
+    Expected: a table CHANNEL, AGE, SEQ, SIZE, PUBLISHER in the master's order, every
+    cell escaped; the empty listing says there is none."""
+    listing = {
+        "retained": [
+            {"channel": "feature.flags", "time": 1.0, "age": 125.0, "seq": 7, "size": 2048,
+             "publisher": "ctl uid 1000 pid 42"},
+            {"channel": "x\x1b[2J", "time": 2.0, "age": 1.5, "seq": 9, "size": 30,
+             "publisher": "worker 3\x9b"},
+        ]
+    }  # fmt: skip
+    text = render.render("retained", listing, colour=True)
+    assert raw_controls(text) == []
+    header, first, second = text.splitlines()
+    assert header.split() == ["CHANNEL", "AGE", "SEQ", "SIZE", "PUBLISHER"]
+    assert first.split() == [
+        "feature.flags",
+        "2m05s",
+        "7",
+        "2.0K",
+        "ctl",
+        "uid",
+        "1000",
+        "pid",
+        "42",
+    ]
+    assert second.split() == ["x\\x1b[2J", "1.5s", "9", "30B", "worker", "3\\x9b"]
+    assert render.render("retained", {"retained": []}) == "no retained publishes\n"
+
+
+def test_a_clear_says_whether_the_channel_had_a_retained_publish() -> None:
+    """Steps: render the replies of ``publish CH --retain --clear`` with and without one.
+    Expected: one line each naming the channel, and no worker table (nothing was
+    published)."""
+    reply = {"channel": "flags", "seq": None, "master": [], "workers": {}, "cleared": True}
+    assert render.render("publish", reply) == "cleared the retained publish of 'flags'\n"
+    none = {**reply, "cleared": False}
+    assert render.render("publish", none) == "no retained publish on 'flags': nothing cleared\n"

@@ -66,6 +66,7 @@ class Publishing:
     def start(self) -> None:
         self._thread.start()
         self.expect(MsgType.HELLO)
+        self.master.retained(self.link.topic, [])  # the retained publishes: none
         self.expect(MsgType.STATE)
         self.expect(MsgType.STATE)  # running
 

@@ -69,7 +69,11 @@ class _Successor:
 def upgrade_tree(tree: Tree, job: Job) -> dict[str, Any]:
     """The ``upgrade`` job of the old master."""
     hand = tree.lineage.hand_over()
-    spawned = spawn_successor(hand, *tree.bus.exec_args())
+    try:
+        spawned = spawn_successor(hand, *tree.bus.exec_args())
+    except BaseException:
+        tree.lineage.upgrade_failed()  # no successor: this master serves on
+        raise
     new = _Successor(spawned.pid, spawned.ready_fd, spawned.alive_fd)
     job.progress("new master started", pid=new.pid, generation=hand.generation)
 
@@ -159,6 +163,7 @@ def _abandon(tree: Tree, new: _Successor, generation: int) -> None:
     with contextlib.suppress(OSError):
         os.close(new.alive_fd)
     tree.lineage.remove_tree_sockets(generation)
+    tree.lineage.upgrade_failed()
     if not tree.pool.active and not tree.exiting:
         log.error("upgrade failed after the old workers drained: starting new ones")
         tree.bus.start()
