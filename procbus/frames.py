@@ -39,6 +39,20 @@ def recv_two(socket: zmq.Socket[Any], flags: int = 0) -> tuple[bytes, bytes, int
     return first, second, count
 
 
+def recv_routed(router: zmq.Socket[Any], flags: int = 0) -> tuple[bytes, bytes, int]:
+    """`recv_two` for a ROUTER, whose messages always start with the sender's
+    identity and hold at least one frame after it: one "more" query instead of two
+    (each converts its option to an enum: a third of the call)."""
+    recv, more = router.recv, router.get
+    identity: bytes = recv(flags)
+    frame: bytes = recv(flags)
+    count = 2
+    while more(_RCVMORE):
+        recv(flags)
+        count += 1
+    return identity, frame, count
+
+
 def readable(socket: zmq.Socket[Any]) -> bool:
     """Whether a message waits on `socket`: 1.7 µs, against 4.3 µs for the
     ``zmq.Again`` that reading an empty socket raises."""

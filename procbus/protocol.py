@@ -438,7 +438,13 @@ class PublishTemplate:
         self, channel: str, args: list[Any], kwargs: dict[str, Any], timeout: float
     ) -> None:
         body = {"channel": channel, "args": args, "kwargs": kwargs, "timeout": timeout}
-        validate(MsgType.PUBLISH, {"seq": 0, **body})
+        if not (
+            type(channel) is str
+            and type(args) is list
+            and type(kwargs) is dict
+            and type(timeout) in (float, int)
+        ):  # the schema check says what is wrong (and with what words)
+            validate(MsgType.PUBLISH, {"seq": 0, **body})
         self.channel = channel
         # A msgpack map is its header (one byte for up to 15 pairs) followed by
         # its key/value pairs: keep the pairs, the seq pair goes in front.

@@ -30,7 +30,7 @@ import zmq
 
 from procbus import protocol
 from procbus.errors import ProtocolError
-from procbus.frames import recv_two
+from procbus.frames import recv_routed
 from procbus.master.loop import EventLoop
 from procbus.master.planner import WorkerProc
 from procbus.master.pool import Pool
@@ -97,7 +97,7 @@ class Hub:
         router = self.router
         for _ in range(_BATCH):
             try:
-                identity, frame, count = recv_two(router, _NOBLOCK)
+                identity, frame, count = recv_routed(router, _NOBLOCK)
             except zmq.Again:
                 return
             if count != 2:

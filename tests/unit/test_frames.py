@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import zmq
 
-from procbus.frames import readable, recv_two
+from procbus.frames import readable, recv_routed, recv_two
 
 
 @pytest.fixture
@@ -56,3 +56,25 @@ def test_readable_says_whether_a_message_waits(
     assert readable(receiver)
     recv_two(receiver)
     assert not readable(receiver)
+
+
+def test_a_router_reads_identity_and_frame_and_drops_nothing_of_the_next_message() -> None:
+    """Steps: a DEALER named b"d" sends a message of one frame, one of three, one of one.
+    Expected: (b"d", b"a", 2), (b"d", b"b", 4), (b"d", b"e", 2)."""
+    context: zmq.Context[Any] = zmq.Context()
+    router, dealer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    try:
+        router.bind("inproc://routed")
+        dealer.routing_id = b"d"
+        dealer.connect("inproc://routed")
+        dealer.send(b"a")
+        dealer.send_multipart([b"b", b"c", b"x"])
+        dealer.send(b"e")
+        assert router.poll(1000)
+        assert recv_routed(router) == (b"d", b"a", 2)
+        assert recv_routed(router) == (b"d", b"b", 4)
+        assert recv_routed(router) == (b"d", b"e", 2)
+    finally:
+        router.close(0)
+        dealer.close(0)
+        context.term()
