@@ -23,6 +23,7 @@ one decode per reply, read to exhaustion before the loop looks elsewhere.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
@@ -47,6 +48,8 @@ _NOBLOCK: Final = int(zmq.NOBLOCK)
 """As a plain int: pyzmq combines enum flags per call, which shows in profiles."""
 _REPLY: Final = MsgType.REPLY
 _ANSWERS: Final = protocol.ANSWERS_SUFFIX
+LAST_WORDS: Final = 0.2
+"""Seconds the hub waits for the error of a worker that exited unable to boot."""
 _BATCH: Final = 1000
 """Messages read from one socket before the loop looks at the others."""
 _SUBSCRIBE: Final = b"\x01"
@@ -148,6 +151,18 @@ class Hub:
             self.pool.worker_state(found, message["state"], message.get("error"))
         else:
             self.on_tree_publish(found, message)
+
+    def await_last_words(self, worker: WorkerProc, limit: float = LAST_WORDS) -> None:
+        """Read the workers' messages until `worker`'s error is heard, for at most
+        `limit` seconds: a worker that cannot boot says why, then exits, and its exit
+        may be seen first (`Pool.last_words`). Blocks the loop that long at most, only
+        for a worker that failed to boot without a word yet."""
+        deadline = self.loop.clock() + limit
+        while not worker.last_error:
+            self.on_router()
+            left = deadline - self.loop.clock()
+            if worker.last_error or left <= 0 or not self.router.poll(math.ceil(left * 1000)):
+                return
 
     def welcome(self, worker: WorkerProc) -> None:
         """Tell a worker whose subscription is proven from which publish on it is a target."""

@@ -107,6 +107,7 @@ class Master:
         )  # fmt: skip
         self.pool.on_ready, self.pool.on_gone = self._worker_ready, self._worker_gone
         self.pool.on_drain = lambda worker: self.hub.drain(worker) if self.hub else None
+        self.pool.last_words = lambda w: self.hub.await_last_words(w) if self.hub else None
         self.pool.on_halt = lambda reason: self.request_exit(fast=True, code=1)
         self.memory = MemoryWatch(self.pool, self.monitor.rss, lambda: self.settings)
         self.endpoints.on_denied = lambda denial: self.emit("auth_denied", **denial.to_dict())

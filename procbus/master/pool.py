@@ -96,6 +96,10 @@ class Pool:
         self.on_drain: Callable[[WorkerProc], None] = lambda worker: None
         """Called when a running worker stops being a target of publishes to drain
         (the master tells it which publishes it still owes), before it is signalled."""
+        self.last_words: Callable[[WorkerProc], None] = lambda worker: None
+        """Called for a worker that exited as unable to boot before its error was heard:
+        its FAILED state left before it exited, but may still be on its way (the
+        master's hub reads what arrived); the pool then records the exit."""
         self.on_halt: Callable[[str], None] = lambda reason: None
         """Called once when the planner gives up (`HALT`: a worker could not boot before
         the pool ever came up), with why; the pool forks nothing more."""
@@ -407,7 +411,7 @@ class Pool:
 
     def reap(self) -> None:
         """Collect every child that exited (SIGCHLD, or any time)."""
-        changed = False
+        gone: list[tuple[WorkerProc, int]] = []
         while True:
             try:
                 pid, status = self._waitpid(-1, os.WNOHANG)
@@ -416,15 +420,23 @@ class Pool:
             if pid == 0:
                 break
             code = os.waitstatus_to_exitcode(status)
-            worker = self.by_pid.pop(pid, None)
+            worker = self.by_pid.get(pid)
             if worker is None:
                 exited = self._other_children.pop(pid, None)
                 if exited is not None:
                     exited(code)
                 continue
-            changed = True
+            gone.append((worker, code))
+        for worker, code in gone:
+            if code == self._boot_failed_status and not (
+                worker.last_error or worker.stop_requested
+            ):
+                # Before the pool forgets it: its hello may not even have been read.
+                self.last_words(worker)
+        for worker, code in gone:
+            del self.by_pid[worker.pid]
             self._exited(worker, code)
-        if changed:
+        if gone:
             self.replan()
 
     def _exited(self, worker: WorkerProc, code: int) -> None:

@@ -202,6 +202,8 @@ def fake_pool(
     emit: Callable[..., None],
     target: int = 2,
     policy: Supervision = POLICY,
+    *,
+    boot_failed_status: int | None = None,
 ) -> Pool:
     """A real `Pool` whose processes are `processes`."""
     pool = Pool(
@@ -212,6 +214,7 @@ def fake_pool(
         target=target,
         kill=processes.kill,
         waitpid=processes.waitpid,
+        boot_failed_status=boot_failed_status,
     )
     processes.attach(pool)
     return pool

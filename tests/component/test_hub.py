@@ -19,7 +19,7 @@ from procbus.master.relay import TreeReply, WorkerStatus
 from procbus.protocol import MsgType
 from procbus.publishing import PublishOptions
 from tests.component.fakes import FakeProcesses, Recorder
-from tests.component.wiring import Wired, received, wire
+from tests.component.wiring import BOOT_FAILED, Wired, received, wire
 from tests.helpers import FakeClock, Sockets
 
 
@@ -129,6 +129,24 @@ def test_a_reply_from_the_workers_answers_socket_counts_and_nothing_else_from_it
     answers.send(protocol.encode(MsgType.REPLY, answer))
     wired.settle(lambda: bool(replies))
     assert replies[0].workers[1].results == ["from the answers socket"]
+
+
+def test_the_error_of_a_worker_that_could_not_boot_is_heard_even_after_its_exit(
+    wired: Wired, recorder: Recorder
+) -> None:
+    """Steps: worker 1 says hello, reports FAILED with its error and exits as unable
+    to boot; its exit reaches the pool (SIGCHLD) before the loop reads its message.
+    Expected: the pool still records the error: on the exit event and the slot."""
+    dealer = wired.dealer(wired.worker.topic)
+    dealer.send(wired.hello())
+    wired.settle(lambda: wired.worker.hello)
+    failed = {"state": "failed", "error": "boot: broken_app cannot be imported"}
+    dealer.send(protocol.encode(MsgType.STATE, failed))
+    wired.processes.exit(wired.worker.pid, BOOT_FAILED)
+    wired.settle(lambda: bool(recorder.named("exit")))
+    (exited,) = recorder.named("exit")
+    assert exited["error"] == "boot: broken_app cannot be imported"
+    assert wired.pool.view.slots[1].last_error == "boot: broken_app cannot be imported"
 
 
 def test_a_worker_that_dies_before_answering_is_reported_lost_at_once(wired: Wired) -> None:

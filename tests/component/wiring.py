@@ -79,6 +79,10 @@ class Wired:
         return dealer, self.run(dealer)
 
 
+BOOT_FAILED = 4
+"""The exit status of a worker that could not boot, for the wired pool."""
+
+
 @contextlib.contextmanager
 def wire(
     loop: EventLoop,
@@ -97,9 +101,10 @@ def wire(
     router = sockets.socket(zmq.ROUTER)
     router.bind("inproc://replies")
     processes.plan(1, 1, Fate.HANG)
-    pool = fake_pool(loop, processes, recorder.emit, target=1)
+    pool = fake_pool(loop, processes, recorder.emit, target=1, boot_failed_status=BOOT_FAILED)
     hub = Hub(xpub, router, loop, pool)
     pool.on_ready, pool.on_gone = hub.welcome, hub.worker_gone
+    pool.last_words = hub.await_last_words
     pool.on_drain = hub.drain
     loop.add_reader(xpub, hub.on_xpub)
     loop.add_reader(router, hub.on_router)
