@@ -144,11 +144,13 @@ def test_umask_zero_still_makes_owner_only_directories(shared_tmp: Path) -> None
         start_new_session=True,
     )
     runtime = shared_tmp / "procbus-0" / "um"
+    names = ("ctl", "evt", "w1.pub", "w1.rep")
     try:
-        wait_until((runtime / "ctl").exists, 20)
+        # The master binds them one after the other: wait for the last as well.
+        wait_until(lambda: all((runtime / name).exists() for name in names), 20)
         assert stat.S_IMODE(runtime.parent.stat().st_mode) == 0o700
         assert stat.S_IMODE(runtime.stat().st_mode) == 0o700
-        for name in ("ctl", "evt", "w1.pub", "w1.rep"):
+        for name in names:
             assert stat.S_IMODE((runtime / name).stat().st_mode) == 0o600, name
     finally:
         proc.send_signal(signal.SIGTERM)
