@@ -27,30 +27,29 @@ def recv_two(socket: zmq.Socket[Any], flags: int = 0) -> tuple[bytes, bytes, int
     with ``zmq.NOBLOCK`` when none is waiting (a message arrives whole: once its
     first frame is read, the others are there).
     """
-    recv, more = socket.recv, socket.get
-    first: bytes = recv(flags)
-    if not more(_RCVMORE):
+    first: bytes = socket.recv(flags)
+    if not socket.get(_RCVMORE):
         return first, b"", 1
-    second: bytes = recv(flags)
-    count = 2
-    while more(_RCVMORE):
-        recv(flags)
-        count += 1
-    return first, second, count
+    return (first, *_second_and_count(socket, flags))
 
 
 def recv_routed(router: zmq.Socket[Any], flags: int = 0) -> tuple[bytes, bytes, int]:
     """`recv_two` for a ROUTER, whose messages always start with the sender's
     identity and hold at least one frame after it: one "more" query instead of two
     (each converts its option to an enum: a third of the call)."""
-    recv, more = router.recv, router.get
-    identity: bytes = recv(flags)
-    frame: bytes = recv(flags)
+    identity: bytes = router.recv(flags)
+    return (identity, *_second_and_count(router, flags))
+
+
+def _second_and_count(socket: zmq.Socket[Any], flags: int) -> tuple[bytes, int]:
+    """After a message's first frame: its second, and how many frames it had (those
+    after the second are read and dropped)."""
+    second: bytes = socket.recv(flags)
     count = 2
-    while more(_RCVMORE):
-        recv(flags)
+    while socket.get(_RCVMORE):
+        socket.recv(flags)
         count += 1
-    return identity, frame, count
+    return second, count
 
 
 def readable(socket: zmq.Socket[Any]) -> bool:
