@@ -106,7 +106,7 @@ def run_section(section: Section, quick: bool, repeat: int) -> list[Row]:
 
 def _publish_commands(quick: bool) -> list[list[str]]:
     workers = ["1", "4", "16"] if quick else ["1", "4", "16", "64", "128"]
-    rounds = "500" if quick else "2000"
+    rounds = "500" if quick else "1000"
     return [
         [str(SCRIPTS / "bench_publish.py"), "--rounds", rounds, "--workers", *workers,
          "--json", "{json}"]
