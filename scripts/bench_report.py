@@ -247,6 +247,9 @@ def render(rows: dict[str, list[Row]], quick: bool, repeat: int, seconds: float)
         "is shared: rates vary by ±30 % between runs; ratios measured in the same run "
         "and the CPU per operation are what to trust.",
         "",
+        "Where the time goes for each goal not met, and what meeting it would take: "
+        "[PROFILE.md](PROFILE.md) (written by hand from profiles of this code).",
+        "",
         "| what | procbus | baseline (same run) | ratio [spread] | goal | |",
         "|---|---|---|---|---|---|",
     ]
