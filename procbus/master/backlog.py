@@ -20,19 +20,12 @@ import socket
 import stat
 import struct
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Final
 
-_NETLINK_SOCK_DIAG: Final = 4
-_SOCK_DIAG_BY_FAMILY: Final = 20
-_NLM_F_REQUEST: Final = 0x1
-_NLM_F_DUMP: Final = 0x300
-_NLMSG_ERROR: Final = 2
-_NLMSG_DONE: Final = 3
-_NLMSG_HEADER: Final = struct.Struct("=IHHII")
+from procbus.master.sockdiag import DUMP, SOCK_DIAG_BY_FAMILY, dump, inet_request, sock_diag
+
 _TCP_LISTEN: Final = 10
-_INET_REQUEST: Final = struct.Struct("=IHHIIBBBBI48x")
-"""nlmsghdr, then inet_diag_req_v2: family, protocol, ext, pad, states, a zero sockid."""
 _INET_QUEUE: Final = struct.Struct("=4x48x4xII4xI")
 """inet_diag_msg: (rqueue, wqueue, inode) after family/state/timer/retrans, the sockid
 and expires."""
@@ -69,27 +62,20 @@ def listen_backlogs(sockets: Iterable[tuple[str, socket.socket]]) -> dict[str, i
 def _queues_from_netlink() -> dict[int, int]:
     """Inode -> accept queue length of every listening TCP and unix socket."""
     queues: dict[int, int] = {}
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as diag:
-        diag.settimeout(2.0)  # never expected; a timeout falls back to /proc
+    with sock_diag() as diag:
         for family in (socket.AF_INET, socket.AF_INET6):
-            diag.send(
-                _INET_REQUEST.pack(
-                    _INET_REQUEST.size, _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP,
-                    0, 0, family, socket.IPPROTO_TCP, 0, 0, 1 << _TCP_LISTEN,
-                )
-            )  # fmt: skip
-            for payload in _dump(diag):
+            diag.send(inet_request(family, socket.IPPROTO_TCP, 1 << _TCP_LISTEN))
+            for payload in dump(diag):
                 if len(payload) >= _INET_QUEUE.size:
                     rqueue, _wqueue, inode = _INET_QUEUE.unpack_from(payload)
                     queues[inode] = rqueue
         diag.send(
             _UNIX_REQUEST.pack(
-                _UNIX_REQUEST.size, _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP,
-                0, 0, socket.AF_UNIX, 0, 0, 1 << _TCP_LISTEN, 0, _UDIAG_SHOW_RQLEN,
-                0xFFFFFFFF, 0xFFFFFFFF,
+                _UNIX_REQUEST.size, SOCK_DIAG_BY_FAMILY, DUMP, 0, 0, socket.AF_UNIX, 0, 0,
+                1 << _TCP_LISTEN, 0, _UDIAG_SHOW_RQLEN, 0xFFFFFFFF, 0xFFFFFFFF,
             )
         )  # fmt: skip
-        for payload in _dump(diag):
+        for payload in dump(diag):
             found = _unix_queue(payload)
             if found is not None:
                 queues[found[0]] = found[1]
@@ -111,26 +97,6 @@ def _unix_queue(payload: bytes) -> tuple[int, int] | None:
             return inode, rqueue
         offset += (length + 3) & ~3
     return None
-
-
-def _dump(diag: socket.socket) -> Iterator[bytes]:
-    """The payload of every message of one netlink dump, up to its end."""
-    while True:
-        data = diag.recv(65536)
-        if not data:
-            return
-        offset = 0
-        while offset + _NLMSG_HEADER.size <= len(data):
-            length, kind, _flags, _seq, _pid = _NLMSG_HEADER.unpack_from(data, offset)
-            if kind == _NLMSG_DONE:
-                return
-            if kind == _NLMSG_ERROR:
-                (code,) = struct.unpack_from("=i", data, offset + _NLMSG_HEADER.size)
-                raise OSError(-code, f"sock_diag: {os.strerror(-code)}")
-            if length < _NLMSG_HEADER.size:
-                raise OSError(0, "sock_diag: short message")
-            yield data[offset + _NLMSG_HEADER.size : offset + length]
-            offset += (length + 3) & ~3
 
 
 def _tcp_queues_from_proc() -> dict[int, int]:

@@ -25,6 +25,7 @@ request holds is turned into text.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Collection, Mapping
@@ -146,21 +147,17 @@ class ControlServer:
     # -- reading ----------------------------------------------------------
 
     def on_readable(self) -> None:
-        deadline = time.monotonic() + TURN_BUDGET
-        for _ in range(_BATCH):
-            try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self.requests += 1
-            self._receive(frames)
-            if time.monotonic() >= deadline:
-                return  # the rest wait for the next turn: the workers go first
+        # The rest wait for the next turn: the workers go first.
+        self._read(_BATCH, time.monotonic() + TURN_BUDGET)
 
     def drain(self, limit: int = 10_000) -> None:
         """The master is going (exec, hand-over, exit): answer every request already
         received, so that no client waits for a master that is gone (admin commands
         are refused as the master is exiting; read commands are answered)."""
+        self._read(limit, math.inf)
+
+    def _read(self, limit: int, deadline: float) -> None:
+        """Answer up to `limit` waiting requests, stopping early once past `deadline`."""
         for _ in range(limit):
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -168,6 +165,8 @@ class ControlServer:
                 return
             self.requests += 1
             self._receive(frames)
+            if time.monotonic() >= deadline:
+                return
 
     def _receive(self, frames: list[zmq.Frame]) -> None:
         # DEALER clients send [identity, body]; REQ clients [identity, b"", body].

@@ -216,9 +216,13 @@ def _memory_file(data: bytes) -> int:
         fd = os.memfd_create("procbus-retained", os.MFD_CLOEXEC)
     except (AttributeError, OSError):  # no memfd here: an unnamed temporary file
         fd = os.open(tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:  # out of memory or space: the fd is nobody's yet
+        os.close(fd)
+        raise
     return fd
 
 

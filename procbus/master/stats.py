@@ -36,6 +36,8 @@ from typing import Any, Final
 
 import psutil
 
+from procbus.master.sockdiag import dump, inet_request, sock_diag
+
 MIN_CPU_WINDOW: Final = 0.1
 """Seconds, at least, that a CPU percent is measured over."""
 SLOW_MAX_AGE: Final = 5.0
@@ -44,15 +46,6 @@ _INET_TABLES: Final = ("tcp", "tcp6", "udp", "udp6")
 """What psutil's ``kind="inet"`` covers."""
 
 # Linux sock_diag (linux/sock_diag.h, linux/inet_diag.h).
-_NETLINK_SOCK_DIAG: Final = 4
-_SOCK_DIAG_BY_FAMILY: Final = 20
-_NLM_F_REQUEST: Final = 0x1
-_NLM_F_DUMP: Final = 0x300
-_NLMSG_ERROR: Final = 2
-_NLMSG_DONE: Final = 3
-_NLMSG_HEADER: Final = struct.Struct("=IHHII")
-_DIAG_REQUEST: Final = struct.Struct("=IHHIIBBBBI48x")
-"""nlmsghdr, then inet_diag_req_v2: family, protocol, ext, pad, states, a zero sockid."""
 _DIAG_INODE_OFFSET: Final = 68
 """Of ``idiag_inode`` in ``struct inet_diag_msg``."""
 _TCP_SYN_RECV, _TCP_TIME_WAIT, _TCP_NEW_SYN_RECV = 3, 6, 12
@@ -250,52 +243,19 @@ def _inet_inodes_from_netlink() -> set[int]:
     kernel, they cost nothing, where ``/proc/net/tcp`` prints every one.
     """
     inodes: set[int] = set()
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as diag:
-        diag.settimeout(2.0)  # never expected; a timeout falls back to /proc
+    with sock_diag() as diag:
         for family in (socket.AF_INET, socket.AF_INET6):
             for protocol, states in (
                 (socket.IPPROTO_TCP, _TCP_HELD_STATES),
                 (socket.IPPROTO_UDP, _ALL_STATES),
             ):
-                request = _DIAG_REQUEST.pack(
-                    _DIAG_REQUEST.size,
-                    _SOCK_DIAG_BY_FAMILY,
-                    _NLM_F_REQUEST | _NLM_F_DUMP,
-                    0,
-                    0,
-                    family,
-                    protocol,
-                    0,
-                    0,
-                    states,
-                )
-                diag.send(request)
-                _read_dump(diag, inodes)
+                diag.send(inet_request(family, protocol, states))
+                for payload in dump(diag):
+                    if len(payload) < _DIAG_INODE_OFFSET + 4:
+                        raise OSError(0, "sock_diag: short message")
+                    inodes.add(struct.unpack_from("=I", payload, _DIAG_INODE_OFFSET)[0])
     inodes.discard(0)
     return inodes
-
-
-def _read_dump(diag: socket.socket, inodes: set[int]) -> None:
-    """Add the inode of every ``inet_diag_msg`` of one dump to `inodes`."""
-    while True:
-        data = diag.recv(65536)
-        offset = 0
-        while offset + _NLMSG_HEADER.size <= len(data):
-            length, kind, _flags, _seq, _pid = _NLMSG_HEADER.unpack_from(data, offset)
-            if kind == _NLMSG_DONE:
-                return
-            if kind == _NLMSG_ERROR:
-                (code,) = struct.unpack_from("=i", data, offset + _NLMSG_HEADER.size)
-                raise OSError(-code, f"sock_diag: {os.strerror(-code)}")
-            if length < _NLMSG_HEADER.size + _DIAG_INODE_OFFSET + 4:
-                raise OSError(0, "sock_diag: short message")
-            (inode,) = struct.unpack_from(
-                "=I", data, offset + _NLMSG_HEADER.size + _DIAG_INODE_OFFSET
-            )
-            inodes.add(inode)
-            offset += (length + 3) & ~3
-        if not data:
-            return
 
 
 def _inet_inodes_from_proc() -> set[int]:
