@@ -57,10 +57,6 @@ MAX_MESSAGE_SIZE: Final = 8 * 1024 * 1024
 larger frames before they are read."""
 
 BROADCAST_TOPIC: Final = b"*"
-ANSWERS_SUFFIX: Final = b"r"
-"""A worker's replies to publishes may come from a second DEALER, its listeners'
-thread's own, whose identity is the worker's topic followed by this (a topic ends
-with a dot: no topic ends with it)."""
 """The SUB topic every publish is sent under."""
 EVENT_TOPIC: Final = b"ev."
 """The topic of an event is this prefix and the event's name."""

@@ -2,9 +2,7 @@
 
 The master's XPUB carries publishes (and DRAIN markers) to the workers; its
 ROUTER receives what the workers say: HELLO, STATE, HEARTBEAT, REPLY and
-TREE_PUBLISH (a worker's REPLYs come from its answers socket, whose identity is
-its topic and `protocol.ANSWERS_SUFFIX`, or, from a worker of an older procbus
-adopted by ``restart --adopt``, from its one DEALER). The
+TREE_PUBLISH. The
 hub reads both, checks every message (size, elements, depth, type; a worker
 speaks only for itself: its hello must match what the master forked and its
 later messages must come from the identity it said hello with), and hands
@@ -47,7 +45,6 @@ WORKER_MESSAGES: Final = frozenset(
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 """As a plain int: pyzmq combines enum flags per call, which shows in profiles."""
 _REPLY: Final = MsgType.REPLY
-_ANSWERS: Final = protocol.ANSWERS_SUFFIX
 LAST_WORDS: Final = 0.2
 """Seconds the hub waits for the error of a worker that exited unable to boot."""
 _BATCH: Final = 1000
@@ -136,9 +133,6 @@ class Hub:
                 self.feed.hello(worker)
             return
         found = self.pool.by_topic.get(identity)
-        if found is None and message.type is _REPLY and identity.endswith(_ANSWERS):
-            # From the worker's listeners' thread (`procbus.worker.runner`): replies only.
-            found = self.pool.by_topic.get(identity[: -len(_ANSWERS)])
         if found is None or not found.hello:
             self._drop(identity, f"{message.type.name} from a worker that did not say hello")
             return

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import threading
 import traceback
 from collections.abc import Sequence
 from typing import Any
@@ -148,21 +147,7 @@ class WorkerLink:
         self.dealer.routing_id = self.topic
         self.dealer.connect(reply_endpoint)
 
-        # The listeners' thread answers publishes on a socket of its own
-        # (`procbus.worker.runner`): sockets are not thread-safe, and the I/O
-        # thread keeps `dealer`. The lock only orders a reply with `close`.
-        self.answers = context.socket(zmq.DEALER)
-        self.answers.linger = 1000
-        self.answers.sndhwm = 0
-        self.answers.routing_id = self.topic + protocol.ANSWERS_SUFFIX
-        self.answers.connect(reply_endpoint)
-        self._answers_lock = threading.Lock()
-        self._answers_open = True
-
     def close(self, linger: int | None = None) -> None:
-        with self._answers_lock:
-            self._answers_open = False
-            self.answers.close(linger)
         self.sub.disable_monitor()
         self.monitor.close(0)
         self.sub.close(0)
@@ -196,8 +181,7 @@ class WorkerLink:
         self.send(MsgType.HEARTBEAT, {"counters": counters, "bus": bus})
 
     def reply(self, seq: int, outcomes: Sequence[ListenerOutcome]) -> None:
-        """Answer publish `seq` with each listener's result or error, from the
-        listeners' thread, on `answers` (dropped once the link is closed).
+        """Answer publish `seq` with each listener's result or error.
 
         A result msgpack cannot carry becomes an error of its listener; a
         reply the master would refuse (too large for the wire, or holding more
@@ -232,9 +216,7 @@ class WorkerLink:
                     "errors": [error_record(ValueError(problem), "")],
                 },
             )
-        with self._answers_lock:
-            if self._answers_open:
-                self.answers.send(frame)
+        self.dealer.send(frame)
 
     def refuse(self, seq: int, reason: str) -> None:
         """Answer publish `seq`, whose listeners did not run, with a BacklogFull error."""

@@ -9,13 +9,8 @@ listeners run on one long-lived thread, one publish after the other in the
 order they arrived, and for each publish every listener in priority order, as
 on any wspbus.
 
-ZeroMQ sockets are not thread-safe: the runner touches only one, its own.
-With an `answer` callback (the worker's: `WorkerLink.reply` on the link's
-answers socket, which no other thread uses), the runner sends each reply
-itself the moment the listeners return: a publish costs the worker one thread
-hand-off (the loop to the runner), not two, and the loop is not woken for it.
-Without one (and for a listener that raised ``SystemExit``), it hands the
-outcome back through a queue and wakes the loop.
+ZeroMQ sockets are not thread-safe: the runner touches none. It hands each
+outcome back through a queue and wakes the loop, which sends the reply.
 
 While a publish's listeners run, `publish_deadline` says until when the
 master waits for their answer (the publish's timeout from the moment the loop
@@ -36,7 +31,6 @@ would wait for itself (`procbus.worker.tree_client` refuses it).
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -47,8 +41,6 @@ from typing import Final
 
 from procbus.bus import Bus, ListenerOutcome
 from procbus.protocol import Message
-
-log = logging.getLogger("procbus.worker")
 
 MAX_BACKLOG: Final = 1000
 """Publishes a worker holds at once (the one running and those waiting)."""
@@ -100,35 +92,18 @@ class Finished:
 class ListenerRunner:
     """One thread that runs the worker's listeners for the master's publishes.
 
-    `submit`, `finished`, `stop` and `wake_on_answer` are for the I/O thread only;
-    the runner thread calls `answer(seq, outcomes)` after each publish if it was
-    given one, else it calls `wake` after each publish whose outcome waits in
-    `finished`.
+    `submit`, `finished` and `stop` are for the I/O thread only; the runner
+    thread calls `wake` after each publish whose outcome waits in `finished`.
     """
 
-    def __init__(
-        self,
-        bus: Bus,
-        wake: Callable[[], None],
-        max_backlog: int = MAX_BACKLOG,
-        answer: Callable[[int, list[ListenerOutcome]], None] | None = None,
-    ) -> None:
+    def __init__(self, bus: Bus, wake: Callable[[], None], max_backlog: int = MAX_BACKLOG) -> None:
         if max_backlog < 1:
             raise ValueError(f"max_backlog must be at least 1, got {max_backlog}")
         self.max_backlog = max_backlog
-        self._submitted = 0
-        """Publishes handed to the runner (written by the I/O thread only)."""
-        self._collected = 0
-        """Of those, the ones whose outcome the loop collected (`finished`: I/O thread)."""
-        self._sent = 0
-        """Of those, the ones the runner answered itself (runner thread). Each counter
-        has one writer, so `backlog` needs no lock."""
+        self.backlog = 0
+        """Publishes submitted whose outcome was not collected yet."""
         self._bus = bus
         self._wake = wake
-        self._answer = answer
-        self.wake_on_answer = False
-        """Set by the loop while it waits for the backlog to empty (a drain): the
-        runner then wakes it after each answer it sends itself."""
         self._inbox: queue.SimpleQueue[tuple[float, Sequence[Message], bool] | None] = (
             queue.SimpleQueue()
         )
@@ -144,11 +119,6 @@ class ListenerRunner:
     def start(self) -> None:
         self._thread.start()
 
-    @property
-    def backlog(self) -> int:
-        """Publishes submitted whose outcome was neither answered nor collected yet."""
-        return self._submitted - self._collected - self._sent
-
     def submit(self, messages: Sequence[Message], *, retained: bool = False) -> Sequence[Message]:
         """Queue `messages` (PUBLISHes, in order) for the listeners, in one hand-off.
 
@@ -158,7 +128,7 @@ class ListenerRunner:
         room = len(messages) if retained else max(0, self.max_backlog - self.backlog)
         accepted, refused = messages[:room], messages[room:]
         if accepted:
-            self._submitted += len(accepted)
+            self.backlog += len(accepted)
             self._inbox.put((time.monotonic(), accepted, retained))
         return refused
 
@@ -171,7 +141,7 @@ class ListenerRunner:
                 found.append(self._outbox.get_nowait())
             except queue.Empty:
                 break
-        self._collected += len(found)
+        self.backlog -= len(found)
         return found
 
     def stop(self) -> None:
@@ -212,21 +182,7 @@ class ListenerRunner:
                     _running.deadline = None
                     listening.active = False
                     _listening.reset(token)
-                if self._answer is None or retained:  # a catch-up's goes to the loop
-                    self._hand_back(Finished(seq, outcomes, retained=retained))
-                else:
-                    self._send(seq, outcomes)
-
-    def _send(self, seq: int, outcomes: list[ListenerOutcome]) -> None:
-        """Answer publish `seq` from this thread (see the module docstring)."""
-        assert self._answer is not None
-        try:
-            self._answer(seq, outcomes)
-        except Exception:  # the link closed under a stopping worker, a bug: never the thread
-            log.exception("could not answer publish %d", seq)
-        self._sent += 1
-        if self.wake_on_answer:
-            self._wake()
+                self._hand_back(Finished(seq, outcomes, retained=retained))
 
     def _hand_back(self, done: Finished) -> None:
         self._outbox.put(done)

@@ -5,12 +5,11 @@ master (signal handlers and wake-up fd, ZeroMQ sockets and their fds, the
 master's listeners on `procbus.bus`, systemd's notify variables), arranges to
 die with the master, switches user if asked, makes its own ZeroMQ context and
 link, says hello, imports and starts its app, and then runs its own small I/O
-loop in the main thread: publishes from the master arrive there and
-heartbeats leave from there, on time, and signals arrive through a wake-up
+loop in the main thread: publishes from the master arrive there and replies
+and heartbeats leave from there, on time, and signals arrive through a wake-up
 fd. The app runs in a second thread, the listeners of the master's publishes
 in a third (`procbus.worker.runner`), so a slow listener never silences the
-heartbeats; that thread sends each publish's reply itself, on a socket of its
-own. The app's own publishes to the tree (`procbus.tree`) leave from
+heartbeats. The app's own publishes to the tree (`procbus.tree`) leave from
 the I/O loop too, and their answers come back through it
 (`procbus.worker.tree_client`). Before the app serves, the tree's retained
 publishes run on the listeners' thread (`procbus.worker.catchup`): the worker
@@ -44,14 +43,14 @@ from typing import Any, NoReturn
 
 import zmq
 
-from procbus.bus import Bus, ListenerOutcome, State, states
+from procbus.bus import Bus, State, states
 from procbus.bus import bus as process_bus
 from procbus.errors import StartupError
 from procbus.frames import readable
 from procbus.master.systemd import forget_in_worker
 from procbus.privatedir import DirectoryId
 from procbus.protocol import BusState, Message, MsgType, WorkerBusState
-from procbus.worker.apps import Counters, WorkerApp, WorkerContext, load_app
+from procbus.worker.apps import WorkerApp, WorkerContext, load_app
 from procbus.worker.awaiter import no_event_loop
 from procbus.worker.catchup import CatchUp
 from procbus.worker.credentials import Credentials
@@ -194,11 +193,8 @@ class Worker:
         self._bus_said: State | None = None
         """The bus state its last heartbeat carried."""
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._runner = ListenerRunner(bus, self._wake, answer=self._answer)
+        self._runner = ListenerRunner(bus, self._wake)
         self._catch_up = CatchUp(self._wake)
-        self._link: WorkerLink | None = None
-        """The link `serve` runs on: the runner answers publishes on it."""
-        self._counters: Counters | None = None
         self._tree = TreeClient(spec.worker_id, spec.generation, self._wake, spec.publish_timeout)
 
     # -- set-up right after fork ----------------------------------------
@@ -310,7 +306,6 @@ class Worker:
 
     def _serve(self, link: WorkerLink) -> ExitCode:
         spec = self.spec
-        self._link = link
         link.hello(self.pid)
         link.state(WorkerBusState.STARTING)
         answer_metrics_scrapes(self.bus)  # before the app: its own listeners come after
@@ -322,7 +317,6 @@ class Worker:
             settings=spec.app_settings,
             catch_up=self._catch_up.wait,
         )
-        self._counters = ctx.counters
         io_thread = self._tree.io_thread = threading.get_ident()
 
         def bus_moved(state: State) -> None:
@@ -465,7 +459,6 @@ class Worker:
 
     def _start_drain(self, link: WorkerLink, now: float) -> Drain:
         """A graceful stop was asked for: say so, and owe what the master sent."""
-        self._runner.wake_on_answer = True  # `_drained` counts the backlog down
         # A master that did not send the TERM sends the DRAIN marker once it
         # reads this; a worker that never said it runs is nobody's target.
         link.state(WorkerBusState.STOPPING)
@@ -547,30 +540,18 @@ class Worker:
             self._runner.submit(messages, retained=True)
 
     def _send_replies(self, link: WorkerLink, ctx: WorkerContext) -> None:
-        """What the runner handed back to the loop: a retained publish's outcome (the
-        catch-up's) or a listener's ``SystemExit``; the runner answers every other
-        publish itself (`_answer`)."""
+        """Answer every publish whose listeners ran (from the I/O thread: sockets are its own);
+        a retained one's outcome goes to the catch-up instead."""
         for done in self._runner.finished():
             if done.raised is not None:
                 raise done.raised  # SystemExit or KeyboardInterrupt from a listener
+            ctx.counters.add("publishes")
+            if any(outcome.error is not None for outcome in done.outcomes):
+                ctx.counters.add("publish_errors")
             if done.retained:
-                self._count(done.outcomes)
                 self._catch_up.ran(done.outcomes)
             else:
-                self._answer(done.seq, done.outcomes)
-
-    def _answer(self, seq: int, outcomes: list[ListenerOutcome]) -> None:
-        """Count publish `seq` and send its reply: on the listeners' thread, on the
-        link's answers socket (see `procbus.worker.runner`)."""
-        assert self._link is not None
-        self._count(outcomes)
-        self._link.reply(seq, outcomes)
-
-    def _count(self, outcomes: list[ListenerOutcome]) -> None:
-        assert self._counters is not None
-        self._counters.add("publishes")
-        if any(outcome.error is not None for outcome in outcomes):
-            self._counters.add("publish_errors")
+                link.reply(done.seq, done.outcomes)
 
     def _app_ended(self, link: WorkerLink) -> ExitCode:
         exc = self._app_outcome

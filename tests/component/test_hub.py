@@ -104,33 +104,6 @@ def test_a_reply_goes_to_the_relay_and_completes_the_publish(wired: Wired) -> No
     assert (counters["publishes"], counters["in_flight"]) == (1, 0)
 
 
-def test_a_reply_from_the_workers_answers_socket_counts_and_nothing_else_from_it(
-    wired: Wired,
-) -> None:
-    """Steps: worker 1 runs; a second DEALER named after its topic and the answers
-    suffix (its listeners' thread's) sends a heartbeat and a hello, then the reply to
-    a publish; a DEALER named after another worker's answers socket replies too.
-    Expected: the heartbeat and hello from the answers socket and the stranger's reply
-    are dropped and counted; the reply from worker 1's answers socket completes the
-    publish as worker 1's."""
-    _, sub = wired.run_worker()
-    answers = wired.dealer(wired.worker.topic + protocol.ANSWERS_SUFFIX)
-    stranger = wired.dealer(b"w.7.1." + protocol.ANSWERS_SUFFIX)
-    answers.send(protocol.encode(MsgType.HEARTBEAT, {"counters": {}}))
-    answers.send(wired.hello())
-    wired.settle(lambda: wired.hub.dropped_messages == 2)
-    replies: list[TreeReply] = []
-    wired.publisher.publish_async("echo", ["hi"], on_done=replies.append)
-    sub.recv_multipart()
-    answer = {"seq": 1, "results": ["from the answers socket"], "errors": []}
-    stranger.send(protocol.encode(MsgType.REPLY, answer))
-    wired.settle(lambda: wired.hub.dropped_messages == 3)
-    assert not replies
-    answers.send(protocol.encode(MsgType.REPLY, answer))
-    wired.settle(lambda: bool(replies))
-    assert replies[0].workers[1].results == ["from the answers socket"]
-
-
 def test_the_error_of_a_worker_that_could_not_boot_is_heard_even_after_its_exit(
     wired: Wired, recorder: Recorder
 ) -> None:
